@@ -1,0 +1,169 @@
+"""Source files and Icechunk repositories for the tests, written by netCDF4/h5py and icechunk.
+
+The repositories are built with icechunk's own API (not vchunkfs's writer),
+so the layer under test reads what icechunk and VirtualiZarr write.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import icechunk as ic
+import netCDF4
+import numpy as np
+import zarr
+from zarr.codecs.numcodecs import Shuffle, Zlib
+
+SST_SHAPE = (4, 1, 36, 72)  # time, zlev, lat, lon: OISST in miniature
+SST_CHUNKS = (1, 1, 36, 72)
+FIELD_SHAPE = (30, 40)
+FIELD_CHUNKS = (8, 16)  # 4 x 3 chunks, the last ones partial
+
+
+def write_sources(directory: Path, ndays: int = 2) -> list[Path]:
+    """One netCDF4 file per day: int16 ``sst`` (zlib+shuffle, CF attributes), float32 ``field``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    rng = np.random.default_rng(42)
+    lat = np.linspace(-89.5, 89.5, SST_SHAPE[2])
+    for day in range(ndays):
+        path = directory / f"day{day:02d}.nc"
+        with netCDF4.Dataset(path, "w", format="NETCDF4") as ds:
+            ds.createDimension("time", SST_SHAPE[0])
+            ds.createDimension("zlev", 1)
+            ds.createDimension("lat", SST_SHAPE[2])
+            ds.createDimension("lon", SST_SHAPE[3])
+            ds.createDimension("y", FIELD_SHAPE[0])
+            ds.createDimension("x", FIELD_SHAPE[1])
+            sst = ds.createVariable("sst", "i2", ("time", "zlev", "lat", "lon"), zlib=True,
+                                    complevel=4, shuffle=True, chunksizes=SST_CHUNKS,
+                                    fill_value=np.int16(-999))
+            sst.scale_factor = 0.01
+            sst.units = "Celsius"
+            sst.set_auto_maskandscale(False)
+            base = 2500 * np.cos(np.deg2rad(lat))[None, None, :, None]
+            values = (base + rng.normal(0, 30, SST_SHAPE) + day * 7).astype("i2")
+            values[:, :, :3, :] = -999  # land / missing, as in OISST
+            sst[:] = values
+            fld = ds.createVariable("field", "f4", ("y", "x"), chunksizes=FIELD_CHUNKS)
+            fld[:] = rng.normal(day, 1, FIELD_SHAPE).astype("f4")
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class Ref:
+    key: str
+    location: str
+    offset: int
+    length: int
+
+
+def chunk_refs(path: Path, var: str, zarr_path: str) -> list[Ref]:
+    """The byte range of every stored chunk of ``var``, read with h5py."""
+    refs = []
+    with h5py.File(path, "r") as f:
+        d = f[var]
+        for i in range(d.id.get_num_chunks()):
+            info = d.id.get_chunk_info(i)
+            coords = tuple(o // c for o, c in zip(info.chunk_offset, d.chunks, strict=True))
+            key = f"{zarr_path}/c/" + "/".join(str(c) for c in coords)
+            refs.append(Ref(key, path.resolve().as_uri(), info.byte_offset, info.size))
+    return refs
+
+
+def read_h5(path: Path, var: str) -> np.ndarray:
+    """Raw stored values (no scaling, no masking), as an independent reader sees them."""
+    with h5py.File(path, "r") as f:
+        return np.asarray(f[var][...])
+
+
+@dataclass
+class BuiltRepo:
+    """What the tests need to know about a repository they built."""
+
+    sources: list[Path]
+    container_prefix: str
+    snapshots: dict[str, str] = field(default_factory=dict)  # label -> snapshot id
+    refs: dict[str, list[Ref]] = field(default_factory=dict)  # label -> refs of that commit
+
+
+def last_modified(path: Path) -> datetime.datetime:
+    """The changed-source checksum for a file: its mtime, rounded up to whole seconds
+    (icechunk compares at one-second precision)."""
+    return datetime.datetime.fromtimestamp(math.ceil(path.stat().st_mtime), datetime.UTC)
+
+
+def local_container(directory: Path) -> ic.VirtualChunkContainer:
+    prefix = directory.resolve().as_uri() + "/"
+    return ic.VirtualChunkContainer(prefix, ic.local_filesystem_store(str(directory.resolve())))
+
+
+def build_repo(storage: ic.Storage, sources_dir: Path, *,
+               container: ic.VirtualChunkContainer | None = None,
+               location_of: dict[Path, str] | None = None) -> BuiltRepo:
+    """A repository with history, written by icechunk itself.
+
+    * ``v1`` (tag) on main: group attributes, ``sst`` virtual into day00.nc,
+      ``field`` virtual, ``native`` a native array, ``small`` inline chunks.
+    * main then moves to ``day1``: ``sst`` re-pointed at day01.nc.
+    * branch ``dev`` from v1 adds ``dev_only``.
+
+    ``location_of`` maps a source file to the URL its refs use (for sources
+    served over S3/HTTP); by default refs use file:// URLs.
+    """
+    sources = write_sources(sources_dir)
+    container = container or local_container(sources_dir)
+    config = ic.RepositoryConfig.default()
+    config.set_virtual_chunk_container(container)
+    repo = ic.Repository.create(storage, config)
+    repo.save_config()
+    built = BuiltRepo(sources, container.url_prefix)
+
+    def refs_for(path: Path, var: str, zpath: str) -> list[Ref]:
+        refs = chunk_refs(path, var, zpath)
+        if location_of:
+            for r in refs:
+                r.location = location_of[path]
+        return refs
+
+    s = repo.writable_session("main")
+    root = zarr.group(s.store, attributes={"title": "vchunkfs test", "Conventions": "CF-1.6"})
+    root.create_array("sst", shape=SST_SHAPE, chunks=SST_CHUNKS, dtype="i2", fill_value=-999,
+                      compressors=[Shuffle(elementsize=2), Zlib(level=4)],
+                      dimension_names=["time", "zlev", "lat", "lon"],
+                      attributes={"scale_factor": 0.01, "_FillValue": -999, "units": "Celsius"})
+    root.create_array("field", shape=FIELD_SHAPE, chunks=FIELD_CHUNKS, dtype="f4",
+                      compressors=None, fill_value=np.nan, dimension_names=["y", "x"])
+    native = root.create_array("native", shape=(1000,), chunks=(250,), dtype="i4", fill_value=0,
+                               compressors=None)
+    native[:] = np.arange(1000, dtype="i4")  # 1000-byte chunks: stored natively
+    small = root.create_group("grp").create_array("small", shape=(6,), chunks=(2,), dtype="u1",
+                                                  fill_value=0, compressors=None)
+    small[:4] = [1, 2, 3, 4]  # 2-byte chunks: inlined in the manifest; the last is missing
+    refs = refs_for(sources[0], "sst", "sst") + refs_for(sources[0], "field", "field")
+    for r in refs:
+        s.store.set_virtual_ref(r.key, r.location, offset=r.offset, length=r.length,
+                                checksum=last_modified(sources[0]))
+    built.snapshots["v1"] = s.commit("day 0: sst and field from day00.nc")
+    built.refs["v1"] = refs
+    repo.create_tag("v1", built.snapshots["v1"])
+
+    s = repo.writable_session("main")
+    refs1 = refs_for(sources[1], "sst", "sst")
+    for r in refs1:
+        s.store.set_virtual_ref(r.key, r.location, offset=r.offset, length=r.length,
+                                checksum=last_modified(sources[1]))
+    built.snapshots["day1"] = s.commit("day 1: sst from day01.nc", metadata={"day": 1})
+    built.refs["day1"] = refs1 + [r for r in refs if r.key.startswith("field/")]
+
+    repo.create_branch("dev", built.snapshots["v1"])
+    s = repo.writable_session("dev")
+    g = zarr.open_group(s.store)
+    g.create_array("dev_only", shape=(3,), chunks=(3,), dtype="i1", fill_value=0)[:] = [7, 8, 9]
+    built.snapshots["dev"] = s.commit("dev: add dev_only")
+    return built

@@ -1,0 +1,56 @@
+"""The ``vchunkfs`` command: entry point and dispatch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from vchunkfs import __version__
+from vchunkfs.bridge import close_shared_bridge
+from vchunkfs.cli import inspect
+from vchunkfs.cli.common import EXIT_CODES, report_error
+from vchunkfs.errors import VchunkfsError
+from vchunkfs.repository.logs import quiet_engine_logs
+
+DESCRIPTION = """\
+vchunkfs serves Icechunk repositories of virtual Zarr datasets as plain
+Zarr directories, and inspects and changes them from the shell.
+
+A repository is named by a URL: a path, file://, s3://bucket/prefix,
+gs://bucket/prefix, az://account/container/prefix, http(s):// (read-only).
+REPO@VERSION picks a branch, tag, snapshot id or unique id prefix
+(default: main)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vchunkfs", description=DESCRIPTION, epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vchunkfs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    inspect.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet_engine_logs()
+    try:
+        status: int = args.func(args)
+    except VchunkfsError as e:
+        return report_error(e, getattr(args, "json", False))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    finally:
+        # Stop the asyncio thread before the interpreter tears down the
+        # icechunk objects it may still reference (a race that can crash).
+        close_shared_bridge()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

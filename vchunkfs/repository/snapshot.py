@@ -1,0 +1,442 @@
+"""A read-only view of one snapshot: its node tree, zarr keys, sizes and bytes.
+
+This is what the filesystem presents. Every method is a coroutine for the
+bridge's asyncio loop (see :mod:`vchunkfs.bridge`); the view's caches are
+touched only from that loop's thread, so they need no locks.
+
+Memory stays bounded whatever the repository's size:
+
+* The node tree and the ``zarr.json`` documents are kept whole (one entry
+  per group or array, never per chunk).
+* A chunk's size comes from icechunk's ``getsize`` (one manifest lookup, no
+  bytes fetched) and is remembered in an LRU of bounded entries.
+* Listing the last level of chunk directories needs to know which chunks
+  exist. For an array of at most ``index_max_chunks`` chunks the view builds
+  a compact index of the whole array once (16 bytes a chunk, from
+  ``array_chunk_iterator``) and keeps it in an LRU bounded in bytes; for a
+  bigger array it asks ``getsize`` for each candidate of that one row, so an
+  ``ls`` never scans the array (icechunk's own ``list_dir`` does).
+* Chunk reads go through icechunk's ``get``, so container authorization and
+  the changed-source check (ETag / last-modified recorded with the ref) are
+  never bypassed.
+
+Directory semantics: every chunk directory inside the grid exists (possibly
+empty); a chunk *file* exists only where the snapshot stores a chunk, so
+readers apply the fill value for the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import icechunk as ic
+import numpy as np
+from cachetools import LRUCache
+from zarr.core.buffer import default_buffer_prototype
+
+from vchunkfs.errors import (
+    BackendError,
+    NodeNotFoundError,
+    NotFoundError,
+    SourceChangedError,
+    SourceMissingError,
+    VchunkfsError,
+)
+from vchunkfs.repository.authorization import raise_if_unauthorized
+from vchunkfs.repository.chunkgrid import ChunkGrid, Coords
+
+METADATA_KEY = "zarr.json"
+_PROBE_BATCH = 512
+# chunk kinds as array_chunk_iterator reports them
+_NATIVE, _VIRTUAL, _INLINE = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Node:
+    """A group or array of the snapshot. ``path`` is "" for the root."""
+
+    path: str
+    kind: str  # "group" or "array"
+    children: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One name in the view: a directory, or a file of exact ``size``."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class ResolvedKey:
+    """What a zarr key of the view names."""
+
+    node: Node
+    kind: str  # "node" (a group or array directory), "metadata", "chunk_dir", "chunk"
+    coords: Coords = ()
+
+
+@dataclass
+class ChunkStats:
+    """Counts of one array's stored chunks, by kind, and the containers they use."""
+
+    grid_chunks: int
+    stored: int = 0
+    virtual: int = 0
+    native: int = 0
+    inline: int = 0
+    bytes_total: int = 0
+    bytes_virtual: int = 0
+    containers: dict[str, int] = field(default_factory=dict)  # url prefix -> chunk count
+    outside_containers: int = 0
+
+
+class ChunkIndex:
+    """Which chunks of one array exist, and their sizes, sorted by linear index."""
+
+    def __init__(self, linear: np.ndarray[Any, np.dtype[np.int64]],
+                 lengths: np.ndarray[Any, np.dtype[np.uint64]]) -> None:
+        order = np.argsort(linear, kind="stable")
+        self.linear = linear[order]
+        self.lengths = lengths[order]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.linear.nbytes + self.lengths.nbytes)
+
+    def size(self, linear: int) -> int | None:
+        i = int(np.searchsorted(self.linear, linear))
+        if i < len(self.linear) and int(self.linear[i]) == linear:
+            return int(self.lengths[i])
+        return None
+
+    def range(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """(linear index, size) of every stored chunk with ``start <= linear < stop``."""
+        lo = int(np.searchsorted(self.linear, start))
+        hi = int(np.searchsorted(self.linear, stop))
+        return [(int(a), int(b)) for a, b in zip(self.linear[lo:hi], self.lengths[lo:hi],
+                                                  strict=True)]
+
+
+@dataclass
+class ViewCaches:
+    """Caches shared by the views of one repository, bounded whatever its size."""
+
+    size_entries: int = 1_000_000
+    index_bytes: int = 256 * 1024 * 1024
+    index_max_chunks: int = 100_000
+
+    def __post_init__(self) -> None:
+        self.sizes: LRUCache[tuple[str, str, int], int] = LRUCache(self.size_entries)
+        self.indexes: LRUCache[tuple[str, str], ChunkIndex] = LRUCache(
+            self.index_bytes, getsizeof=lambda ix: max(ix.nbytes, 1)
+        )
+
+
+class SnapshotView:
+    """Zarr keys of one snapshot. Create with :meth:`open` on the bridge's loop."""
+
+    def __init__(self, repo: ic.Repository, snapshot_id: str, session: ic.Session,
+                 nodes: dict[str, Node], caches: ViewCaches) -> None:
+        self.repo = repo
+        self.snapshot_id = snapshot_id
+        self.session = session
+        self.store = session.store
+        self.nodes = nodes
+        self.caches = caches
+        self._metadata: dict[str, bytes] = {}
+        self._grids: dict[str, ChunkGrid] = {}
+        self._index_builds: dict[str, asyncio.Future[ChunkIndex]] = {}
+
+    @classmethod
+    async def open(cls, repo: ic.Repository, snapshot_id: str,
+                   caches: ViewCaches | None = None) -> SnapshotView:
+        session = await repo.readonly_session_async(snapshot_id=snapshot_id)
+        info = await repo.inspect_snapshot_async(snapshot_id)
+        return cls(repo, snapshot_id, session, _node_tree(info["nodes"]), caches or ViewCaches())
+
+    # -- nodes and metadata -------------------------------------------------
+
+    def node(self, path: str) -> Node:
+        node = self.nodes.get(path.strip("/"))
+        if node is None:
+            raise NodeNotFoundError(f"no group or array {path.strip('/') or '/'!r} in snapshot "
+                                    f"{self.snapshot_id}")
+        return node
+
+    async def metadata(self, path: str) -> bytes:
+        """The node's ``zarr.json`` document, exactly as stored."""
+        node = self.node(path)
+        doc = self._metadata.get(node.path)
+        if doc is None:
+            key = f"{node.path}/{METADATA_KEY}" if node.path else METADATA_KEY
+            buf = await self._call(key, lambda: self.store.get(key, default_buffer_prototype()))
+            if buf is None:
+                raise NodeNotFoundError(f"{key} is missing from snapshot {self.snapshot_id}")
+            doc = buf.to_bytes()
+            self._metadata[node.path] = doc
+        return doc
+
+    async def metadata_json(self, path: str) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(await self.metadata(path))
+        return doc
+
+    async def grid(self, array_path: str) -> ChunkGrid:
+        grid = self._grids.get(array_path)
+        if grid is None:
+            try:
+                grid = ChunkGrid.from_metadata(await self.metadata_json(array_path))
+            except (KeyError, ValueError) as e:
+                raise BackendError(f"array {array_path!r}: unsupported metadata: {e}") from e
+            self._grids[array_path] = grid
+        return grid
+
+    # -- keys ---------------------------------------------------------------
+
+    async def resolve(self, key: str) -> ResolvedKey | None:
+        """What ``key`` (a path relative to the root, no leading '/') names, if anything."""
+        key = key.strip("/")
+        parts = key.split("/") if key else []
+        for i in range(len(parts), -1, -1):
+            node = self.nodes.get("/".join(parts[:i]))
+            if node is None:
+                continue
+            rest = "/".join(parts[i:])
+            if not rest:
+                return ResolvedKey(node, "node")
+            if rest == METADATA_KEY:
+                return ResolvedKey(node, "metadata")
+            if node.kind != "array":
+                return None
+            parsed = (await self.grid(node.path)).parse(rest)
+            if parsed is None:
+                return None
+            return ResolvedKey(node, "chunk" if parsed.is_chunk else "chunk_dir", parsed.coords)
+        return None
+
+    async def stat(self, key: str) -> Entry | None:
+        """The entry ``key`` names, with its exact size, or None if there is none."""
+        r = await self.resolve(key)
+        name = key.strip("/").rsplit("/", 1)[-1]
+        if r is None:
+            return None
+        if r.kind in ("node", "chunk_dir"):
+            return Entry(name, True)
+        if r.kind == "metadata":
+            return Entry(name, False, len(await self.metadata(r.node.path)))
+        size = await self.chunk_size(r.node.path, r.coords)
+        return None if size is None else Entry(name, False, size)
+
+    async def list_dir(self, key: str) -> list[Entry]:
+        """The entries of directory ``key``, sorted by name."""
+        r = await self.resolve(key)
+        if r is None or r.kind not in ("node", "chunk_dir"):
+            raise NotFoundError(f"no directory {key.strip('/') or '/'!r} in snapshot "
+                                f"{self.snapshot_id}")
+        node = r.node
+        entries = [Entry(METADATA_KEY, False, len(await self.metadata(node.path)))] \
+            if r.kind == "node" else []
+        if node.kind == "group":
+            entries += [Entry(c, True) for c in node.children]
+        else:
+            grid = await self.grid(node.path)
+            if r.kind == "node" and grid.top_dir():
+                entries.append(Entry(grid.top_dir() or "", True))
+            elif r.kind == "node" and grid.flat:
+                entries += [Entry(grid.key(c), False, s)
+                            for c, s in await self.stored_chunks(node.path, ())]
+            else:
+                entries += await self._list_chunk_dir(node.path, grid, r.coords)
+        return sorted(entries, key=lambda e: e.name)
+
+    async def _list_chunk_dir(self, array: str, grid: ChunkGrid, lead: Coords) -> list[Entry]:
+        level = len(lead)
+        if level < grid.ndim - 1:
+            return [Entry(str(i), True) for i in range(grid.grid_shape[level])]
+        return [Entry(str(c[-1]), False, s) for c, s in await self.stored_chunks(array, lead)]
+
+    async def stored_chunks(self, array: str, lead: Coords) -> list[tuple[Coords, int]]:
+        """(coords, size) of the stored chunks whose leading coordinates are ``lead``.
+
+        ``lead`` is either all but the last coordinate (one row) or ``()`` for
+        the whole array of a flat layout.
+        """
+        grid = await self.grid(array)
+        tail = grid.grid_shape[len(lead):]
+        count = int(np.prod(tail)) if tail else 1
+        start = grid.linear(lead + (0,) * len(tail))
+        index = await self._index_if_small(array, grid, force=not lead and count > 1)
+        if index is not None:
+            rows = index.range(start, start + count)
+            return [(_unravel(lin, grid.grid_shape), size) for lin, size in rows]
+        candidates = ([(*lead, i) for i in range(grid.grid_shape[-1])] if lead or grid.ndim
+                      else [()])
+        sizes: list[int | None] = []
+        for b in range(0, len(candidates), _PROBE_BATCH):
+            batch = candidates[b:b + _PROBE_BATCH]
+            sizes += await asyncio.gather(*(self.chunk_size(array, c) for c in batch))
+        return [(c, s) for c, s in zip(candidates, sizes, strict=True) if s is not None]
+
+    # -- chunks -------------------------------------------------------------
+
+    async def chunk_size(self, array: str, coords: Coords) -> int | None:
+        """Exact stored size of a chunk, or None when the snapshot stores none there."""
+        grid = await self.grid(array)
+        lin = grid.linear(coords)
+        cache_key = (self.snapshot_id, array, lin)
+        size = self.caches.sizes.get(cache_key)
+        if size is not None:
+            return size
+        index = self.caches.indexes.get((self.snapshot_id, array))
+        if index is not None:
+            return index.size(lin)
+        key = self.chunk_key(array, grid, coords)
+        size = await self._call(key, lambda: self.store.getsize(key))
+        if size == 0 and not await self._call(key, lambda: self.store.exists(key)):
+            return None  # icechunk's getsize answers 0 for a chunk that is not stored
+        self.caches.sizes[cache_key] = size
+        return size
+
+    @staticmethod
+    def chunk_key(array: str, grid: ChunkGrid, coords: Coords) -> str:
+        rel = grid.key(coords)
+        return f"{array}/{rel}" if array else rel
+
+    async def read(self, key: str) -> bytes:
+        """The bytes of the file ``key``: a metadata document or a chunk."""
+        r = await self.resolve(key)
+        if r is None or r.kind in ("node", "chunk_dir"):
+            raise NotFoundError(f"no file {key.strip('/')!r} in snapshot {self.snapshot_id}")
+        if r.kind == "metadata":
+            return await self.metadata(r.node.path)
+        return await self.read_chunk(r.node.path, r.coords)
+
+    async def read_chunk(self, array: str, coords: Coords) -> bytes:
+        """The stored bytes of one chunk, fetched through icechunk (checks kept)."""
+        key = self.chunk_key(array, await self.grid(array), coords)
+        buf = await self._call(key, lambda: self.store.get(key, default_buffer_prototype()))
+        if buf is None:
+            raise NotFoundError(f"chunk {key} is not stored in snapshot {self.snapshot_id}")
+        return buf.to_bytes()
+
+    async def chunk_stats(self, array: str, container_prefixes: list[str]) -> ChunkStats:
+        """One pass over the array's chunk refs (cost grows with the array)."""
+        grid = await self.grid(array)
+        stats = ChunkStats(grid_chunks=grid.num_chunks)
+        prefixes = sorted(container_prefixes, key=len, reverse=True)
+        it = self.store.array_chunk_iterator(array or "/", 100_000)
+        try:
+            async for _coords, kinds, paths, _offsets, lengths, _inl in it:
+                stats.stored += len(kinds)
+                stats.bytes_total += int(lengths.sum())
+                stats.native += int((kinds == _NATIVE).sum())
+                stats.inline += int((kinds == _INLINE).sum())
+                virtual = kinds == _VIRTUAL
+                stats.virtual += int(virtual.sum())
+                stats.bytes_virtual += int(lengths[virtual].sum())
+                for i in np.flatnonzero(virtual):
+                    url = paths[int(i)]
+                    prefix = next((p for p in prefixes if url.startswith(p)), None)
+                    if prefix is None:
+                        stats.outside_containers += 1
+                    else:
+                        stats.containers[prefix] = stats.containers.get(prefix, 0) + 1
+        except Exception as e:
+            raise _translate(e, array) from e
+        return stats
+
+    async def _index_if_small(self, array: str, grid: ChunkGrid, force: bool) -> ChunkIndex | None:
+        cache_key = (self.snapshot_id, array)
+        index = self.caches.indexes.get(cache_key)
+        if index is not None or (grid.num_chunks > self.caches.index_max_chunks and not force):
+            return index
+        pending = self._index_builds.get(array)
+        if pending is None:
+            pending = asyncio.ensure_future(self._build_index(array, grid))
+            self._index_builds[array] = pending
+            pending.add_done_callback(lambda _: self._index_builds.pop(array, None))
+        index = await asyncio.shield(pending)
+        self.caches.indexes[cache_key] = index
+        return index
+
+    async def _build_index(self, array: str, grid: ChunkGrid) -> ChunkIndex:
+        strides = np.array([int(np.prod(grid.grid_shape[i + 1:])) for i in range(grid.ndim)],
+                           dtype=np.int64)
+        linear: list[np.ndarray[Any, np.dtype[np.int64]]] = []
+        lengths: list[np.ndarray[Any, np.dtype[np.uint64]]] = []
+        try:
+            async for coords, _k, _p, _o, lens, _i in self.store.array_chunk_iterator(
+                    array or "/", 100_000):
+                linear.append(coords.astype(np.int64) @ strides if grid.ndim
+                              else np.zeros(len(lens), dtype=np.int64))
+                lengths.append(lens.astype(np.uint64))
+        except Exception as e:
+            raise _translate(e, array) from e
+        if not linear:
+            return ChunkIndex(np.zeros(0, np.int64), np.zeros(0, np.uint64))
+        return ChunkIndex(np.concatenate(linear), np.concatenate(lengths))
+
+    async def _call[T](self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except VchunkfsError:
+            raise
+        except Exception as e:
+            raise _translate(e, key) from e
+
+
+def _unravel(linear: int, shape: Coords) -> Coords:
+    out = []
+    for n in reversed(shape):
+        linear, c = divmod(linear, n)
+        out.append(c)
+    return tuple(reversed(out))
+
+
+def _node_tree(raw_nodes: list[dict[str, Any]]) -> dict[str, Node]:
+    kinds = {n["path"].strip("/"): n["node_type"] for n in raw_nodes}
+    children: dict[str, list[str]] = {p: [] for p in kinds}
+    for p in kinds:
+        if p:
+            parent = p.rsplit("/", 1)[0] if "/" in p else ""
+            children.setdefault(parent, []).append(p.rsplit("/", 1)[-1])
+    if "" not in kinds:  # an empty repository has no root group yet
+        kinds[""] = "group"
+    return {p: Node(p, kinds[p], tuple(sorted(children.get(p, [])))) for p in kinds}
+
+
+_CHANGED = re.compile(r"checksum of the object owning the virtual chunk has changed \(([^)]*)\)")
+
+
+def _translate(exc: Exception, key: str) -> VchunkfsError:
+    """Map an icechunk exception to the vchunkfs error a user can act on."""
+    if isinstance(exc, VchunkfsError):
+        return exc
+    try:
+        raise_if_unauthorized(exc, key)
+    except VchunkfsError as e:
+        return e
+    text = str(exc)
+    first = text.splitlines()[0] if text else type(exc).__name__
+    m = _CHANGED.search(text)
+    if m:
+        return SourceChangedError(
+            f"chunk {key}: its source {m.group(1)} changed after the virtual ref was written; "
+            "refusing to return bytes that may be wrong (re-ingest the file to update the ref)"
+        )
+    if "error fetching virtual reference" in text and "not found" in text.lower():
+        return SourceMissingError(f"chunk {key}: {first.split(': ', 1)[-1]}")
+    if isinstance(exc, ic.IcechunkError) and "not found" in first.lower():
+        return NotFoundError(f"{key}: {first}")
+    return BackendError(f"{key}: {first}")

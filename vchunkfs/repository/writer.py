@@ -1,0 +1,252 @@
+"""Writes: a writable session on one branch, commits, and branch and tag refs.
+
+Commit contract: a commit either lands on the branch or raises
+:class:`ConflictError` and leaves the branch as it was. When the branch moved
+since the session started, the session is rebased onto the new head if the
+two changes touch different chunks and nodes; overlapping changes are never
+resolved by picking a side.
+
+icechunk's local-filesystem storage does not make the branch update atomic
+between processes. On a local repository vchunkfs writers therefore commit
+under an exclusive ``flock`` on the repository directory, so two vchunkfs
+writers cannot both move a branch from the same parent. Writers that do not
+take the lock (icechunk used directly) remain unsafe there, as icechunk
+warns; object stores use conditional writes and need no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import fcntl
+import json
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import icechunk as ic
+import numpy as np
+from zarr.core.buffer import default_buffer_prototype
+
+from vchunkfs.errors import (
+    BackendError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    ReadOnlyError,
+    UsageError,
+)
+from vchunkfs.repository.repo import Repo, _first_line
+
+Checksum = str | datetime.datetime | None
+
+
+@asynccontextmanager
+async def commit_lock(repo: Repo) -> AsyncIterator[None]:
+    """Exclusive lock held around a commit on a local repository (no-op elsewhere)."""
+    if not repo.location.is_local:
+        yield
+        return
+    fd = os.open(repo.location.path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        # flock may wait for another writer: wait in a thread, not on the loop
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _conflict_solver() -> ic.BasicConflictSolver:
+    return ic.BasicConflictSolver(on_chunk_conflict=ic.VersionSelection.Fail)
+
+
+class Writer:
+    """A writable icechunk session on one branch."""
+
+    def __init__(self, repo: Repo, branch: str, session: ic.Session) -> None:
+        self.repo = repo
+        self.branch = branch
+        self.session = session
+        self.store = session.store
+
+    @classmethod
+    async def open(cls, repo: Repo, branch: str = "main") -> Writer:
+        if repo.location.read_only:
+            raise ReadOnlyError(f"{repo.location.url} is read-only (HTTP storage)")
+        if branch not in await repo.ic.list_branches_async():
+            raise NotFoundError(f"no branch {branch!r} in {repo.location.url}")
+        return cls(repo, branch, await repo.ic.writable_session_async(branch))
+
+    @property
+    def base_snapshot(self) -> str:
+        return self.session.snapshot_id
+
+    @property
+    def has_changes(self) -> bool:
+        return self.session.has_uncommitted_changes
+
+    # -- metadata -----------------------------------------------------------
+
+    async def set_metadata(self, path: str, document: bytes | Mapping[str, Any]) -> None:
+        """Create or replace the ``zarr.json`` of the group or array at ``path``."""
+        doc = json.loads(document) if isinstance(document, bytes | str) else dict(document)
+        if doc.get("zarr_format") != 3 or doc.get("node_type") not in ("group", "array"):
+            raise InvalidInputError(
+                f"metadata for {path or '/'!r} must be a Zarr v3 document with zarr_format 3 "
+                "and node_type group or array")
+        key = f"{path.strip('/')}/zarr.json" if path.strip("/") else "zarr.json"
+        raw = json.dumps(doc, indent=2).encode()
+        await self._write(key, lambda: self.store.set(key, _buffer(raw)))
+
+    async def set_group(self, path: str, attributes: Mapping[str, Any] | None = None) -> None:
+        await self.set_metadata(path, {"zarr_format": 3, "node_type": "group",
+                                       "attributes": dict(attributes or {})})
+
+    # -- chunks -------------------------------------------------------------
+
+    async def set_virtual_ref(self, key: str, location: str, offset: int, length: int,
+                              checksum: Checksum = None) -> None:
+        """Point one chunk key at ``length`` bytes at ``offset`` of ``location``."""
+        if offset < 0 or length <= 0:
+            raise InvalidInputError(f"virtual ref for {key}: offset must be >= 0 and length > 0")
+        self._check_location(location)
+        await self._write(key, lambda: self.store.set_virtual_ref_async(
+            key, location, offset=offset, length=length, checksum=checksum,
+            validate_container=True))
+
+    async def set_virtual_refs_arr(self, array_path: str, grid_shape: tuple[int, ...],
+                                   locations: list[str],
+                                   offsets: np.ndarray[Any, np.dtype[np.uint64]],
+                                   lengths: np.ndarray[Any, np.dtype[np.uint64]],
+                                   checksum: Checksum = None,
+                                   arr_offset: tuple[int, ...] | None = None) -> None:
+        """Vectorized refs for a block of the chunk grid (row-major; "" = no chunk)."""
+        for loc in set(locations):
+            if loc:
+                self._check_location(loc)
+        failed = await self._write(array_path, lambda: self.store.set_virtual_refs_arr_async(
+            array_path, grid_shape, locations, offsets, lengths, validate_containers=True,
+            arr_offset=arr_offset, checksum=checksum))
+        if failed:
+            raise InvalidInputError(f"{len(failed)} refs of {array_path} were refused, "
+                                    f"first at chunk {failed[0]}")
+
+    async def set_chunk(self, key: str, data: bytes) -> None:
+        """Store native chunk bytes (written into the repository itself)."""
+        await self._write(key, lambda: self.store.set(key, _buffer(data)))
+
+    async def delete(self, key: str) -> None:
+        """Delete one chunk, or a whole group or array with everything below it."""
+        key = key.strip("/")
+        if key.endswith("zarr.json") or not await self.store.exists(f"{key}/zarr.json" if key
+                                                                    else "zarr.json"):
+            await self._write(key, lambda: self.store.delete(key))
+        else:
+            await self._write(key, lambda: self.store.delete_dir(key))
+
+    def _check_location(self, location: str) -> None:
+        prefixes = [c.url_prefix for c in self.repo.containers()]
+        if location.startswith("vcc://"):
+            name = location[len("vcc://"):].split("/", 1)[0]
+            if name not in {c.name for c in self.repo.containers() if c.name}:
+                raise InvalidInputError(f"{location}: no virtual chunk container named {name!r}")
+            return
+        if not any(location.startswith(p) for p in prefixes):
+            raise InvalidInputError(
+                f"{location} is outside every virtual chunk container of this repository; "
+                "add one whose url_prefix covers it (vchunkfs config add-container PREFIX)")
+
+    # -- commit -------------------------------------------------------------
+
+    async def commit(self, message: str, metadata: Mapping[str, Any] | None = None) -> str:
+        """Commit the session; return the new snapshot id or raise :class:`ConflictError`."""
+        if not message.strip():
+            raise UsageError("a commit needs a message")
+        if not self.has_changes:
+            raise UsageError("nothing to commit: the session has no changes")
+        async with commit_lock(self.repo):
+            try:
+                sid: str = await self.session.commit_async(
+                    message, metadata=dict(metadata or {}), rebase_with=_conflict_solver(),
+                    rebase_tries=5)
+            except ic.RebaseFailedError as e:
+                conflicts = "; ".join(f"{c.conflict_type} at {c.path}" for c in e.conflicts[:3])
+                raise ConflictError(
+                    f"branch {self.branch} moved to {e.snapshot} while this session was open "
+                    f"and the changes overlap ({conflicts}); discard and redo them on the new head"
+                ) from e
+            except ic.ConflictError as e:
+                raise ConflictError(
+                    f"branch {self.branch} moved while committing ({_first_line(e)}); "
+                    "discard and redo the changes on the new head") from e
+            except ic.IcechunkError as e:
+                raise BackendError(f"commit to {self.branch} failed: {_first_line(e)}") from e
+        # the session is spent; the next change starts from the new head
+        self.session = await self.repo.ic.writable_session_async(self.branch)
+        self.store = self.session.store
+        return sid
+
+    async def discard(self) -> None:
+        """Drop every uncommitted change; the next change starts from the branch head."""
+        self.session = await self.repo.ic.writable_session_async(self.branch)
+        self.store = self.session.store
+
+    async def _write[T](self, key: str, fn: Any) -> Any:
+        try:
+            return await fn()
+        except ic.IcechunkError as e:
+            raise InvalidInputError(f"{key}: {_first_line(e)}") from e
+        except (ValueError, TypeError) as e:
+            raise InvalidInputError(f"{key}: {e}") from e
+
+
+async def create_branch(repo: Repo, name: str, from_version: str | None = None) -> str:
+    """Create branch ``name`` at ``from_version`` (default ``main``); return its snapshot."""
+    _check_ref_name(name)
+    if name in await repo.ic.list_branches_async():
+        raise UsageError(f"branch {name!r} already exists")
+    v = await repo.resolve(from_version)
+    await repo.ic.create_branch_async(name, v.snapshot_id)
+    return v.snapshot_id
+
+
+async def reset_branch(repo: Repo, name: str, to_version: str) -> str:
+    if name not in await repo.ic.list_branches_async():
+        raise NotFoundError(f"no branch {name!r}")
+    v = await repo.resolve(to_version)
+    await repo.ic.reset_branch_async(name, v.snapshot_id)
+    return v.snapshot_id
+
+
+async def delete_branch(repo: Repo, name: str) -> None:
+    if name == "main":
+        raise UsageError("the main branch cannot be deleted")
+    if name not in await repo.ic.list_branches_async():
+        raise NotFoundError(f"no branch {name!r}")
+    await repo.ic.delete_branch_async(name)
+
+
+async def create_tag(repo: Repo, name: str, version: str | None = None) -> str:
+    _check_ref_name(name)
+    if name in await repo.ic.list_tags_async():
+        raise UsageError(f"tag {name!r} already exists (tags never move)")
+    v = await repo.resolve(version)
+    await repo.ic.create_tag_async(name, v.snapshot_id)
+    return v.snapshot_id
+
+
+async def delete_tag(repo: Repo, name: str) -> None:
+    if name not in await repo.ic.list_tags_async():
+        raise NotFoundError(f"no tag {name!r}")
+    await repo.ic.delete_tag_async(name)
+
+
+def _check_ref_name(name: str) -> None:
+    if not name or "/" in name or "@" in name or name.startswith(".") or not name.isprintable():
+        raise UsageError(f"invalid branch or tag name {name!r}: no '/', '@', leading '.', "
+                         "or control characters")
+
+
+def _buffer(data: bytes) -> Any:
+    return default_buffer_prototype().buffer.from_bytes(data)
