@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,9 +104,17 @@ def local_container(directory: Path) -> ic.VirtualChunkContainer:
     return ic.VirtualChunkContainer(prefix, ic.local_filesystem_store(str(directory.resolve())))
 
 
+Published = dict[Path, tuple[str, str | datetime.datetime]]
+
+
+def publish_locally(sources: list[Path]) -> Published:
+    """Sources read from the local disk: file:// URLs, checked by modification time."""
+    return {p: (p.resolve().as_uri(), last_modified(p)) for p in sources}
+
+
 def build_repo(storage: ic.Storage, sources_dir: Path, *,
                container: ic.VirtualChunkContainer | None = None,
-               location_of: dict[Path, str] | None = None) -> BuiltRepo:
+               publish: Callable[[list[Path]], Published] = publish_locally) -> BuiltRepo:
     """A repository with history, written by icechunk itself.
 
     * ``v1`` (tag) on main: group attributes, ``sst`` virtual into day00.nc,
@@ -113,10 +122,11 @@ def build_repo(storage: ic.Storage, sources_dir: Path, *,
     * main then moves to ``day1``: ``sst`` re-pointed at day01.nc.
     * branch ``dev`` from v1 adds ``dev_only``.
 
-    ``location_of`` maps a source file to the URL its refs use (for sources
-    served over S3/HTTP); by default refs use file:// URLs.
+    ``publish`` makes the written sources reachable and returns, per file, the
+    URL the refs use and the checksum (ETag or time) recorded with them.
     """
     sources = write_sources(sources_dir)
+    published = publish(sources)
     container = container or local_container(sources_dir)
     config = ic.RepositoryConfig.default()
     config.set_virtual_chunk_container(container)
@@ -126,9 +136,8 @@ def build_repo(storage: ic.Storage, sources_dir: Path, *,
 
     def refs_for(path: Path, var: str, zpath: str) -> list[Ref]:
         refs = chunk_refs(path, var, zpath)
-        if location_of:
-            for r in refs:
-                r.location = location_of[path]
+        for r in refs:
+            r.location = published[path][0]
         return refs
 
     s = repo.writable_session("main")
@@ -148,7 +157,7 @@ def build_repo(storage: ic.Storage, sources_dir: Path, *,
     refs = refs_for(sources[0], "sst", "sst") + refs_for(sources[0], "field", "field")
     for r in refs:
         s.store.set_virtual_ref(r.key, r.location, offset=r.offset, length=r.length,
-                                checksum=last_modified(sources[0]))
+                                checksum=published[sources[0]][1])
     built.snapshots["v1"] = s.commit("day 0: sst and field from day00.nc")
     built.refs["v1"] = refs
     repo.create_tag("v1", built.snapshots["v1"])
@@ -157,7 +166,7 @@ def build_repo(storage: ic.Storage, sources_dir: Path, *,
     refs1 = refs_for(sources[1], "sst", "sst")
     for r in refs1:
         s.store.set_virtual_ref(r.key, r.location, offset=r.offset, length=r.length,
-                                checksum=last_modified(sources[1]))
+                                checksum=published[sources[1]][1])
     built.snapshots["day1"] = s.commit("day 1: sst from day01.nc", metadata={"day": 1})
     built.refs["day1"] = refs1 + [r for r in refs if r.key.startswith("field/")]
 

@@ -11,7 +11,7 @@ prefix win):
        prefix = "s3://noaa-oisst/data/"
        credentials = "anonymous"        # default | anonymous | env | static
        # static only: access_key_id / secret_access_key / session_token (s3),
-       # service_account_file (gcs), access_key / sas_token (azure)
+       # service_account_file or service_account_key (gcs), access_key / sas_token (azure)
 
 2. the environment: ``VCHUNKFS_AUTHORIZE="PREFIX[=KIND] PREFIX[=KIND] ..."``
 3. options: ``--authorize PREFIX[=KIND]`` (or the mount option ``authorize=``)
@@ -40,7 +40,7 @@ KINDS = ("default", "anonymous", "env", "static")
 
 _STATIC_KEYS = {
     "s3": ("access_key_id", "secret_access_key", "session_token"),
-    "gcs": ("service_account_file",),
+    "gcs": ("service_account_file", "service_account_key"),
     "azure": ("access_key", "sas_token"),
 }
 
@@ -109,6 +109,8 @@ def _static_credential(backend: str, prefix: str, secrets: Mapping[str, str]
             session_token=secrets.get("session_token"),
         )
     if backend == "gcs":
+        if secrets.get("service_account_key"):
+            return ic.gcs_credentials(service_account_key=secrets["service_account_key"])
         need("service_account_file")
         return ic.gcs_credentials(service_account_file=secrets["service_account_file"])
     if secrets.get("sas_token"):

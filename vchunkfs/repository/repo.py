@@ -211,15 +211,19 @@ class Repo:
             yield Commit.from_info(info)
 
     async def diff(self, from_version: str, to_version: str) -> VersionDiff:
+        """Changes from ``from_version`` to ``to_version``, its descendant."""
         a = await self.resolve(from_version)
         b = await self.resolve(to_version)
+        if a.snapshot_id == b.snapshot_id:
+            return VersionDiff()
         try:
             d = await self.ic.diff_async(from_snapshot_id=a.snapshot_id,
                                          to_snapshot_id=b.snapshot_id)
         except ic.IcechunkError as e:
             # icechunk diffs only along one line of history
-            raise UsageError(f"cannot diff {from_version} and {to_version}: {_first_line(e)}"
-                             ) from e
+            raise UsageError(
+                f"cannot diff {from_version} and {to_version}: {from_version} must be an "
+                f"ancestor of {to_version} ({_first_line(e)})") from e
         return VersionDiff.from_icechunk(d)
 
     async def view(self, version: str | None = None) -> SnapshotView:

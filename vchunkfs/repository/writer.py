@@ -89,13 +89,25 @@ class Writer:
     # -- metadata -----------------------------------------------------------
 
     async def set_metadata(self, path: str, document: bytes | Mapping[str, Any]) -> None:
-        """Create or replace the ``zarr.json`` of the group or array at ``path``."""
+        """Create or replace the ``zarr.json`` of the group or array at ``path``.
+
+        Missing parent groups are created (empty), as zarr does, so that every
+        reader finds the node from the root.
+        """
         doc = json.loads(document) if isinstance(document, bytes | str) else dict(document)
         if doc.get("zarr_format") != 3 or doc.get("node_type") not in ("group", "array"):
             raise InvalidInputError(
                 f"metadata for {path or '/'!r} must be a Zarr v3 document with zarr_format 3 "
                 "and node_type group or array")
-        key = f"{path.strip('/')}/zarr.json" if path.strip("/") else "zarr.json"
+        path = path.strip("/")
+        parts = path.split("/") if path else []
+        for i in range(len(parts)):
+            parent = _metadata_key("/".join(parts[:i]))
+            if not await self.store.exists(parent):
+                group = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}})
+                await self._write(parent, lambda p=parent, g=group: self.store.set(
+                    p, _buffer(g.encode())))
+        key = _metadata_key(path)
         raw = json.dumps(doc, indent=2).encode()
         await self._write(key, lambda: self.store.set(key, _buffer(raw)))
 
@@ -139,8 +151,7 @@ class Writer:
     async def delete(self, key: str) -> None:
         """Delete one chunk, or a whole group or array with everything below it."""
         key = key.strip("/")
-        if key.endswith("zarr.json") or not await self.store.exists(f"{key}/zarr.json" if key
-                                                                    else "zarr.json"):
+        if key.endswith("zarr.json") or not await self.store.exists(_metadata_key(key)):
             await self._write(key, lambda: self.store.delete(key))
         else:
             await self._write(key, lambda: self.store.delete_dir(key))
@@ -246,6 +257,10 @@ def _check_ref_name(name: str) -> None:
     if not name or "/" in name or "@" in name or name.startswith(".") or not name.isprintable():
         raise UsageError(f"invalid branch or tag name {name!r}: no '/', '@', leading '.', "
                          "or control characters")
+
+
+def _metadata_key(path: str) -> str:
+    return f"{path}/zarr.json" if path else "zarr.json"
 
 
 def _buffer(data: bytes) -> Any:
