@@ -27,8 +27,10 @@ import argparse
 import asyncio
 import os
 import platform
+import socket
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -84,22 +86,27 @@ def fmt(fig: Figure | None, unit: str) -> str:
     if fig is None:
         return "–"
     v = fig.median * _SCALE[unit]
-    digits = 0 if v >= 100 else 1 if v >= 10 else 2 if v >= 1 else 3
+    digits = 1 if unit == "MB" else 0 if v >= 100 else 1 if v >= 10 else 2 if v >= 1 else 3
     return f"{v:,.{digits}f} {unit}"
 
 
 def table(title: str, rows: Sequence[Row], runs_note: str) -> str:
     """A Markdown table: measurement, vchunkfs, icechunk direct, ratio."""
     lines = [f"### {title}", "", runs_note, "",
-             "| measurement | vchunkfs | icechunk direct | ratio |",
-             "|---|---:|---:|---:|"]
+             "| measurement | vchunkfs | icechunk direct | ratio | spread |",
+             "|---|---:|---:|---:|---:|"]
     for r in rows:
         ratio = "–"
         if r.vchunkfs is not None and r.icechunk is not None and r.icechunk.median > 0:
             ratio = f"{r.vchunkfs.median / r.icechunk.median:.2f}x"
+        spread = " / ".join("–" if f is None else f"{f.spread:.0%}"
+                            for f in (r.vchunkfs, r.icechunk))
         lines.append(f"| {r.label} | {fmt(r.vchunkfs, r.unit)} | {fmt(r.icechunk, r.unit)} "
-                     f"| {ratio} |")
+                     f"| {ratio} | {spread} |")
     return "\n".join(lines)
+
+
+SPREAD_NOTE = ("Spread: (max − min) / median of the runs, vchunkfs / icechunk.")
 
 
 def machine() -> str:
@@ -251,6 +258,7 @@ def bridge_rows(built: make_million.BenchRepo, runs: int, calls: int) -> list[Ro
     keys = row_keys(built, 517 % built.grid, calls)
     plain = plain_asyncio(built, keys, runs)
     via = bridged(built, keys, runs)
+    ping = thread_round_trip(runs, calls)
     n = f"{calls:,}"
     return [
         Row("getsize, serial: `bridge.call` from trio vs `await` in asyncio",
@@ -262,13 +270,39 @@ def bridge_rows(built: make_million.BenchRepo, runs: int, calls: int) -> list[Ro
             via["run_getsize"], plain["getsize"], "us"),
         Row("getsize, serial: `trio.to_thread.run_sync(bridge.run)` (not used) vs asyncio",
             via["to_thread_getsize"], plain["getsize"], "us"),
-        Row("no-op coroutine, serial: `bridge.call` from trio vs `await` in asyncio",
-            via["call_noop"], plain["noop"], "us"),
+        Row("no-op coroutine, serial: `bridge.call` from trio vs a bare thread round trip "
+            "(socketpair ping-pong: two wake-ups, the floor)", via["call_noop"], ping, "us"),
         Row(f"no-op coroutine, {n} concurrent: `bridge.call` (per call)",
             via["call_noop_concurrent"], None, "us"),
-        Row("no-op coroutine, serial: `bridge.run` from a thread",
-            via["run_noop"], None, "us"),
+        Row("no-op coroutine, serial: `bridge.run` from a thread vs a bare thread round trip",
+            via["run_noop"], ping, "us"),
     ]
+
+
+def thread_round_trip(runs: int, n: int) -> Figure:
+    """Two threads bouncing one byte through a socketpair: the cost of two wake-ups."""
+    a, b = socket.socketpair()
+
+    def echo() -> None:
+        while data := b.recv(1):
+            b.send(data)
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+
+    def batch() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            a.send(b"x")
+            a.recv(1)
+        return _per_call(t0, n)
+
+    try:
+        return timed_runs(batch, runs)
+    finally:
+        a.close()
+        thread.join(timeout=5)
+        b.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -284,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = bridge_rows(built, runs, args.calls)
     print(table(f"The bridge: one call ({built.num_chunks:,} chunk refs)", rows,
                 f"Median over {runs} runs of the mean time per call in a batch of "
-                f"{args.calls:,} calls; {machine()}."))
+                f"{args.calls:,} calls; {machine()}. {SPREAD_NOTE}"))
     sys.stdout.flush()
 
 

@@ -49,7 +49,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import icechunk as ic
@@ -98,7 +98,20 @@ def expected_chunk(i: int, j: int) -> bytes:
 
 
 def maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """Peak RSS of this process so far, from ``getrusage`` (in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def vmhwm_mb() -> float:
+    """Peak RSS of this process's address space, from /proc (0 where there is none)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _check(ok: bool, what: str) -> None:
@@ -202,7 +215,7 @@ def run_child(side: str, mode: str, spec: Spec) -> dict[str, float]:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode:
-        raise SystemExit(f"child {side}:{mode} failed ({proc.returncode}):\n{proc.stderr}")
+        raise RuntimeError(f"child {side}:{mode} failed ({proc.returncode}):\n{proc.stderr}")
     result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result | {"wall": wall}
 
@@ -212,19 +225,64 @@ def child_main(which: str, spec_json: str) -> None:
     spec = Spec(**json.loads(spec_json))
     out = child_vchunkfs(spec, mode) if side == "vchunkfs" else child_icechunk(spec, mode)
     out["maxrss"] = maxrss_mb()
-    print(json.dumps(out))
+    out["vmhwm"] = vmhwm_mb()
+    print(json.dumps(out), flush=True)
+    # Skip interpreter finalization: with icechunk 2.3, a tokio thread that drops
+    # pyo3-async-runtimes task locals while Python finalizes crashes the process
+    # (SIGSEGV) in a few percent of exits of a process that used plain asyncio.
+    os._exit(0)
+
+
+def launcher_main() -> None:
+    """Run the children the parent asks for, one JSON line in and out per child."""
+    for line in sys.stdin:
+        side, mode, spec = json.loads(line)
+        try:
+            out: dict[str, Any] = run_child(side, mode, Spec(**spec))
+        except RuntimeError as e:
+            out = {"error": str(e)}
+        print(json.dumps(out), flush=True)
+
+
+class Launcher:
+    """A small process, started before the parent grows, that spawns the children.
+
+    ``ru_maxrss`` survives fork and exec on Linux: a child spawned by the parent
+    would report at least the parent's own peak (hundreds of MB once it has
+    scanned the array). Children of this launcher start from its peak instead,
+    a few MB below what any child reaches by importing icechunk.
+    """
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--launcher"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, env=os.environ | {"ICECHUNK_LOG": "error"})
+
+    def run(self, side: str, mode: str, spec: Spec) -> dict[str, float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps([side, mode, asdict(spec)]) + "\n")
+        self.proc.stdin.flush()
+        out: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        if "error" in out:
+            raise SystemExit(out["error"])
+        return out
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 # -- the parent --------------------------------------------------------------------
 
 
-def children(sides: Sequence[str], mode: str, spec: Spec, runs: int,
+def children(launcher: Launcher, sides: Sequence[str], mode: str, spec: Spec, runs: int,
              warmup: int = 1) -> dict[str, list[dict[str, float]]]:
     """``warmup + runs`` children per side, the sides interleaved; keep the last runs."""
     results: dict[str, list[dict[str, float]]] = {s: [] for s in sides}
     for _ in range(warmup + runs):
         for s in sides:
-            results[s].append(run_child(s, mode, spec))
+            results[s].append(launcher.run(s, mode, spec))
     return {s: r[warmup:] for s, r in results.items()}
 
 
@@ -234,10 +292,10 @@ def fig(results: list[dict[str, float]] | None, field: str) -> Figure | None:
     return None if results is None else Figure(tuple(r[field] for r in results))
 
 
-def first_chunk_rows(spec: Spec, runs: int) -> list[Row]:
+def first_chunk_rows(launcher: Launcher, spec: Spec, runs: int) -> list[Row]:
     from bench_bridge import Row
 
-    res = children(("vchunkfs", "icechunk"), "first", spec, runs)
+    res = children(launcher, ("vchunkfs", "icechunk"), "first", spec, runs)
     v, i = res["vchunkfs"], res["icechunk"]
     return [
         Row("fresh process, spawn to exit (wall)", fig(v, "wall"), fig(i, "wall"), "ms"),
@@ -252,19 +310,21 @@ def first_chunk_rows(spec: Spec, runs: int) -> list[Row]:
     ]
 
 
-def memory_rows(spec: Spec, runs: int, built: BenchRepo) -> list[Row]:
+def memory_rows(launcher: Launcher, spec: Spec, runs: int, built: BenchRepo) -> list[Row]:
     from bench_bridge import Row
 
-    imports = children(("vchunkfs", "icechunk"), "imports", spec, runs, warmup=0)
-    work = children(("vchunkfs", "icechunk"), "work", spec, runs)
-    rows = children(("vchunkfs",), "rows", spec, runs)
-    indexed = children(("vchunkfs",), "work",
+    imports = children(launcher, ("vchunkfs", "icechunk"), "imports", spec, runs, warmup=0)
+    work = children(launcher, ("vchunkfs", "icechunk"), "work", spec, runs)
+    rows = children(launcher, ("vchunkfs",), "rows", spec, runs)
+    indexed = children(launcher, ("vchunkfs",), "work",
                        Spec(**(asdict(spec) | {"index_max_chunks": built.num_chunks})), runs)
     return [
         Row("peak RSS: interpreter + imports only", fig(imports["vchunkfs"], "maxrss"),
             fig(imports["icechunk"], "maxrss"), "MB"),
         Row("peak RSS: open + stat + list one row + read one chunk",
             fig(work["vchunkfs"], "maxrss"), fig(work["icechunk"], "maxrss"), "MB"),
+        Row("&nbsp;&nbsp;the same, as /proc's VmHWM (cross-check)",
+            fig(work["vchunkfs"], "vmhwm"), fig(work["icechunk"], "vmhwm"), "MB"),
         Row(f"peak RSS: open + list {ROWS_MANY} rows (vchunkfs only)",
             fig(rows["vchunkfs"], "maxrss"), None, "MB"),
         Row("peak RSS: as the 2nd line, whole-array index forced "
@@ -525,8 +585,16 @@ class InProcess:
 
 
 def parent_main(args: argparse.Namespace) -> None:
+    launcher = Launcher()  # first, while this process is still small
+    try:
+        parent_work(args, launcher)
+    finally:
+        launcher.close()
+
+
+def parent_work(args: argparse.Namespace, launcher: Launcher) -> None:
     import bench_bridge
-    from bench_bridge import machine, table
+    from bench_bridge import SPREAD_NOTE, machine, table
 
     from vchunkfs.repository import ViewCaches
 
@@ -543,10 +611,10 @@ def parent_main(args: argparse.Namespace) -> None:
     print(f"# vchunkfs repository layer vs icechunk direct\n\n{note}.\n", flush=True)
 
     def show(title: str, rows: list[Row], how: str) -> None:
-        print(table(title, rows, how) + "\n", flush=True)
+        print(table(title, rows, f"{how} {SPREAD_NOTE}") + "\n", flush=True)
 
     show("1. Open the repository and read one chunk in a fresh process",
-         first_chunk_rows(spec, runs),
+         first_chunk_rows(launcher, spec, runs),
          "One child process per run (vchunkfs through its AsyncioBridge, icechunk in "
          "`asyncio.run`), the two sides interleaved.")
     stat, listing, passes = InProcess(built, spec, runs).run()
@@ -558,7 +626,7 @@ def parent_main(args: argparse.Namespace) -> None:
          "session per run.")
     show("4. One call through the AsyncioBridge", bench_bridge.bridge_rows(built, runs, 1000),
          "Mean time per call in a batch of 1,000 calls (see bench_bridge.py).")
-    show("5. Peak RSS of fresh processes", memory_rows(spec, runs, built),
+    show("5. Peak RSS of fresh processes", memory_rows(launcher, spec, runs, built),
          "`ru_maxrss` of one child process per run; vchunkfs through its AsyncioBridge.")
     show("6. One full pass over the chunk refs", passes,
          "Plain asyncio, manifest already cached; batches of 100,000 refs.")
@@ -568,11 +636,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", nargs="?", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="use a 100x100 chunk grid")
-    parser.add_argument("--runs", type=int, default=7, help="runs per figure (>= 5)")
+    parser.add_argument("--runs", type=int, default=9, help="runs per figure (>= 5)")
     parser.add_argument("--child", nargs=2, metavar=("SIDE:MODE", "SPEC"), help=argparse.SUPPRESS)
+    parser.add_argument("--launcher", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child_main(*args.child)
+    elif args.launcher:
+        launcher_main()
     else:
         parent_main(args)
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from vchunkfs import __version__
 from vchunkfs.bridge import close_shared_bridge
-from vchunkfs.cli import inspect
+from vchunkfs.cli import inspect, mount
 from vchunkfs.cli.common import EXIT_CODES, report_error
 from vchunkfs.errors import VchunkfsError
 from vchunkfs.repository.logs import quiet_engine_logs
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vchunkfs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     inspect.register(sub)
+    mount.register(sub)
     return parser
 
 

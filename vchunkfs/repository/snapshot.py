@@ -37,6 +37,7 @@ from typing import Any
 import icechunk as ic
 import numpy as np
 from cachetools import LRUCache
+from zarr.abc.store import OffsetByteRequest, RangeByteRequest
 from zarr.core.buffer import default_buffer_prototype
 
 from vchunkfs.errors import (
@@ -313,19 +314,28 @@ class SnapshotView:
         rel = grid.key(coords)
         return f"{array}/{rel}" if array else rel
 
-    async def read(self, key: str) -> bytes:
-        """The bytes of the file ``key``: a metadata document or a chunk."""
+    async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes of the file ``key`` (a metadata document or a chunk), whole or a range."""
         r = await self.resolve(key)
         if r is None or r.kind in ("node", "chunk_dir"):
             raise NotFoundError(f"no file {key.strip('/')!r} in snapshot {self.snapshot_id}")
         if r.kind == "metadata":
-            return await self.metadata(r.node.path)
-        return await self.read_chunk(r.node.path, r.coords)
+            doc = await self.metadata(r.node.path)
+            return doc[offset:] if length is None else doc[offset:offset + length]
+        return await self.read_chunk(r.node.path, r.coords, offset, length)
 
-    async def read_chunk(self, array: str, coords: Coords) -> bytes:
-        """The stored bytes of one chunk, fetched through icechunk (checks kept)."""
+    async def read_chunk(self, array: str, coords: Coords, offset: int = 0,
+                         length: int | None = None) -> bytes:
+        """Stored bytes of one chunk (or ``length`` of them from ``offset``), fetched
+        through icechunk so that authorization and the changed-source check hold."""
         key = self.chunk_key(array, await self.grid(array), coords)
-        buf = await self._call(key, lambda: self.store.get(key, default_buffer_prototype()))
+        byte_range = None
+        if offset or length is not None:
+            end = offset + length if length is not None else None
+            byte_range = (RangeByteRequest(offset, end) if end is not None
+                          else OffsetByteRequest(offset))
+        buf = await self._call(key, lambda: self.store.get(
+            key, default_buffer_prototype(), byte_range=byte_range))
         if buf is None:
             raise NotFoundError(f"chunk {key} is not stored in snapshot {self.snapshot_id}")
         return buf.to_bytes()

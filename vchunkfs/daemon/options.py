@@ -1,0 +1,155 @@
+"""Mount options: the one place where ``-o`` strings become settings.
+
+The same options come from ``mount.vchunkfs -o ...``, ``mount -t vchunkfs``,
+an ``/etc/fstab`` line, a systemd unit and ``vchunkfs mount`` (whose flags are
+translated to these strings first).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from vchunkfs.errors import UsageError
+
+# Options mount(8), fstab and systemd pass or use that mean nothing to the daemon.
+IGNORED = {
+    "defaults", "auto", "noauto", "nofail", "_netdev", "user", "users", "nouser", "owner",
+    "group", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime",
+    "relatime", "norelatime", "strictatime", "diratime", "nodiratime", "async", "sync",
+    "rw", "ro", "loop",
+}
+IGNORED_PREFIXES = ("x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext=")
+
+HELP = """\
+mount options (-o opt[,opt...]):
+  version=NAME          branch, tag or snapshot id the root shows (default: main)
+  presentation=NAME     how chunks are shown: zarr-v3 (default)
+  authorize=PREFIX[=KIND]
+                        trust a virtual chunk container (repeatable; KIND: default,
+                        anonymous, env). Credentials: auth_file= or the environment
+  auth_file=PATH        TOML file of [[authorize]] entries (chmod 600)
+  endpoint_url=URL      S3-compatible endpoint of the repository's storage
+  region=NAME           storage region
+  anonymous             read the repository's storage without credentials
+  storage.KEY=VALUE     backend config key (gcs, azure, http storage)
+  cache_size=BYTES      daemon cache for chunk bytes, e.g. 512M, 2G (default 512M)
+  show_versions         list .vchunkfs in the root directory (it is always reachable)
+  poll_interval=SEC     how often a branch view checks for a new head (default 2)
+  read_ahead_kb=KB      kernel read-ahead of the mount (default 1024: one request per
+                        OISST-sized chunk; 0 leaves the kernel default)
+  allow_other           let other users read the mount (needs user_allow_other in
+                        /etc/fuse.conf for non-root)
+  uid=N, gid=N          owner shown for every file (default: the mounting user)
+  workers=N             most FUSE requests served at once (default 64)
+  foreground            do not daemonize
+  debug                 log every request
+  log_file=PATH         where the daemon logs (default: syslog-less stderr when in the
+                        foreground, nowhere when daemonized)
+  control_socket=PATH   path of the control socket
+ignored, for fstab and mount(8): defaults, auto, noauto, nofail, _netdev, rw, ro, user,
+  x-systemd.* and the other generic options. The mount is always read-only.
+"""
+
+_SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
+
+
+@dataclass
+class MountOptions:
+    source: str
+    mountpoint: str
+    version: str = "main"
+    presentation: str = "zarr-v3"
+    authorize: list[str] = field(default_factory=list)
+    auth_file: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    anonymous: bool = False
+    storage_config: dict[str, str] = field(default_factory=dict)
+    cache_size: int = 512 * 1024 * 1024
+    show_versions: bool = False
+    poll_interval: float = 2.0
+    read_ahead_kb: int = 1024
+    allow_other: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    workers: int = 64
+    foreground: bool = False
+    debug: bool = False
+    log_file: str | None = None
+    control_socket: str | None = None
+
+
+def parse_size(text: str) -> int:
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise UsageError(f"bad size {text!r}: use bytes or a number with K, M, G or T")
+    unit = m.group(2).upper()
+    return int(m.group(1)) * (1024 ** ("KMGT".index(unit) + 1) if unit else 1)
+
+
+def split_options(values: list[str]) -> list[str]:
+    """``["a,b=1", "c"]`` -> ``["a", "b=1", "c"]``."""
+    return [o for v in values for o in v.split(",") if o]
+
+
+def parse_options(source: str, mountpoint: str, options: list[str]) -> MountOptions:
+    """Build :class:`MountOptions` from option strings; unknown ones are a clear error."""
+    opts = MountOptions(source=source, mountpoint=mountpoint)
+    for raw in split_options(options):
+        key, sep, value = raw.partition("=")
+        if raw in IGNORED or raw.startswith(IGNORED_PREFIXES):
+            continue
+        if key.startswith("storage.") and sep:
+            opts.storage_config[key[len("storage."):]] = value
+            continue
+        flag = not sep
+        try:
+            match key:
+                case "version" if value:
+                    opts.version = value
+                case "presentation" if value:
+                    opts.presentation = value
+                case "authorize" if value:
+                    opts.authorize.append(value)
+                case "auth_file" if value:
+                    opts.auth_file = value
+                case "endpoint_url" if value:
+                    opts.endpoint_url = value
+                case "region" if value:
+                    opts.region = value
+                case "anonymous" if flag:
+                    opts.anonymous = True
+                case "cache_size" if value:
+                    opts.cache_size = parse_size(value)
+                case "show_versions" if flag:
+                    opts.show_versions = True
+                case "poll_interval" if value:
+                    opts.poll_interval = float(value)
+                    if opts.poll_interval <= 0:
+                        raise ValueError
+                case "read_ahead_kb" if value:
+                    opts.read_ahead_kb = int(value)
+                case "allow_other" if flag:
+                    opts.allow_other = True
+                case "uid" if value:
+                    opts.uid = int(value)
+                case "gid" if value:
+                    opts.gid = int(value)
+                case "workers" if value:
+                    opts.workers = int(value)
+                    if opts.workers < 1:
+                        raise ValueError
+                case "foreground" if flag:
+                    opts.foreground = True
+                case "debug" if flag:
+                    opts.debug = True
+                case "log_file" if value:
+                    opts.log_file = value
+                case "control_socket" if value:
+                    opts.control_socket = value
+                case _:
+                    raise UsageError(f"unknown mount option {raw!r} (see mount.vchunkfs --help)")
+        except ValueError:
+            raise UsageError(f"bad value in mount option {raw!r}") from None
+    return opts

@@ -1,0 +1,126 @@
+"""The mount daemon's life cycle: checks, fork, the ready report, unmounting.
+
+``mount()`` returns only once the filesystem is mounted and answering, or with
+one clear error line: the daemon (a forked child, unless ``foreground``)
+reports ``ok`` or the error over a pipe before the parent exits. The fork
+happens before any thread or event loop starts. SIGTERM, SIGINT and SIGHUP,
+``umount`` and ``fusermount3 -u`` all end the daemon cleanly; under systemd it
+sends ``READY=1`` once mounted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from vchunkfs.daemon.options import MountOptions
+from vchunkfs.errors import UsageError, VchunkfsError
+
+
+class MountError(VchunkfsError):
+    """The mount could not be made (mountpoint, FUSE, or the daemon died)."""
+
+    code = "mount"
+    exit_status = 32  # mount(8)'s "mount failure"
+
+
+def check_mountpoint(path: str) -> str:
+    mp = Path(path).expanduser()
+    if not mp.exists():
+        raise MountError(f"mountpoint {path} does not exist")
+    if not mp.is_dir():
+        raise MountError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(mp):
+        raise MountError(f"{path} is already a mount point (unmount it first: "
+                         f"vchunkfs umount {path})")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: install fuse3 and load the fuse module "
+                         "(modprobe fuse)")
+    if os.getuid() != 0 and not shutil.which("fusermount3"):
+        raise MountError("fusermount3 not found: install the fuse3 package")
+    return str(mp.resolve())
+
+
+def mount(opts: MountOptions) -> int:
+    """Mount and return 0 once ready; raise :class:`VchunkfsError` on failure."""
+    opts.mountpoint = check_mountpoint(opts.mountpoint)
+    if opts.foreground:
+        return _serve_here(opts, ready_fd=None)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_end)
+        os.setsid()
+        _detach_stdio(opts.log_file)
+        status = 1
+        try:
+            status = _serve_here(opts, ready_fd=write_end)
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode(errors="replace").strip()
+    if report == "ok":
+        return 0
+    os.waitpid(pid, 0)
+    if report.startswith("error "):
+        _, code, message = report.split(" ", 2)
+        err = VchunkfsError(message)
+        err.exit_status = int(code)
+        raise err
+    raise MountError("the daemon exited before the mount was ready"
+                     + (f" (see {opts.log_file})" if opts.log_file else
+                        "; run with -o foreground,debug to see why"))
+
+
+def _serve_here(opts: MountOptions, ready_fd: int | None) -> int:
+    # Imported only now: zarr and icechunk start threads when imported, and the
+    # fork above must happen while this process has a single thread.
+    from vchunkfs.daemon.serve import serve
+
+    return serve(opts, ready_fd)
+
+
+def _detach_stdio(log_file: str | None) -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    if log_file:
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 2)
+        os.close(fd)
+    else:
+        os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def unmount(mountpoint: str, lazy: bool = False) -> None:
+    """Unmount a vchunkfs mount (the daemon then exits by itself)."""
+    mp = str(Path(mountpoint).expanduser().resolve())
+    if not os.path.ismount(mp):
+        raise UsageError(f"{mountpoint} is not mounted")
+    fstype = _fstype(mp)
+    if fstype is not None and fstype != "fuse.vchunkfs":
+        raise UsageError(f"{mountpoint} is a {fstype} mount, not vchunkfs")
+    cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mp]
+    if not shutil.which("fusermount3"):
+        cmd = ["umount"] + (["-l"] if lazy else []) + [mp]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        detail = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+        if "busy" in detail.lower():
+            raise MountError(f"{mountpoint} is busy (a process has a file open or its working "
+                             f"directory there); close it, or use --lazy")
+        raise MountError(f"cannot unmount {mountpoint}: {detail}")
+
+
+def _fstype(mountpoint: str) -> str | None:
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[1] == mountpoint:
+                return fields[2]
+    return None
+

@@ -1,0 +1,524 @@
+"""The mounted tree, independent of FUSE: inodes, lookups, listings, reads, branch following.
+
+Layout of a mount::
+
+    /                         the chosen version (branch, tag or snapshot), presented
+    /.vchunkfs/               the versions directory (hidden from readdir unless asked)
+        HEAD                  what the root shows: "branch main" and its snapshot id
+        history               the root version's history, like git log
+        branches/NAME/        each branch, a complete read-only hierarchy
+        tags/NAME/            each tag
+        snapshots/ID/         each snapshot reachable from a branch or tag (any id by path)
+
+Inodes name *generations*: a node inside a version's hierarchy is keyed by the
+snapshot it was looked up in, so its bytes and attributes never change and
+the kernel may cache them for long. When a branch moves, the poller points the
+branch's tree at the new snapshot and invalidates the kernel's entries that
+lead into the old generation; the next lookup yields new inodes. Files already
+open keep reading the snapshot they were opened in. Only the mount root and
+the versions directory "float" (their content follows the current state); they
+get short timeouts and uncacheable negative lookups.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+from cachetools import LRUCache
+
+from vchunkfs.bridge import AsyncioBridge
+from vchunkfs.errors import (
+    NotFoundError,
+    ReadOnlyError,
+    UnauthorizedContainerError,
+    VchunkfsError,
+)
+from vchunkfs.fs.blockcache import BlockCache, read_blocks
+from vchunkfs.presentation import Presentation, make_presentation, render_history
+from vchunkfs.repository import Repo, Version
+from vchunkfs.repository.repo import Commit
+
+log = logging.getLogger("vchunkfs.fs")
+
+ROOT = 1
+VERSIONS_DIR = ".vchunkfs"
+REF_DIRS = ("branches", "tags", "snapshots")
+TEXT_FILES = ("HEAD", "history")
+LONG_TIMEOUT = 24 * 3600.0  # generations never change
+SHORT_TIMEOUT = 1.0  # floating nodes follow the repository
+HISTORY_LIMIT = 10_000
+XATTR_SNAPSHOT = "user.vchunkfs.snapshot"
+XATTR_VERSION = "user.vchunkfs.version"
+
+TREE, VERSIONS, REFS, TEXT = "tree", "versions", "refs", "text"
+
+
+@dataclass(frozen=True)
+class NodeKey:
+    """What an inode stands for."""
+
+    kind: str  # TREE, VERSIONS, REFS or TEXT
+    tree: str = ""  # TREE: the tree id ("root", "branch:NAME", "tag:NAME", "snapshot:ID")
+    gen: str = ""  # TREE: the snapshot the node belongs to; "" for the floating mount root
+    path: str = ""  # TREE: path in the presentation; REFS/TEXT: the directory or file name
+
+
+@dataclass
+class Inode:
+    ino: int
+    key: NodeKey
+    parent: int
+    name: str
+    lookups: int = 0
+
+
+@dataclass(frozen=True)
+class Attr:
+    """Attributes of one node, FUSE-agnostic. ``ino == 0`` is a cacheable negative entry."""
+
+    ino: int
+    is_dir: bool = False
+    size: int = 0
+    mtime_ns: int = 0
+    timeout: float = SHORT_TIMEOUT
+
+
+@dataclass
+class Tree:
+    """A version shown as a hierarchy; a branch's tree moves with the branch."""
+
+    id: str
+    version: Version
+    mtime_ns: int
+
+    @property
+    def snapshot_id(self) -> str:
+        return self.version.snapshot_id
+
+
+@dataclass
+class OpenFile:
+    key: NodeKey
+    size: int
+    keep_cache: bool
+    presentation: Presentation | None = None
+    text: bytes | None = None
+
+
+class Invalidator(Protocol):
+    """How the core asks the kernel to forget cached entries (implemented by the adapter)."""
+
+    def invalidate_entry(self, parent: int, name: str) -> None: ...
+
+    def invalidate_inode(self, ino: int) -> None: ...
+
+
+class FsError(Exception):
+    """An operation failed with ``errno``; ``message`` is the one line that was logged."""
+
+    def __init__(self, err: int, message: str = "") -> None:
+        super().__init__(message or errno.errorcode.get(err, str(err)))
+        self.errno = err
+
+
+@dataclass
+class MountConfig:
+    version: str = "main"
+    presentation: str = "zarr-v3"
+    cache_bytes: int = 512 * 1024 * 1024
+    show_versions: bool = False
+    poll_interval: float = 2.0
+
+
+@dataclass
+class _Generation:
+    presentation: Presentation
+    mtime_ns: int
+
+
+class Namespace:
+    """The mount's tree. All methods run in the trio thread."""
+
+    def __init__(self, repo: Repo, bridge: AsyncioBridge, config: MountConfig) -> None:
+        self.repo = repo
+        self.bridge = bridge
+        self.config = config
+        self.cache = BlockCache(config.cache_bytes)
+        self._inodes: dict[int, Inode] = {}
+        self._by_key: dict[tuple[NodeKey, int], int] = {}
+        self._next_ino = ROOT + 1
+        self._trees: dict[str, Tree] = {}
+        self._generations: LRUCache[str, _Generation] = LRUCache(64)
+        self._files: dict[int, OpenFile] = {}
+        self._next_fh = 1
+        root = Inode(ROOT, NodeKey(TREE, "root", "", ""), ROOT, "", lookups=1)
+        self._inodes[ROOT] = root
+
+    # -- set-up -------------------------------------------------------------
+
+    async def start(self) -> Tree:
+        """Resolve the root version (raises the repository layer's errors)."""
+        version = await self._call(lambda: self.repo.resolve(self.config.version))
+        tree = await self._make_tree("root", version)
+        return tree
+
+    async def _call[T](self, fn: Callable[[], Awaitable[T]]) -> T:
+        return await self.bridge.call(fn)
+
+    async def _make_tree(self, tree_id: str, version: Version) -> Tree:
+        gen = await self._generation(version.snapshot_id)
+        tree = Tree(tree_id, version, gen.mtime_ns)
+        self._trees[tree_id] = tree
+        return tree
+
+    async def _generation(self, snapshot_id: str) -> _Generation:
+        gen = self._generations.get(snapshot_id)
+        if gen is None:
+            view = await self._call(lambda: self.repo.view_of(snapshot_id))
+            info = await self._call(lambda: self.repo.ic.lookup_snapshot_async(snapshot_id))
+            gen = _Generation(make_presentation(self.config.presentation, view),
+                              int(info.written_at.timestamp() * 1e9))
+            self._generations[snapshot_id] = gen
+        return gen
+
+    async def _tree(self, tree_id: str) -> Tree | None:
+        """The tree for an id, created on first use; None if the ref does not exist."""
+        tree = self._trees.get(tree_id)
+        if tree is not None:
+            return tree
+        kind, _, name = tree_id.partition(":")
+        if kind == "branch":
+            refs = await self._call(self.repo.branches)
+        elif kind == "tag":
+            refs = await self._call(self.repo.tags)
+        else:
+            refs = {s: s for s in await self._snapshot_ids() if s == name}
+        if name not in refs:
+            return None
+        version = Version(refs[name], "snapshot" if kind == "snapshot" else kind, name)
+        return await self._make_tree(tree_id, version)
+
+    async def _snapshot_ids(self) -> set[str]:
+        return await self._call(self.repo._reachable_snapshots)
+
+    # -- inode table ----------------------------------------------------------
+
+    def _intern(self, key: NodeKey, parent: int, name: str) -> int:
+        ino = self._by_key.get((key, parent))
+        if ino is None:
+            ino = self._next_ino
+            self._next_ino += 1
+            self._inodes[ino] = Inode(ino, key, parent, name)
+            self._by_key[(key, parent)] = ino
+        return ino
+
+    def add_lookup(self, ino: int, n: int = 1) -> None:
+        """Count a reference the kernel now holds (a lookup reply or readdirplus entry)."""
+        node = self._inodes.get(ino)
+        if node is not None:
+            node.lookups += n
+
+    def forget(self, ino: int, n: int) -> None:
+        """The kernel dropped ``n`` references; never raises."""
+        node = self._inodes.get(ino)
+        if node is None or ino == ROOT:
+            return
+        node.lookups -= n
+        self.drop_if_unreferenced(ino)
+
+    def drop_if_unreferenced(self, ino: int) -> None:
+        """Forget an inode the kernel never received (a rejected readdir entry)."""
+        node = self._inodes.get(ino)
+        if node is not None and node.lookups <= 0 and ino != ROOT:
+            del self._inodes[ino]
+            self._by_key.pop((node.key, node.parent), None)
+
+    def _node(self, ino: int) -> Inode:
+        node = self._inodes.get(ino)
+        if node is None:
+            raise FsError(errno.ESTALE, f"inode {ino} is unknown")
+        return node
+
+    @property
+    def inode_count(self) -> int:
+        return len(self._inodes)
+
+    # -- operations -----------------------------------------------------------
+
+    async def lookup(self, parent: int, name: str) -> Attr:
+        """Attributes of ``name`` in ``parent``, counted as a kernel reference.
+
+        A missing name is ``Attr(ino=0)`` (a negative entry the kernel may cache)
+        inside a generation, and ``FsError(ENOENT)`` under floating directories.
+        """
+        pnode = self._node(parent)
+        child = await self._child_key(pnode, name)
+        if child is None:
+            if pnode.key.kind == TREE and pnode.key.gen:
+                return Attr(0, timeout=LONG_TIMEOUT)
+            raise FsError(errno.ENOENT)
+        ino = self._intern(child, parent, name)
+        try:
+            attr = await self._attr(ino, child)
+        except BaseException:
+            self.drop_if_unreferenced(ino)
+            raise
+        self.add_lookup(ino)
+        return attr
+
+    async def getattr(self, ino: int) -> Attr:
+        node = self._node(ino)
+        return await self._attr(ino, node.key)
+
+    async def listdir(self, ino: int) -> list[tuple[str, NodeKey, Attr]]:
+        """Entries of a directory with attributes; the caller counts accepted ones."""
+        node = self._node(ino)
+        key = node.key
+        out: list[tuple[str, NodeKey, Attr]] = []
+        if key.kind == TREE:
+            gen_id = key.gen or await self._current_gen(key.tree)
+            pres = (await self._generation(gen_id)).presentation
+            entries = await self._pcall(lambda: pres.list_dir(key.path), key.path)
+            mtime = (await self._generation(gen_id)).mtime_ns
+            for e in entries:
+                child = NodeKey(TREE, key.tree, gen_id, _join(key.path, e.name))
+                cino = self._intern(child, ino, e.name)
+                out.append((e.name, child, Attr(cino, e.is_dir, e.size, mtime, LONG_TIMEOUT)))
+            if ino == ROOT and self.config.show_versions:
+                vkey = NodeKey(VERSIONS)
+                out.append((VERSIONS_DIR, vkey, await self._attr(
+                    self._intern(vkey, ino, VERSIONS_DIR), vkey)))
+            return out
+        if key.kind == VERSIONS:
+            names = [(n, NodeKey(REFS, path=n)) for n in REF_DIRS]
+            names += [(n, NodeKey(TEXT, path=n)) for n in TEXT_FILES]
+        elif key.kind == REFS:
+            refs = await self._ref_names(key.path)
+            names = [(n, NodeKey(TREE, f"{_tree_kind(key.path)}:{n}", "", "")) for n in refs]
+        else:
+            raise FsError(errno.ENOTDIR)
+        for name, child in names:
+            if child.kind == TREE:
+                tree = await self._tree(child.tree)
+                if tree is None:
+                    continue  # deleted while listing
+                child = NodeKey(TREE, child.tree, tree.snapshot_id, "")
+            cino = self._intern(child, ino, name)
+            out.append((name, child, await self._attr(cino, child)))
+        return out
+
+    async def open(self, ino: int) -> tuple[int, OpenFile]:
+        node = self._node(ino)
+        key = node.key
+        if key.kind == TEXT:
+            f = OpenFile(key, 0, keep_cache=False, text=await self._text(key.path))
+            f.size = len(f.text or b"")
+        elif key.kind == TREE and key.gen:
+            pres = (await self._generation(key.gen)).presentation
+            entry = await self._pcall(lambda: pres.stat(key.path), key.path)
+            if entry is None:
+                raise FsError(errno.ENOENT)
+            if entry.is_dir:
+                raise FsError(errno.EISDIR)
+            f = OpenFile(key, entry.size, keep_cache=True, presentation=pres)
+        else:
+            raise FsError(errno.EISDIR)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._files[fh] = f
+        return fh, f
+
+    async def read(self, fh: int, offset: int, length: int) -> bytes:
+        f = self._files.get(fh)
+        if f is None:
+            raise FsError(errno.EBADF)
+        if f.text is not None:
+            return f.text[offset:offset + length]
+        pres = f.presentation
+        assert pres is not None
+        path = f.key.path
+
+        async def fetch(off: int, n: int) -> bytes:
+            data = await self._pcall(lambda: pres.read(path, off, n), path)
+            if len(data) != n:
+                # sizes are exact by contract; anything else is wrong bytes
+                raise FsError(errno.EIO, f"{path}: got {len(data)} bytes, expected {n}")
+            return data
+
+        cache_key = (f.key.gen, pres.name, path)
+        return await read_blocks(self.cache, cache_key, f.size, offset, length, fetch)
+
+    def release(self, fh: int) -> None:
+        self._files.pop(fh, None)
+
+    def xattr(self, ino: int, name: str) -> bytes | None:
+        """Extended attributes: which snapshot and version a node belongs to."""
+        node = self._inodes.get(ino)
+        if node is None or node.key.kind != TREE:
+            return None
+        tree = self._trees.get(node.key.tree)
+        if name == XATTR_SNAPSHOT:
+            gen = node.key.gen or (tree.snapshot_id if tree else "")
+            return gen.encode() or None
+        if name == XATTR_VERSION and tree is not None:
+            return f"{tree.version.kind} {tree.version.name}".encode()
+        return None
+
+    def xattr_names(self, ino: int) -> list[str]:
+        node = self._inodes.get(ino)
+        return [XATTR_SNAPSHOT, XATTR_VERSION] if node and node.key.kind == TREE else []
+
+    # -- attributes and children ----------------------------------------------
+
+    async def _attr(self, ino: int, key: NodeKey) -> Attr:
+        if key.kind == VERSIONS or key.kind == REFS:
+            return Attr(ino, True, 0, self._root_mtime(), SHORT_TIMEOUT)
+        if key.kind == TEXT:
+            return Attr(ino, False, len(await self._text(key.path)), self._root_mtime(),
+                        SHORT_TIMEOUT)
+        if not key.gen:  # the floating mount root
+            tree = self._trees["root"]
+            return Attr(ino, True, 0, tree.mtime_ns, SHORT_TIMEOUT)
+        gen = await self._generation(key.gen)
+        entry = await self._pcall(lambda: gen.presentation.stat(key.path), key.path)
+        if entry is None:
+            raise FsError(errno.ENOENT)
+        return Attr(ino, entry.is_dir, entry.size, gen.mtime_ns, LONG_TIMEOUT)
+
+    def _root_mtime(self) -> int:
+        return self._trees["root"].mtime_ns
+
+    async def _current_gen(self, tree_id: str) -> str:
+        tree = await self._tree(tree_id)
+        if tree is None:
+            raise FsError(errno.ENOENT)
+        return tree.snapshot_id
+
+    async def _child_key(self, pnode: Inode, name: str) -> NodeKey | None:
+        key = pnode.key
+        if key.kind == TREE:
+            if pnode.ino == ROOT and name == VERSIONS_DIR:
+                return NodeKey(VERSIONS)
+            gen_id = key.gen or await self._current_gen(key.tree)
+            pres = (await self._generation(gen_id)).presentation
+            path = _join(key.path, name)
+            entry = await self._pcall(lambda: pres.stat(path), path)
+            return None if entry is None else NodeKey(TREE, key.tree, gen_id, path)
+        if key.kind == VERSIONS:
+            if name in REF_DIRS:
+                return NodeKey(REFS, path=name)
+            return NodeKey(TEXT, path=name) if name in TEXT_FILES else None
+        if key.kind == REFS:
+            tree = await self._tree(f"{_tree_kind(key.path)}:{name}")
+            return None if tree is None else NodeKey(TREE, tree.id, tree.snapshot_id, "")
+        return None
+
+    async def _ref_names(self, which: str) -> list[str]:
+        if which == "branches":
+            return list(await self._call(self.repo.branches))
+        if which == "tags":
+            return list(await self._call(self.repo.tags))
+        return sorted(await self._snapshot_ids())
+
+    async def _text(self, name: str) -> bytes:
+        tree = self._trees["root"]
+        v = tree.version
+        if name == "HEAD":
+            return f"{v.kind} {v.name}\nsnapshot {v.snapshot_id}\n".encode()
+
+        async def commits() -> list[Commit]:
+            return [c async for c in self.repo.history(v.snapshot_id, HISTORY_LIMIT)]
+
+        labels: dict[str, list[str]] = {}
+        for kind, refs in (("branch", await self._call(self.repo.branches)),
+                           ("tag", await self._call(self.repo.tags))):
+            for n, sid in refs.items():
+                labels.setdefault(sid, []).append(f"{kind} {n}")
+        return render_history(await self._call(commits), labels).encode()
+
+    async def _pcall[T](self, fn: Callable[[], Awaitable[T]], path: str) -> T:
+        """Call the presentation through the bridge; map errors to errnos, log once."""
+        try:
+            return await self._call(fn)
+        except NotFoundError as e:
+            raise FsError(errno.ENOENT, str(e)) from e
+        except VchunkfsError as e:
+            err = errno_for(e)
+            log.warning("%s: %s", path or "/", e)
+            raise FsError(err, str(e)) from e
+
+    # -- following branches ---------------------------------------------------
+
+    async def poll_branches(self, invalidator: Invalidator) -> list[str]:
+        """Move branch trees whose branch moved; return the ids of the trees that changed."""
+        moving = [t for t in self._trees.values() if t.version.moves]
+        if not moving:
+            return []
+        try:
+            heads = await self._call(self.repo.branches)
+        except VchunkfsError as e:
+            log.warning("cannot poll branches: %s", e)
+            return []
+        changed = []
+        for tree in moving:
+            new = heads.get(tree.version.name)
+            if new == tree.snapshot_id:
+                continue
+            old = tree.snapshot_id
+            if new is None:
+                if tree.id == "root":
+                    log.warning("branch %s was deleted; the root keeps showing %s",
+                                tree.version.name, old)
+                    continue
+                del self._trees[tree.id]
+            else:
+                gen = await self._generation(new)
+                tree.version = Version(new, "branch", tree.version.name)
+                tree.mtime_ns = gen.mtime_ns
+            log.info("branch %s moved %s -> %s", tree.version.name, old, new)
+            self._invalidate_generation(tree.id, old, invalidator)
+            changed.append(tree.id)
+        return changed
+
+    def _invalidate_generation(self, tree_id: str, gen: str, invalidator: Invalidator) -> None:
+        for node in list(self._inodes.values()):
+            k = node.key
+            if k.kind != TREE or k.tree != tree_id or k.gen != gen:
+                continue
+            parent = self._inodes.get(node.parent)
+            if parent is None or parent.key.tree != tree_id or parent.key.gen != gen:
+                invalidator.invalidate_entry(node.parent, node.name)
+        if tree_id == "root":
+            invalidator.invalidate_inode(ROOT)
+
+    async def run_poller(self, invalidator: Invalidator,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(self.config.poll_interval)
+            await self.poll_branches(invalidator)
+
+
+def errno_for(e: VchunkfsError) -> int:
+    """The errno a failed read or lookup reports."""
+    if isinstance(e, UnauthorizedContainerError):
+        return errno.EACCES
+    if isinstance(e, NotFoundError):
+        return errno.ENOENT
+    if isinstance(e, ReadOnlyError):
+        return errno.EROFS
+    return errno.EIO  # changed or missing source, backend failure: never wrong bytes
+
+
+def _tree_kind(refs_dir: str) -> str:
+    return {"branches": "branch", "tags": "tag", "snapshots": "snapshot"}[refs_dir]
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base}/{name}" if base else name
+

@@ -1,0 +1,147 @@
+"""The pyfuse3 adapter: translates FUSE requests to :class:`Namespace` calls and back."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Sequence
+
+import pyfuse3
+
+from vchunkfs.fs.namespace import Attr, FsError, Invalidator, Namespace
+
+log = logging.getLogger("vchunkfs.fs")
+
+BLKSIZE = 128 * 1024
+
+
+class KernelInvalidator(Invalidator):
+    """Queues kernel cache invalidations; safe to call from any trio task."""
+
+    def invalidate_entry(self, parent: int, name: str) -> None:
+        pyfuse3.invalidate_entry_async(pyfuse3.InodeT(parent), os.fsencode(name),
+                                       ignore_enoent=True)
+
+    def invalidate_inode(self, ino: int) -> None:
+        try:
+            pyfuse3.invalidate_inode(pyfuse3.InodeT(ino), attr_only=False)
+        except OSError as e:  # ENOENT: the kernel had nothing cached for it
+            if e.errno != errno.ENOENT:
+                log.warning("invalidating inode %d: %s", ino, e)
+
+
+class Operations(pyfuse3.Operations):
+    """Read-only FUSE operations over a namespace. Every write gets EROFS."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, namespace: Namespace, uid: int | None = None,
+                 gid: int | None = None) -> None:
+        super().__init__()
+        self.ns = namespace
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = pyfuse3.InodeT(attr.ino)
+        e.entry_timeout = attr.timeout
+        e.attr_timeout = attr.timeout
+        if attr.ino == 0:
+            return e
+        e.st_mode = pyfuse3.ModeT((stat.S_IFDIR | 0o555) if attr.is_dir else (stat.S_IFREG | 0o444))
+        e.st_nlink = 2 if attr.is_dir else 1
+        e.st_uid = self.uid
+        e.st_gid = self.gid
+        e.st_size = attr.size
+        e.st_blksize = BLKSIZE
+        e.st_blocks = (attr.size + 511) // 512
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = attr.mtime_ns
+        return e
+
+    async def lookup(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        text = os.fsdecode(name)
+        if text == ".":
+            return await self.getattr(parent_inode, ctx)
+        if text == "..":
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        return self._entry(await _fs(self.ns.lookup(parent_inode, text)))
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        for ino, n in inode_list:
+            self.ns.forget(ino, n)
+
+    async def getattr(self, inode: pyfuse3.InodeT,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await _fs(self.ns.getattr(inode)))
+
+    async def opendir(self, inode: pyfuse3.InodeT,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
+        attr = await _fs(self.ns.getattr(inode))
+        if not attr.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return pyfuse3.FileHandleT(inode)
+
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
+                      token: pyfuse3.ReaddirToken) -> None:
+        entries = await _fs(self.ns.listdir(fh))
+        for i in range(start_id, len(entries)):
+            name, _key, attr = entries[i]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(attr), i + 1):
+                for _name, _k, rest in entries[i:]:
+                    self.ns.drop_if_unreferenced(rest.ino)
+                return
+            self.ns.add_lookup(attr.ino)
+
+    async def open(self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        fh, f = await _fs(self.ns.open(inode))
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=f.keep_cache,
+                                direct_io=f.text is not None)
+
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        return await _fs(self.ns.read(fh, off, size))
+
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        self.ns.release(fh)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = BLKSIZE
+        s.f_files = self.ns.inode_count
+        s.f_namemax = 255
+        return s
+
+    async def getxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
+                       ctx: pyfuse3.RequestContext) -> bytes:
+        value = self.ns.xattr(inode, name.decode(errors="replace"))
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value
+
+    async def listxattr(self, inode: pyfuse3.InodeT,
+                        ctx: pyfuse3.RequestContext) -> Sequence[pyfuse3.XAttrNameT]:
+        return [pyfuse3.XAttrNameT(n.encode()) for n in self.ns.xattr_names(inode)]
+
+    # -- every write is refused: the mount changes through its control socket ----
+
+    async def _erofs(self, *args: object) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _erofs  # type: ignore[assignment]
+    write = create = setxattr = removexattr = _erofs  # type: ignore[assignment]
+
+
+async def _fs[T](awaitable: Awaitable[T]) -> T:
+    try:
+        return await awaitable
+    except FsError as e:
+        raise pyfuse3.FUSEError(e.errno) from None
+

@@ -1,0 +1,65 @@
+"""The contract between the filesystem and a presentation of one snapshot."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from vchunkfs.repository.snapshot import Entry, SnapshotView
+
+
+class Presentation(Protocol):
+    """Files of one snapshot. Coroutines run on the bridge's asyncio loop.
+
+    Contract:
+
+    * ``stat(path)`` is None exactly when ``path`` names nothing; sizes are exact:
+      ``read(path)`` of a file returns ``size`` bytes.
+    * ``list_dir(path)`` raises ``NotFoundError`` unless ``path`` is a directory.
+    * a file's bytes never change for a given snapshot and path, so callers may
+      cache them under ``(view.snapshot_id, name, path)``.
+    * errors are :class:`vchunkfs.errors.VchunkfsError` subclasses.
+    """
+
+    name: str
+    view: SnapshotView
+
+    async def stat(self, path: str) -> Entry | None: ...
+
+    async def list_dir(self, path: str) -> list[Entry]: ...
+
+    async def read(self, path: str, offset: int, length: int) -> bytes: ...
+
+
+class ZarrV3Presentation:
+    """The snapshot as stored: Zarr v3 metadata documents and raw chunk bytes."""
+
+    name = "zarr-v3"
+
+    def __init__(self, view: SnapshotView) -> None:
+        self.view = view
+
+    async def stat(self, path: str) -> Entry | None:
+        return await self.view.stat(path)
+
+    async def list_dir(self, path: str) -> list[Entry]:
+        return await self.view.list_dir(path)
+
+    async def read(self, path: str, offset: int, length: int) -> bytes:
+        return await self.view.read(path, offset, length)
+
+
+_PRESENTATIONS = {ZarrV3Presentation.name: ZarrV3Presentation, "v3": ZarrV3Presentation}
+
+
+def presentation_names() -> list[str]:
+    return sorted(_PRESENTATIONS)
+
+
+def make_presentation(name: str, view: SnapshotView) -> Presentation:
+    try:
+        return _PRESENTATIONS[name](view)
+    except KeyError:
+        from vchunkfs.errors import UsageError
+
+        raise UsageError(f"unknown presentation {name!r}: use one of "
+                         + ", ".join(presentation_names())) from None
