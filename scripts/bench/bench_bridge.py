@@ -47,6 +47,7 @@ from vchunkfs.bridge import AsyncioBridge
 ic.set_logs_filter(os.environ["ICECHUNK_LOG"])
 
 QUICK_DIR = Path("/tmp/vchunkfs-bench-quick")
+Thunk = Callable[[], Awaitable[int]]  # what the bridge is handed: a zero-argument coroutine fn
 QUICK_GRID = 100
 
 
@@ -194,26 +195,26 @@ def bridged(built: make_million.BenchRepo, keys: list[str], runs: int) -> dict[s
     try:
         store = bridge.run(lambda: open_store(built))
 
-        def getsize_of(k: str) -> Callable[[], Awaitable[int]]:
+        def getsize_of(k: str) -> Thunk:
             return lambda: store.getsize(k)
 
         fns = [getsize_of(k) for k in keys]
-        noops = [_noop] * len(keys)
+        noops: list[Thunk] = [_noop] * len(keys)
 
-        async def trio_serial(batch: list[Callable[[], Awaitable[int]]]) -> float:
+        async def trio_serial(batch: list[Thunk]) -> float:
             t0 = time.perf_counter()
             for fn in batch:
                 await bridge.call(fn)
             return _per_call(t0, len(batch))
 
-        async def trio_concurrent(batch: list[Callable[[], Awaitable[int]]]) -> float:
+        async def trio_concurrent(batch: list[Thunk]) -> float:
             t0 = time.perf_counter()
             async with trio.open_nursery() as nursery:
                 for fn in batch:
                     nursery.start_soon(bridge.call, fn)
             return _per_call(t0, len(batch))
 
-        async def trio_to_thread(batch: list[Callable[[], Awaitable[int]]]) -> float:
+        async def trio_to_thread(batch: list[Thunk]) -> float:
             t0 = time.perf_counter()
             for fn in batch:
                 await trio.to_thread.run_sync(bridge.run, fn)
@@ -221,14 +222,13 @@ def bridged(built: make_million.BenchRepo, keys: list[str], runs: int) -> dict[s
 
         async def trio_main() -> dict[str, Figure]:
             out = {}
-            cases: list[tuple[str, Callable[[list[Callable[[], Awaitable[int]]]],
-                                            Awaitable[float]], list[Callable[[],
-                                                                             Awaitable[int]]]]]
-            cases = [("call_getsize", trio_serial, fns),
-                     ("call_getsize_concurrent", trio_concurrent, fns),
-                     ("to_thread_getsize", trio_to_thread, fns),
-                     ("call_noop", trio_serial, noops),
-                     ("call_noop_concurrent", trio_concurrent, noops)]
+            cases: list[tuple[str, Callable[[list[Thunk]], Awaitable[float]], list[Thunk]]] = [
+                ("call_getsize", trio_serial, fns),
+                ("call_getsize_concurrent", trio_concurrent, fns),
+                ("to_thread_getsize", trio_to_thread, fns),
+                ("call_noop", trio_serial, noops),
+                ("call_noop_concurrent", trio_concurrent, noops),
+            ]
             for name, case, batch in cases:
                 await case(batch)  # warm-up
                 out[name] = Figure(tuple([await case(batch) for _ in range(runs)]))
@@ -236,7 +236,7 @@ def bridged(built: make_million.BenchRepo, keys: list[str], runs: int) -> dict[s
 
         out = trio.run(trio_main)
 
-        def thread_serial(batch: Iterable[Callable[[], Awaitable[int]]]) -> Callable[[], float]:
+        def thread_serial(batch: Iterable[Thunk]) -> Callable[[], float]:
             def run() -> float:
                 t0 = time.perf_counter()
                 n = 0

@@ -21,7 +21,7 @@ are: the bridge's own cost is item 4.
 
 Usage::
 
-    python scripts/bench/bench_repository.py [DIR] [--quick] [--runs 7]
+    python scripts/bench/bench_repository.py [DIR] [--quick] [--runs 9]
 
 DIR defaults to /tmp/vchunkfs-bench (/tmp/vchunkfs-bench-quick with
 ``--quick``, a 100 x 100 grid); the repository is built there first if it is
@@ -30,7 +30,12 @@ than the default ``index_max_chunks``, so the benchmark lowers that limit to
 measure the same probing path as on the big array.
 
 This module imports only the standard library at the top, so that the child
-processes it spawns (``--child MODE``) pay for no import they do not need.
+processes it spawns (``--child SIDE:MODE``) pay for no import they do not need.
+The children are spawned by a small launcher process (``--launcher``) started
+before the parent grows, because ``ru_maxrss`` survives fork and exec. A child
+prints its figures and leaves with ``os._exit`` (skipping interpreter
+finalization, where icechunk 2.3 sometimes crashes); "spawn to exit" therefore
+leaves out finalization on both sides.
 """
 
 from __future__ import annotations
