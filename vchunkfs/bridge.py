@@ -10,9 +10,11 @@ Two entry points:
 * :meth:`AsyncioBridge.run` blocks the calling thread (command line, tests,
   worker threads).
 * :meth:`AsyncioBridge.call` awaits from trio. The asyncio side wakes the trio
-  task through ``TrioToken.run_sync_soon`` instead of parking a trio worker
-  thread on ``Future.result()``: measured in ``scripts/bench/bench_bridge.py``,
-  that halves the cost per call.
+  task through ``TrioToken.run_sync_soon``, so no trio worker thread is parked
+  per call and thousands of calls can be in flight. It costs about as much as
+  ``trio.to_thread`` + ``Future.result()`` serially (0.2-0.6 ms a call here, two
+  cross-thread wake-ups; see ``scripts/bench/bench_bridge.py`` and
+  docs/benchmarks.md), which is why hot paths keep their own caches.
 
 Cancelling the trio caller cancels the asyncio task.
 """

@@ -21,7 +21,7 @@ from vchunkfs.bridge import AsyncioBridge
 from vchunkfs.daemon.options import MountOptions
 from vchunkfs.daemon.run import MountError
 from vchunkfs.errors import VchunkfsError
-from vchunkfs.fs.namespace import MountConfig, Namespace
+from vchunkfs.fs.namespace import FsError, MountConfig, Namespace
 from vchunkfs.fs.operations import KernelInvalidator, Operations
 from vchunkfs.repository import Authorization, Repo, StorageOptions, parse_repo_url
 from vchunkfs.repository.logs import quiet_engine_logs
@@ -36,6 +36,8 @@ def serve(opts: MountOptions, ready_fd: int | None) -> int:
         return _open_and_serve(opts, ready_fd)
     except VchunkfsError as e:
         return _fail(ready_fd, e)
+    except FsError as e:
+        return _fail(ready_fd, MountError(str(e)))
     except Exception as e:  # report, never leave the waiting parent without an answer
         log.exception("daemon failed")
         return _fail(ready_fd, MountError(f"daemon failed: {type(e).__name__}: {e}"))

@@ -179,8 +179,9 @@ class Namespace:
     async def _generation(self, snapshot_id: str) -> _Generation:
         gen = self._generations.get(snapshot_id)
         if gen is None:
-            view = await self._call(lambda: self.repo.view_of(snapshot_id))
-            info = await self._call(lambda: self.repo.ic.lookup_snapshot_async(snapshot_id))
+            view = await self._pcall(lambda: self.repo.view_of(snapshot_id), snapshot_id)
+            info = await self._pcall(lambda: self.repo.ic.lookup_snapshot_async(snapshot_id),
+                                     snapshot_id)
             gen = _Generation(make_presentation(self.config.presentation, view),
                               int(info.written_at.timestamp() * 1e9))
             self._generations[snapshot_id] = gen
@@ -193,9 +194,9 @@ class Namespace:
             return tree
         kind, _, name = tree_id.partition(":")
         if kind == "branch":
-            refs = await self._call(self.repo.branches)
+            refs = await self._pcall(self.repo.branches, "branches")
         elif kind == "tag":
-            refs = await self._call(self.repo.tags)
+            refs = await self._pcall(self.repo.tags, "tags")
         else:
             refs = {s: s for s in await self._snapshot_ids() if s == name}
         if name not in refs:
@@ -204,7 +205,7 @@ class Namespace:
         return await self._make_tree(tree_id, version)
 
     async def _snapshot_ids(self) -> set[str]:
-        return await self._call(self.repo._reachable_snapshots)
+        return await self._pcall(self.repo._reachable_snapshots, "snapshots")
 
     # -- inode table ----------------------------------------------------------
 
@@ -420,9 +421,9 @@ class Namespace:
 
     async def _ref_names(self, which: str) -> list[str]:
         if which == "branches":
-            return list(await self._call(self.repo.branches))
+            return list(await self._pcall(self.repo.branches, "branches"))
         if which == "tags":
-            return list(await self._call(self.repo.tags))
+            return list(await self._pcall(self.repo.tags, "tags"))
         return sorted(await self._snapshot_ids())
 
     async def _text(self, name: str) -> bytes:
@@ -435,11 +436,11 @@ class Namespace:
             return [c async for c in self.repo.history(v.snapshot_id, HISTORY_LIMIT)]
 
         labels: dict[str, list[str]] = {}
-        for kind, refs in (("branch", await self._call(self.repo.branches)),
-                           ("tag", await self._call(self.repo.tags))):
+        for kind, refs in (("branch", await self._pcall(self.repo.branches, "branches")),
+                           ("tag", await self._pcall(self.repo.tags, "tags"))):
             for n, sid in refs.items():
                 labels.setdefault(sid, []).append(f"{kind} {n}")
-        return render_history(await self._call(commits), labels).encode()
+        return render_history(await self._pcall(commits, "history"), labels).encode()
 
     async def _pcall[T](self, fn: Callable[[], Awaitable[T]], path: str) -> T:
         """Call the presentation through the bridge; map errors to errnos, log once."""
@@ -451,6 +452,9 @@ class Namespace:
             err = errno_for(e)
             log.warning("%s: %s", path or "/", e)
             raise FsError(err, str(e)) from e
+        except Exception as e:
+            log.warning("%s: %s", path or "/", _first_line(e))
+            raise FsError(errno.EIO, str(e)) from e
 
     # -- following branches ---------------------------------------------------
 
@@ -461,8 +465,8 @@ class Namespace:
             return []
         try:
             heads = await self._call(self.repo.branches)
-        except VchunkfsError as e:
-            log.warning("cannot poll branches: %s", e)
+        except Exception as e:  # the backend may be down for a while: keep serving
+            log.warning("cannot poll branches: %s", _first_line(e))
             return []
         changed = []
         for tree in moving:
@@ -513,6 +517,11 @@ def errno_for(e: VchunkfsError) -> int:
     if isinstance(e, ReadOnlyError):
         return errno.EROFS
     return errno.EIO  # changed or missing source, backend failure: never wrong bytes
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _tree_kind(refs_dir: str) -> str:

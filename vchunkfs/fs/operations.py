@@ -144,4 +144,8 @@ async def _fs[T](awaitable: Awaitable[T]) -> T:
         return await awaitable
     except FsError as e:
         raise pyfuse3.FUSEError(e.errno) from None
+    except Exception:
+        # a bug or an unexpected engine error: fail this request, keep serving
+        log.exception("unexpected error")
+        raise pyfuse3.FUSEError(errno.EIO) from None
 

@@ -8,7 +8,8 @@ for other callers.
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,12 +152,14 @@ class Repo:
     # -- versions -----------------------------------------------------------
 
     async def branches(self) -> dict[str, str]:
-        names = await self.ic.list_branches_async()
-        return {b: await self.ic.lookup_branch_async(b) for b in sorted(names)}
+        with engine_errors("listing branches"):
+            names = await self.ic.list_branches_async()
+            return {b: await self.ic.lookup_branch_async(b) for b in sorted(names)}
 
     async def tags(self) -> dict[str, str]:
-        names = await self.ic.list_tags_async()
-        return {t: await self.ic.lookup_tag_async(t) for t in sorted(names)}
+        with engine_errors("listing tags"):
+            names = await self.ic.list_tags_async()
+            return {t: await self.ic.lookup_tag_async(t) for t in sorted(names)}
 
     async def resolve(self, version: str | None) -> Version:
         """Resolve a branch, tag, snapshot id or unique id prefix (default: ``main``).
@@ -164,6 +167,10 @@ class Repo:
         Names win over ids: a branch or tag is tried before a snapshot id.
         """
         version = version or "main"
+        with engine_errors(f"resolving {version}"):
+            return await self._resolve(version)
+
+    async def _resolve(self, version: str) -> Version:
         if version in await self.ic.list_branches_async():
             return Version(await self.ic.lookup_branch_async(version), "branch", version)
         if version in await self.ic.list_tags_async():
@@ -204,11 +211,12 @@ class Repo:
         """Commits from ``version`` back to the first one, newest first."""
         v = await self.resolve(version)
         n = 0
-        async for info in self.ic.async_ancestry(snapshot_id=v.snapshot_id):
-            if limit is not None and n >= limit:
-                return
-            n += 1
-            yield Commit.from_info(info)
+        with engine_errors("reading history"):
+            async for info in self.ic.async_ancestry(snapshot_id=v.snapshot_id):
+                if limit is not None and n >= limit:
+                    return
+                n += 1
+                yield Commit.from_info(info)
 
     async def diff(self, from_version: str, to_version: str) -> VersionDiff:
         """Changes from ``from_version`` to ``to_version``, its descendant."""
@@ -231,7 +239,8 @@ class Repo:
         return await self.view_of(v.snapshot_id)
 
     async def view_of(self, snapshot_id: str) -> SnapshotView:
-        return await SnapshotView.open(self.ic, snapshot_id, self.caches)
+        with engine_errors(f"opening snapshot {snapshot_id}"):
+            return await SnapshotView.open(self.ic, snapshot_id, self.caches)
 
     # -- containers ---------------------------------------------------------
 
@@ -272,6 +281,15 @@ class Repo:
             config=config, authorize_virtual_chunk_access=self.authorization.to_icechunk())
         await repo.save_config_async()
         self.ic = repo
+
+
+@contextmanager
+def engine_errors(what: str) -> Iterator[None]:
+    """Report icechunk's errors as :class:`BackendError` (ours pass through)."""
+    try:
+        yield
+    except ic.IcechunkError as e:
+        raise BackendError(f"{what}: {_first_line(e)}") from e
 
 
 def _first_line(e: BaseException) -> str:

@@ -28,8 +28,10 @@ readers apply the fill value for the rest.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +57,7 @@ METADATA_KEY = "zarr.json"
 _PROBE_BATCH = 512
 # chunk kinds as array_chunk_iterator reports them
 _NATIVE, _VIRTUAL, _INLINE = 1, 2, 3
+_MISSING = -1
 
 
 @dataclass(frozen=True)
@@ -134,12 +137,15 @@ class ChunkIndex:
 class ViewCaches:
     """Caches shared by the views of one repository, bounded whatever its size."""
 
-    size_entries: int = 1_000_000
+    size_entries: int = 100_000  # about 250 bytes each (measured), so about 25 MB
     index_bytes: int = 256 * 1024 * 1024
     index_max_chunks: int = 100_000
+    metadata_entries: int = 10_000
 
     def __post_init__(self) -> None:
+        # chunk size by (snapshot, array, linear index); MISSING for a chunk not stored
         self.sizes: LRUCache[tuple[str, str, int], int] = LRUCache(self.size_entries)
+        self.metadata: LRUCache[tuple[str, str], bytes] = LRUCache(self.metadata_entries)
         self.indexes: LRUCache[tuple[str, str], ChunkIndex] = LRUCache(
             self.index_bytes, getsizeof=lambda ix: max(ix.nbytes, 1)
         )
@@ -156,7 +162,6 @@ class SnapshotView:
         self.store = session.store
         self.nodes = nodes
         self.caches = caches
-        self._metadata: dict[str, bytes] = {}
         self._grids: dict[str, ChunkGrid] = {}
         self._index_builds: dict[str, asyncio.Future[ChunkIndex]] = {}
 
@@ -179,14 +184,14 @@ class SnapshotView:
     async def metadata(self, path: str) -> bytes:
         """The node's ``zarr.json`` document, exactly as stored."""
         node = self.node(path)
-        doc = self._metadata.get(node.path)
+        doc = self.caches.metadata.get((self.snapshot_id, node.path))
         if doc is None:
             key = f"{node.path}/{METADATA_KEY}" if node.path else METADATA_KEY
             buf = await self._call(key, lambda: self.store.get(key, default_buffer_prototype()))
             if buf is None:
                 raise NodeNotFoundError(f"{key} is missing from snapshot {self.snapshot_id}")
             doc = buf.to_bytes()
-            self._metadata[node.path] = doc
+            self.caches.metadata[(self.snapshot_id, node.path)] = doc
         return doc
 
     async def metadata_json(self, path: str) -> dict[str, Any]:
@@ -298,16 +303,16 @@ class SnapshotView:
         cache_key = (self.snapshot_id, array, lin)
         size = self.caches.sizes.get(cache_key)
         if size is not None:
-            return size
+            return None if size == _MISSING else size
         index = self.caches.indexes.get((self.snapshot_id, array))
         if index is not None:
             return index.size(lin)
         key = self.chunk_key(array, grid, coords)
         size = await self._call(key, lambda: self.store.getsize(key))
         if size == 0 and not await self._call(key, lambda: self.store.exists(key)):
-            return None  # icechunk's getsize answers 0 for a chunk that is not stored
+            size = _MISSING  # icechunk's getsize answers 0 for a chunk that is not stored
         self.caches.sizes[cache_key] = size
-        return size
+        return None if size == _MISSING else size
 
     @staticmethod
     def chunk_key(array: str, grid: ChunkGrid, coords: Coords) -> str:
@@ -355,13 +360,13 @@ class SnapshotView:
                 virtual = kinds == _VIRTUAL
                 stats.virtual += int(virtual.sum())
                 stats.bytes_virtual += int(lengths[virtual].sum())
-                for i in np.flatnonzero(virtual):
-                    url = paths[int(i)]
+                # few distinct source files, many chunks: match prefixes per file
+                for url, n in Counter(itertools.compress(paths, virtual.tolist())).items():
                     prefix = next((p for p in prefixes if url.startswith(p)), None)
                     if prefix is None:
-                        stats.outside_containers += 1
+                        stats.outside_containers += n
                     else:
-                        stats.containers[prefix] = stats.containers.get(prefix, 0) + 1
+                        stats.containers[prefix] = stats.containers.get(prefix, 0) + n
         except Exception as e:
             raise _translate(e, array) from e
         return stats

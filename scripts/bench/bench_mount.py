@@ -1,0 +1,886 @@
+#!/usr/bin/env python3
+"""Reading every chunk of an OISST month through a vchunkfs mount, against the alternatives.
+
+One run, one data set: 31 OISST-like netCDF4 files (``scripts/make_oisst.py``)
+turned into an Icechunk repository of virtual refs with VirtualiZarr, as in the
+Icechunk guide. Each pass reads the bytes of every stored chunk of ``sst``,
+``anom``, ``err`` and ``ice`` (31 x 4 chunk files) in the same order, one file
+after the other, into a reused buffer:
+
+(a) ``pread`` of the same byte ranges from the netCDF files, warm and cold;
+(b) the vchunkfs mount: cold (a fresh mount, then the page cache dropped),
+    daemon-cached (a fresh open of every file after a first pass, with the
+    kernel's page cache dropped, so the daemon's block cache answers) and
+    kernel-cached (the second read of the same files, from keep_cache);
+(c) fsspec's ReferenceFileSystem over the same refs (kerchunk refs from
+    VirtualiZarr) mounted with ``fsspec.fuse`` (fusepy), cold and warm;
+(d) icechunk's own ``store.get`` of the same chunk keys, in this process;
+(e) ``nullfs.py``, a do-nothing pyfuse3 + trio daemon serving the same chunk
+    files from memory: served by the daemon, and kernel-cached;
+
+then ``xarray.open_zarr(MOUNTPOINT).load()`` against
+``xarray.open_zarr(session.store).load()``, and the knobs (read_ahead_kb,
+keep_cache, workers). "Cold" means ``sync; echo 3 > /proc/sys/vm/drop_caches``
+before the pass (root only; the report says when that failed).
+
+Usage::
+
+    python scripts/bench/bench_mount.py [--runs 7] [--days 31] [--out REPORT.md]
+    python scripts/bench/bench_mount.py --quick      # 3 days, 1 run: a smoke test
+
+The data lives in /tmp/vchunkfs-bench-oisst (built once, reused). Needs root
+(drop_caches, /sys/class/bdi), /dev/fuse, fsspec and fusepy (plus libfuse2) in
+the environment. Every mount is unmounted and every daemon started here is
+stopped before the script exits, also on errors. Before each section the script
+waits while another benchmark or test suite (``bench_*``, ``pytest``) runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ["ICECHUNK_LOG"] = "error"
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = HERE.parent
+DATA = Path("/tmp/vchunkfs-bench-oisst")
+NC_DIR = DATA / "nc"
+MNT_DIR = DATA / "mnt"
+VARIABLES = ("sst", "anom", "err", "ice")
+COORDS = ("time", "zlev", "lat", "lon")
+BUF_SIZE = 4 * 1024 * 1024  # bigger than any chunk: one read() per file, then EOF
+THREADS = 8  # readers of the parallel variants
+QUIET_WAIT = 1800.0  # most seconds to wait for other benchmarks or test suites
+NO_WAIT = False  # --no-wait: measure even when the machine is busy (smoke tests only)
+
+
+# -- the data set ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One stored chunk: where its bytes are in a netCDF file, and its names elsewhere."""
+
+    var: str
+    day: int
+    nc: str
+    offset: int
+    length: int
+
+    @property
+    def zarr_path(self) -> str:
+        """Its file in the vchunkfs mount (and in the nullfs tree)."""
+        return f"{self.var}/c/{self.day}/0/0/0"
+
+    @property
+    def ref_key(self) -> str:
+        """Its key in the kerchunk (Zarr v2) refs, i.e. its file in the fsspec mount."""
+        return f"{self.var}/{self.day}.0.0.0"
+
+
+@dataclass
+class DataSet:
+    root: Path
+    days: int
+
+    @property
+    def repo(self) -> Path:
+        return self.root / "repo"
+
+    @property
+    def refs(self) -> Path:
+        return self.root / "refs.json"
+
+    @property
+    def chunk_dir(self) -> Path:
+        return self.root / "chunks"
+
+    @property
+    def prefix(self) -> str:
+        return f"file://{NC_DIR}/"
+
+    def chunks(self) -> list[Chunk]:
+        refs = json.loads(self.refs.read_text())["refs"]
+        out = []
+        for var in VARIABLES:
+            for day in range(self.days):
+                url, offset, length = refs[f"{var}/{day}.0.0.0"]
+                out.append(Chunk(var, day, url.removeprefix("file://"), offset, length))
+        return out
+
+
+def build(days: int) -> DataSet:
+    """The netCDF files, the Icechunk repository, the kerchunk refs and the nullfs tree.
+
+    Reused when present (a READY file marks a complete build).
+    """
+    ds = DataSet(DATA / f"days{days}", days)
+    if (ds.root / "READY").exists():
+        return ds
+    print(f"building the data set in {ds.root} ...", flush=True)
+    subprocess.run([sys.executable, str(SCRIPTS / "make_oisst.py"), str(NC_DIR), "--days",
+                    str(days)], check=True, stdout=subprocess.DEVNULL)
+    files = sorted(NC_DIR.glob("oisst-avhrr-v02r01.*.nc"))[:days]
+    if len(files) != days:
+        raise RuntimeError(f"expected {days} netCDF files in {NC_DIR}, found {len(files)}")
+
+    import icechunk as ic
+    import xarray as xr
+    from obspec_utils.registry import ObjectStoreRegistry
+    from obstore.store import LocalStore
+    from virtualizarr import open_virtual_dataset
+    from virtualizarr.parsers import HDFParser
+
+    registry = ObjectStoreRegistry({"file://": LocalStore()})
+    parser = HDFParser()
+    vdss = [open_virtual_dataset(f"file://{f}", registry=registry, parser=parser,
+                                 loadable_variables=list(COORDS)) for f in files]
+    vds = xr.concat(vdss, dim="time", coords="minimal", compat="override",
+                    combine_attrs="override")
+
+    shutil.rmtree(ds.root, ignore_errors=True)
+    ds.root.mkdir(parents=True)
+    ds.refs.write_text(json.dumps(vds.vz.to_kerchunk(format="dict"), default=int))
+
+    config = ic.RepositoryConfig.default()
+    config.set_virtual_chunk_container(
+        ic.VirtualChunkContainer(ds.prefix, ic.local_filesystem_store(str(NC_DIR))))
+    repo = ic.Repository.create(ic.local_filesystem_storage(str(ds.repo)), config,
+                                authorize_virtual_chunk_access=credentials(ds))
+    session = repo.writable_session("main")
+    vds.vz.to_icechunk(session.store)
+    session.commit(f"OISST, {days} days, virtual refs by VirtualiZarr")
+
+    for c in ds.chunks():
+        path = ds.chunk_dir / c.zarr_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(c.nc, "rb") as f:
+            path.write_bytes(os.pread(f.fileno(), c.length, c.offset))
+    (ds.root / "READY").touch()
+    return ds
+
+
+def credentials(ds: DataSet) -> dict[str, Any]:
+    import icechunk as ic
+
+    return {ds.prefix: ic.credentials.LocalFileSystemAccess}
+
+
+# -- system helpers ----------------------------------------------------------------
+
+
+DROP_STATUS: dict[str, str] = {}
+
+
+def drop_caches(level: int = 3) -> bool:
+    """Drop the page cache (1), or it and the dentries and inodes (3): of every FUSE mount too."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write(f"{level}\n")
+    except OSError as e:
+        DROP_STATUS.setdefault("error", f"{type(e).__name__}: {e}")
+        return False
+    return True
+
+
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+def busy_processes() -> list[str]:
+    """Other benchmarks or test suites running now (not this one, its parents or children)."""
+    mine = _ancestors()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in mine:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid():
+            continue
+        if ("pytest" in cmd or "bench_" in cmd) and "grep" not in cmd:
+            out.append(f"{entry}: {cmd[:100]}")
+    return out
+
+
+def wait_quiet(section: str) -> None:
+    """Wait while another benchmark or test suite runs (the machine has 2 cores)."""
+    if NO_WAIT:
+        return
+    deadline = time.monotonic() + QUIET_WAIT
+    said = False
+    while busy := busy_processes():
+        if time.monotonic() > deadline:
+            print(f"  WARNING: still busy after {QUIET_WAIT:.0f} s, measuring {section} anyway:"
+                  f" {busy}", flush=True)
+            return
+        if not said:
+            print(f"  waiting before {section}: {busy}", flush=True)
+            said = True
+        time.sleep(10)
+
+
+def bdi_path(mountpoint: Path) -> Path:
+    st = os.stat(mountpoint)
+    return Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
+
+
+def read_ahead_of(mountpoint: Path) -> int:
+    try:
+        return int(bdi_path(mountpoint).read_text())
+    except (OSError, ValueError):
+        return -1
+
+
+def set_read_ahead(mountpoint: Path, kb: int) -> None:
+    bdi_path(mountpoint).write_text(f"{kb}\n")
+
+
+def venv_bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+# -- daemons -----------------------------------------------------------------------
+
+
+def unmount(mountpoint: Path) -> None:
+    """Unmount, lazily as a last resort; never raises."""
+    for args in (["fusermount3", "-u"], ["fusermount3", "-u"], ["fusermount3", "-u", "-z"]):
+        if not os.path.ismount(mountpoint):
+            return
+        subprocess.run([*args, str(mountpoint)], capture_output=True)
+        if os.path.ismount(mountpoint):
+            time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def daemon(cmd: Sequence[str], mountpoint: Path, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a foreground FUSE daemon serving ``mountpoint`` for the duration of the block.
+
+    Ready once the mountpoint is a mount and answers a stat (which waits for the
+    kernel's INIT to be answered). Always unmounted; the daemon (only the one
+    started here, by pid) is killed if it does not exit by itself.
+    """
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    if os.path.ismount(mountpoint):
+        raise RuntimeError(f"{mountpoint} is already mounted")
+    log = mountpoint.with_name(mountpoint.name + ".log")
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(list(cmd), stdout=logf, stderr=logf,
+                                env={**os.environ, "ICECHUNK_LOG": "error"})
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mountpoint):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode} before mounting; "
+                                   f"see {log}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} not mounted at {mountpoint} after 60 s; see {log}")
+            time.sleep(0.02)
+        os.stat(mountpoint)
+        yield proc
+    finally:
+        unmount(mountpoint)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+            unmount(mountpoint)
+
+
+def vchunkfs(ds: DataSet, *options: str, name: str = "vchunkfs"
+             ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    mnt = MNT_DIR / name
+    opts = ",".join(("foreground", f"authorize={ds.prefix}", *options))
+    return daemon([venv_bin("mount.vchunkfs"), str(ds.repo), str(mnt), "-o", opts], mnt, name)
+
+
+def nullfs(ds: DataSet, *args: str, name: str = "nullfs"
+           ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    mnt = MNT_DIR / name
+    return daemon([sys.executable, str(HERE / "nullfs.py"), str(ds.chunk_dir), str(mnt), *args],
+                  mnt, name)
+
+
+def fsspec_fuse(ds: DataSet, name: str = "fsspec"
+                ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    mnt = MNT_DIR / name
+    return daemon([sys.executable, str(Path(__file__).resolve()), "--serve-fsspec",
+                   str(ds.refs), str(mnt)], mnt, name)
+
+
+def serve_fsspec(refs: Path, mountpoint: Path) -> int:
+    """Mount fsspec's ReferenceFileSystem over ``refs`` with ``fsspec.fuse`` (foreground).
+
+    The one change to fsspec's mount: ``FUSEr`` joins every FUSE path to its root,
+    ``path.rstrip("/") + "/"``, so with any ``path`` the chunk ``sst/0.0.0.0`` is
+    looked up as ``/sst/0.0.0.0``, which a ReferenceFileSystem does not know:
+    every stat below the mount root fails with ENOENT. A root of ``""`` fixes it.
+    Everything else is fsspec's as shipped (``fsspec.fuse.run``, one thread).
+    """
+    import fsspec
+    from fsspec.fuse import FUSEr, run
+
+    class RootedFUSEr(FUSEr):  # type: ignore[misc]
+        def __init__(self, fs: Any, path: str, ready_file: bool = False) -> None:
+            super().__init__(fs, path, ready_file)
+            self.root = ""
+
+    fs = fsspec.filesystem("reference", fo=str(refs))
+    run(fs, "", str(mountpoint), foreground=True, ops_class=RootedFUSEr)
+    return 0
+
+
+# -- passes ------------------------------------------------------------------------
+
+
+class Reader:
+    """Reads whole files into a reused buffer, one after the other or from THREADS threads."""
+
+    def __init__(self) -> None:
+        self.bufs = [memoryview(bytearray(BUF_SIZE)) for _ in range(THREADS)]
+        self.pool = ThreadPoolExecutor(THREADS)
+
+    @staticmethod
+    def _read(paths: Sequence[str], buf: memoryview) -> int:
+        total = 0
+        for p in paths:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                while (n := os.readv(fd, [buf])) > 0:
+                    total += n
+            finally:
+                os.close(fd)
+        return total
+
+    def files(self, paths: Sequence[str]) -> int:
+        return self._read(paths, self.bufs[0])
+
+    def files_parallel(self, paths: Sequence[str]) -> int:
+        parts = [paths[i::THREADS] for i in range(THREADS)]
+        return sum(self.pool.map(self._read, parts, self.bufs))
+
+    @staticmethod
+    def open_close(paths: Sequence[str]) -> int:
+        for p in paths:
+            os.close(os.open(p, os.O_RDONLY))
+        return 0
+
+    def pread(self, chunks: Sequence[Chunk]) -> int:
+        """The chunks' byte ranges read straight from the netCDF files (each opened once)."""
+        buf = self.bufs[0]
+        fds: dict[str, int] = {}
+        total = 0
+        try:
+            for c in chunks:
+                fd = fds.get(c.nc)
+                if fd is None:
+                    fd = fds[c.nc] = os.open(c.nc, os.O_RDONLY)
+                total += os.preadv(fd, [buf[:c.length]], c.offset)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return total
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def verify(paths: Sequence[str], chunks: Sequence[Chunk], expected: dict[Chunk, bytes]) -> None:
+    """Every file holds exactly the chunk's bytes (untimed)."""
+    for p, c in zip(paths, chunks, strict=True):
+        with open(p, "rb") as f:
+            if f.read() != expected[c]:
+                raise AssertionError(f"{p}: not the bytes of {c}")
+
+
+# -- figures -----------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """Seconds per pass over ``nbytes`` bytes."""
+
+    label: str
+    state: str
+    samples: list[float] = field(default_factory=list)
+    nbytes: int = 0
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples) if self.samples else float("nan")
+
+    @property
+    def gbps(self) -> float:
+        return self.nbytes / 1e9 / self.median if self.samples else float("nan")
+
+    @property
+    def spread(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        return (max(self.samples) - min(self.samples)) / self.median
+
+
+RESULTS: dict[str, Result] = {}
+
+
+def timed(key: str, label: str, state: str, fn: Callable[[], int], runs: int,
+          before: Callable[[], object] | None = None, nbytes: int | None = None,
+          note: str = "") -> Result:
+    """``runs`` samples of ``fn`` (each preceded by ``before``, untimed)."""
+    r = Result(label, state, note=note)
+    for _ in range(runs):
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        n = fn()
+        r.samples.append(time.perf_counter() - t0)
+        r.nbytes = n if nbytes is None else nbytes
+    RESULTS[key] = r
+    print(f"  {label:<34} {state:<26} {r.median * 1e3:9.1f} ms  {r.gbps:7.3f} GB/s"
+          f"  spread {r.spread:4.0%}", flush=True)
+    return r
+
+
+def fresh_mount_runs(key: str, label: str, state: str, mount: Callable[[], Any],
+                     fn: Callable[[], int], runs: int, note: str = "") -> Result:
+    """Cold samples: for each, a fresh mount, then the page cache dropped, then ``fn``."""
+    samples: list[float] = []
+    nbytes = 0
+    for _ in range(runs):
+        with mount():
+            drop_caches()
+            t0 = time.perf_counter()
+            nbytes = fn()
+            samples.append(time.perf_counter() - t0)
+    r = Result(label, state, samples, nbytes, note)
+    RESULTS[key] = r
+    print(f"  {label:<34} {state:<26} {r.median * 1e3:9.1f} ms  {r.gbps:7.3f} GB/s"
+          f"  spread {r.spread:4.0%}", flush=True)
+    return r
+
+
+# -- the sections ------------------------------------------------------------------
+
+
+def bench_pread(reader: Reader, chunks: list[Chunk], runs: int) -> None:
+    wait_quiet("pread")
+    reader.pread(chunks)
+    timed("pread_warm", "(a) pread of the netCDF ranges", "warm", lambda: reader.pread(chunks),
+          runs)
+    timed("pread_cold", "(a) pread of the netCDF ranges", "cold", lambda: reader.pread(chunks),
+          runs, before=drop_caches)
+
+
+def bench_icechunk(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
+    """icechunk's store.get of every chunk key, awaited one after the other."""
+    import icechunk as ic
+    from zarr.core.buffer import default_buffer_prototype
+
+    wait_quiet("icechunk store.get")
+    keys = [c.zarr_path for c in chunks]
+    proto = default_buffer_prototype()
+
+    async def open_store() -> Any:
+        repo = await ic.Repository.open_async(ic.local_filesystem_storage(str(ds.repo)),
+                                              authorize_virtual_chunk_access=credentials(ds))
+        session = await repo.readonly_session_async(branch="main")
+        return session.store
+
+    async def get_all(store: Any) -> int:
+        total = 0
+        for k in keys:
+            buf = await store.get(k, proto)
+            total += len(buf)
+        return total
+
+    async def main() -> None:
+        store = await open_store()
+        await get_all(store)
+        r = Result("(d) icechunk store.get", "warm")
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            r.nbytes = await get_all(store)
+            r.samples.append(time.perf_counter() - t0)
+        RESULTS["icechunk_warm"] = r
+        c = Result("(d) icechunk store.get", "cold (fresh repo, dropped)")
+        for _ in range(runs):
+            fresh = await open_store()
+            drop_caches()
+            t0 = time.perf_counter()
+            c.nbytes = await get_all(fresh)
+            c.samples.append(time.perf_counter() - t0)
+        RESULTS["icechunk_cold"] = c
+        for x in (r, c):
+            print(f"  {x.label:<34} {x.state:<26} {x.median * 1e3:9.1f} ms  {x.gbps:7.3f} GB/s"
+                  f"  spread {x.spread:4.0%}", flush=True)
+
+    asyncio.run(main())
+
+
+@dataclass
+class MountFigures:
+    """What one mount configuration measured."""
+
+    name: str
+    read_ahead_kb: int = -1
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+def bench_vchunkfs(ds: DataSet, reader: Reader, chunks: list[Chunk], expected: dict[Chunk, bytes],
+                   runs: int, name: str, options: Sequence[str], label: str,
+                   sysfs_read_ahead: int = 0, full: bool = True) -> MountFigures:
+    """Cold, daemon-cached and kernel-cached passes over one mount configuration."""
+    wait_quiet(f"vchunkfs {name}")
+    mnt = MNT_DIR / name
+    paths = [str(mnt / c.zarr_path) for c in chunks]
+    figs = MountFigures(name)
+
+    @contextlib.contextmanager
+    def mount() -> Iterator[None]:
+        with vchunkfs(ds, *options, name=name):
+            if sysfs_read_ahead:
+                set_read_ahead(mnt, sysfs_read_ahead)
+            figs.read_ahead_kb = read_ahead_of(mnt)
+            yield
+
+    k = f"vc_{name}"
+    fresh_mount_runs(f"{k}_cold", label, "cold (fresh mount, dropped)", mount,
+                     lambda: reader.files(paths), runs)
+    with mount():
+        reader.files(paths)  # the first pass fills the daemon's cache
+        verify(paths, chunks, expected)
+        timed(f"{k}_daemon", label, "daemon-cached", lambda: reader.files(paths), runs,
+              before=drop_caches)
+        timed(f"{k}_daemon_par", label, f"daemon-cached, {THREADS} readers",
+              lambda: reader.files_parallel(paths), runs, before=drop_caches)
+        timed(f"{k}_daemon_data", label, "daemon-cached, dentries kept",
+              lambda: reader.files(paths), runs, before=lambda: drop_caches(1))
+        reader.files(paths)
+        timed(f"{k}_kernel", label, "kernel-cached", lambda: reader.files(paths), runs)
+        if full:
+            timed(f"{k}_openclose", label, "open+close only (cached)",
+                  lambda: reader.open_close(paths), runs, nbytes=0)
+    figs.keys = {s: f"{k}_{s}" for s in ("cold", "daemon", "daemon_par", "daemon_data", "kernel",
+                                         "openclose")}
+    return figs
+
+
+def bench_nullfs(ds: DataSet, reader: Reader, chunks: list[Chunk], expected: dict[Chunk, bytes],
+                 runs: int, name: str, args: Sequence[str], label: str,
+                 full: bool = True) -> MountFigures:
+    wait_quiet(f"nullfs {name}")
+    mnt = MNT_DIR / name
+    paths = [str(mnt / c.zarr_path) for c in chunks]
+    figs = MountFigures(name)
+    k = f"null_{name}"
+    with nullfs(ds, *args, name=name):
+        for _ in range(50):  # nullfs sets its read-ahead after INIT, then says "ready"
+            if (MNT_DIR / f"{name}.log").read_text().count("ready"):
+                break
+            time.sleep(0.05)
+        figs.read_ahead_kb = read_ahead_of(mnt)
+        reader.files(paths)
+        verify(paths, chunks, expected)
+        timed(f"{k}_daemon", label, "served by the daemon", lambda: reader.files(paths), runs,
+              before=drop_caches)
+        timed(f"{k}_daemon_par", label, f"served, {THREADS} readers",
+              lambda: reader.files_parallel(paths), runs, before=drop_caches)
+        timed(f"{k}_daemon_data", label, "served, dentries kept",
+              lambda: reader.files(paths), runs, before=lambda: drop_caches(1))
+        reader.files(paths)
+        timed(f"{k}_kernel", label, "kernel-cached", lambda: reader.files(paths), runs)
+        if full:
+            timed(f"{k}_openclose", label, "open+close only (cached)",
+                  lambda: reader.open_close(paths), runs, nbytes=0)
+    figs.keys = {s: f"{k}_{s}" for s in ("daemon", "daemon_par", "daemon_data", "kernel",
+                                         "openclose")}
+    return figs
+
+
+def bench_fsspec(ds: DataSet, reader: Reader, chunks: list[Chunk], expected: dict[Chunk, bytes],
+                 runs: int) -> None:
+    wait_quiet("fsspec.fuse")
+    mnt = MNT_DIR / "fsspec"
+    paths = [str(mnt / c.ref_key) for c in chunks]
+    label = "(c) fsspec.fuse ReferenceFileSystem"
+    fresh_mount_runs("fsspec_cold", label, "cold (fresh mount, dropped)",
+                     lambda: fsspec_fuse(ds), lambda: reader.files(paths), runs)
+    with fsspec_fuse(ds):
+        reader.files(paths)
+        verify(paths, chunks, expected)
+        timed("fsspec_warm", label, "warm", lambda: reader.files(paths), runs)
+
+
+def bench_xarray(ds: DataSet, runs: int) -> None:
+    """xarray.open_zarr(...).load() of the whole data set, mount against icechunk's store."""
+    import icechunk as ic
+    import xarray as xr
+
+    wait_quiet("xarray")
+    mnt = MNT_DIR / "xarray"
+
+    def load_store(store: Any) -> xr.Dataset:
+        return xr.open_zarr(store, consolidated=False, zarr_format=3).load()
+
+    repo = ic.Repository.open(ic.local_filesystem_storage(str(ds.repo)),
+                              authorize_virtual_chunk_access=credentials(ds))
+
+    def icechunk_load() -> int:
+        load_store(repo.readonly_session(branch="main").store)
+        return 0
+
+    def icechunk_cold() -> int:
+        fresh = ic.Repository.open(ic.local_filesystem_storage(str(ds.repo)),
+                                   authorize_virtual_chunk_access=credentials(ds))
+        load_store(fresh.readonly_session(branch="main").store)
+        return 0
+
+    reference = load_store(repo.readonly_session(branch="main").store)
+    timed("xr_icechunk_warm", "xarray load, icechunk store", "warm", icechunk_load, runs,
+          nbytes=0)
+    timed("xr_icechunk_cold", "xarray load, icechunk store", "cold (fresh repo, dropped)",
+          icechunk_cold, runs, before=drop_caches, nbytes=0)
+
+    def mount_load() -> int:
+        load_store(str(mnt))
+        return 0
+
+    with vchunkfs(ds, name="xarray"):
+        xr.testing.assert_identical(load_store(str(mnt)), reference)
+        timed("xr_mount_warm", "xarray load, vchunkfs mount", "warm (kernel-cached)",
+              mount_load, runs, nbytes=0)
+        timed("xr_mount_daemon", "xarray load, vchunkfs mount", "daemon-cached", mount_load,
+              runs, before=drop_caches, nbytes=0)
+    fresh_mount_runs("xr_mount_cold", "xarray load, vchunkfs mount",
+                     "cold (fresh mount, dropped)", lambda: vchunkfs(ds, name="xarray"),
+                     mount_load, runs)
+
+
+# -- report ------------------------------------------------------------------------
+
+
+def _fmt_gbps(key: str) -> str:
+    r = RESULTS.get(key)
+    return "–" if r is None or not r.samples else f"{r.gbps:.3f}"
+
+
+def _ratio(a: str, b: str, by: str = "gbps") -> float:
+    ra, rb = RESULTS.get(a), RESULTS.get(b)
+    if ra is None or rb is None or not ra.samples or not rb.samples:
+        return float("nan")
+    return ra.gbps / rb.gbps if by == "gbps" else ra.median / rb.median
+
+
+def throughput_table(keys: Sequence[str], base: str) -> str:
+    lines = ["| reader | state | median ms | GB/s | spread | vs pread warm |",
+             "|---|---|---:|---:|---:|---:|"]
+    for k in keys:
+        r = RESULTS.get(k)
+        if r is None:
+            continue
+        lines.append(f"| {r.label} | {r.state} | {r.median * 1e3:.1f} | {r.gbps:.3f} "
+                     f"| {r.spread:.0%} | {_ratio(k, base):.3f} |")
+    return "\n".join(lines)
+
+
+def seconds_table(keys: Sequence[str]) -> str:
+    lines = ["| load | state | median s | spread |", "|---|---|---:|---:|"]
+    for k in keys:
+        r = RESULTS.get(k)
+        if r is not None:
+            lines.append(f"| {r.label} | {r.state} | {r.median:.3f} | {r.spread:.0%} |")
+    return "\n".join(lines)
+
+
+def knob_table(rows: Sequence[tuple[str, MountFigures]]) -> str:
+    lines = ["| configuration | bdi read_ahead_kb | cold | daemon-cached "
+             f"| daemon-cached, {THREADS} readers | daemon-cached, dentries kept "
+             "| kernel-cached |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, f in rows:
+        lines.append(f"| {label} | {f.read_ahead_kb} | {_fmt_gbps(f.keys.get('cold', ''))} "
+                     f"| {_fmt_gbps(f.keys['daemon'])} | {_fmt_gbps(f.keys['daemon_par'])} "
+                     f"| {_fmt_gbps(f.keys['daemon_data'])} | {_fmt_gbps(f.keys['kernel'])} |")
+    return "\n".join(lines)
+
+
+def target_table(vc: MountFigures, null: MountFigures) -> str:
+    def check(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    rows = []
+    r = _ratio(vc.keys["kernel"], null.keys["kernel"])
+    rows.append(("kernel-cached >= 90% of nullfs kernel-cached", f"{r:.0%}", check(r >= 0.9)))
+    r = _ratio(vc.keys["daemon"], null.keys["daemon"])
+    rows.append(("daemon-cached >= 80% of nullfs served", f"{r:.0%}", check(r >= 0.8)))
+    r = _ratio(vc.keys["daemon_par"], null.keys["daemon_par"])
+    rows.append((f"  (same, {THREADS} readers)", f"{r:.0%}", check(r >= 0.8)))
+    r = _ratio(vc.keys["daemon_data"], null.keys["daemon_data"])
+    rows.append(("  (same, dentries kept: drop_caches 1)", f"{r:.0%}", check(r >= 0.8)))
+    r = _ratio(vc.keys["daemon"], "icechunk_warm")
+    rows.append(("daemon-cached >= icechunk store.get (warm)", f"{r:.2f}x", check(r >= 1.0)))
+    r = _ratio(vc.keys["cold"], "fsspec_cold")
+    rows.append(("cold >= 3x fsspec.fuse cold", f"{r:.2f}x", check(r >= 3.0)))
+    r = _ratio("xr_mount_warm", "xr_icechunk_warm", by="median")
+    rows.append(("xarray load (warm) within 1.1x of icechunk's store", f"{r:.2f}x",
+                 check(r <= 1.1)))
+    r = _ratio("xr_mount_cold", "xr_icechunk_cold", by="median")
+    rows.append(("  (same, both cold)", f"{r:.2f}x", check(r <= 1.1)))
+    lines = ["| target | measured | verdict |", "|---|---:|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import icechunk as ic
+    import zarr
+
+    return (f"{platform.machine()}, {os.cpu_count()} cores, {platform.release()}, "
+            f"Python {platform.python_version()}, icechunk {ic.__version__}, "
+            f"zarr {zarr.__version__}")
+
+
+# -- main --------------------------------------------------------------------------
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # so every finally (unmount) runs
+
+
+def run(args: argparse.Namespace) -> str:
+    runs = args.runs
+    ds = build(args.days)
+    chunks = ds.chunks()
+    expected: dict[Chunk, bytes] = {}
+    for c in chunks:
+        with open(c.nc, "rb") as f:
+            expected[c] = os.pread(f.fileno(), c.length, c.offset)
+    total = sum(c.length for c in chunks)
+    nc_bytes = sum(p.stat().st_size for p in {Path(c.nc) for c in chunks})
+    MNT_DIR.mkdir(parents=True, exist_ok=True)
+    dropped = drop_caches()
+    print(f"{len(chunks)} chunk files, {total / 1e6:.1f} MB of chunk bytes "
+          f"({total / nc_bytes:.0%} of the {nc_bytes / 1e6:.1f} MB of netCDF); {runs} runs; "
+          f"drop_caches {'works' if dropped else 'FAILED: ' + DROP_STATUS['error']}", flush=True)
+
+    reader = Reader()
+    try:
+        bench_pread(reader, chunks, runs)
+        bench_icechunk(ds, chunks, runs)
+        default = bench_vchunkfs(ds, reader, chunks, expected, runs, "vchunkfs", [],
+                                 "(b) vchunkfs (defaults)")
+        bench_fsspec(ds, reader, chunks, expected, runs)
+        null = bench_nullfs(ds, reader, chunks, expected, runs, "nullfs", [],
+                            "(e) nullfs (kernel read-ahead)")
+        knobs: list[tuple[str, MountFigures]] = [
+            ("vchunkfs defaults (read_ahead_kb=1024 as shipped, workers=64)", default)]
+        if not args.no_knobs:
+            knobs.append(("vchunkfs read_ahead_kb=0 (kernel default)", bench_vchunkfs(
+                ds, reader, chunks, expected, runs, "vc-ra0", ["read_ahead_kb=0"],
+                "vchunkfs read_ahead_kb=0", full=False)))
+            knobs.append(("vchunkfs + 1024 KiB written to sysfs after mount", bench_vchunkfs(
+                ds, reader, chunks, expected, runs, "vc-ra1024", [],
+                "vchunkfs ra=1024 set after INIT", sysfs_read_ahead=1024, full=False)))
+            knobs.append(("vchunkfs workers=8", bench_vchunkfs(
+                ds, reader, chunks, expected, runs, "vc-w8", ["workers=8"],
+                "vchunkfs workers=8", full=False)))
+            knobs.append(("nullfs (kernel read-ahead)", null))
+            knobs.append(("nullfs --read-ahead-kb 1024", bench_nullfs(
+                ds, reader, chunks, expected, runs, "nullfs-ra1024", ["--read-ahead-kb", "1024"],
+                "(e) nullfs read-ahead 1024", full=False)))
+        bench_xarray(ds, max(runs, 1) if args.quick else max(runs - 2, 5))
+    finally:
+        reader.close()
+
+    throughput = [
+        "pread_warm", "pread_cold", "icechunk_warm", "icechunk_cold",
+        default.keys["cold"], default.keys["daemon"], default.keys["daemon_par"],
+        default.keys["daemon_data"], default.keys["kernel"], "fsspec_cold", "fsspec_warm",
+        null.keys["daemon"], null.keys["daemon_par"], null.keys["daemon_data"],
+        null.keys["kernel"]]
+    oc = [default.keys["openclose"], null.keys["openclose"]]
+    per_file = ["| mount | open+close per file, µs (cached) |", "|---|---:|"]
+    for k in oc:
+        r = RESULTS[k]
+        per_file.append(f"| {r.label} | {r.median / len(chunks) * 1e6:.0f} |")
+    parts = [
+        f"Machine: {machine()}.",
+        f"Data: {args.days} days, {len(chunks)} chunk files, {total / 1e6:.1f} MB per pass; "
+        f"medians of {runs} runs; drop_caches "
+        f"{'worked' if not DROP_STATUS else 'FAILED (' + DROP_STATUS['error'] + ')'}.",
+        "", "#### Reading every chunk file once", "", throughput_table(throughput, "pread_warm"),
+        "", "#### Per-file cost without data", "", "\n".join(per_file),
+        "", "#### xarray.open_zarr(...).load() of the whole data set", "",
+        seconds_table(["xr_icechunk_warm", "xr_mount_warm", "xr_mount_daemon",
+                       "xr_icechunk_cold", "xr_mount_cold"]),
+        "", "#### Knobs (GB/s, medians)", "", knob_table(knobs),
+        "", "#### Targets", "", target_table(default, null), ""]
+    return "\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=7, help="timed runs per figure (median)")
+    p.add_argument("--days", type=int, default=31)
+    p.add_argument("--quick", action="store_true", help="3 days, 1 run: a smoke test")
+    p.add_argument("--no-knobs", action="store_true", help="skip the knob configurations")
+    p.add_argument("--no-wait", action="store_true",
+                   help="do not wait for other benchmarks or test suites (smoke tests only)")
+    p.add_argument("--out", type=Path, help="also write the report (Markdown) here")
+    p.add_argument("--serve-fsspec", nargs=2, metavar=("REFS", "MOUNTPOINT"),
+                   help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_fsspec:
+        return serve_fsspec(Path(args.serve_fsspec[0]), Path(args.serve_fsspec[1]))
+    if args.quick:
+        args.days, args.runs = 3, 1
+    global NO_WAIT
+    NO_WAIT = args.no_wait
+    if os.geteuid() != 0:
+        print("bench_mount.py: run as root (drop_caches, /sys/class/bdi)", file=sys.stderr)
+    signal.signal(signal.SIGTERM, _terminate)
+    report = run(args)
+    print()
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+    sys.stdout.flush()
+    # icechunk 2.3 sometimes crashes in interpreter finalization (see bench_repository.py)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

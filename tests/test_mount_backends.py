@@ -1,0 +1,135 @@
+"""Mounts of repositories on S3 (moto), written by icechunk and by VirtualiZarr."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import icechunk as ic
+import numpy as np
+import pytest
+import xarray as xr
+from datasets import Published, build_repo
+from mounting import mounted
+from servers import moto_s3_server
+
+PROJECT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_s3_mount_and_backend_down(tmp_path):
+    server = moto_s3_server()
+    s3 = server.__enter__()
+    stopped = False
+    try:
+        s3.create_bucket("repos")
+        s3.create_bucket("archive")
+
+        def publish(sources: list[Path]) -> Published:
+            out: Published = {}
+            for p in sources:
+                s3.put_object("archive", f"nc/{p.name}", p.read_bytes())
+                out[p] = (f"s3://archive/nc/{p.name}",
+                          s3.head_object("archive", f"nc/{p.name}")["ETag"].strip('"'))
+            return out
+
+        container = ic.VirtualChunkContainer("s3://archive/nc/", ic.s3_store(
+            region=s3.region, endpoint_url=s3.endpoint_url, allow_http=True,
+            s3_compatible=True, force_path_style=True))
+        storage = ic.s3_storage(bucket="repos", prefix="r", region=s3.region,
+                                endpoint_url=s3.endpoint_url, allow_http=True,
+                                force_path_style=True, access_key_id=s3.access_key_id,
+                                secret_access_key=s3.secret_access_key)
+        built = build_repo(storage, tmp_path / "src", container=container, publish=publish)
+        env = {"AWS_ACCESS_KEY_ID": s3.access_key_id,
+               "AWS_SECRET_ACCESS_KEY": s3.secret_access_key, "AWS_REGION": s3.region}
+        with mounted("s3://repos/r", tmp_path / "m", f"endpoint_url={s3.endpoint_url}",
+                     "authorize=s3://archive/nc/=env", env=env) as m:
+            local = {p.name: p for p in built.sources}
+            refs = built.refs["day1"]
+            for ref in refs[:-1]:
+                with open(local[ref.location.rsplit("/", 1)[1]], "rb") as f:
+                    want = os.pread(f.fileno(), ref.length, ref.offset)
+                assert (m.path / ref.key).read_bytes() == want, ref.key
+            tags = os.listdir(m.path / ".vchunkfs" / "tags")
+            assert tags == ["v1"]
+
+            server.__exit__(None, None, None)  # the backend goes down mid-session
+            stopped = True
+            start = time.monotonic()
+            with pytest.raises(OSError) as e:
+                (m.path / refs[-1].key).read_bytes()
+            assert e.value.errno == errno.EIO
+            elapsed = time.monotonic() - start
+            # what was fetched before is still served; the daemon is alive
+            assert (m.path / refs[0].key).read_bytes()
+            assert (m.path / "sst" / "zarr.json").read_bytes()
+            assert m.proc.poll() is None
+            assert elapsed < 120
+    finally:
+        if not stopped:
+            server.__exit__(None, None, None)
+
+
+def test_virtualizarr_repository_reads_like_the_files(tmp_path):
+    """The guide's workflow (VirtualiZarr -> to_icechunk), mounted; xarray on the mount equals
+    xarray on the netCDF files: values, decoded time, attributes, encodings."""
+    from obspec_utils.registry import ObjectStoreRegistry
+    from obstore.store import LocalStore
+    from virtualizarr import open_virtual_dataset
+    from virtualizarr.parsers import HDFParser
+
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, str(PROJECT / "scripts" / "make_oisst.py"), str(data),
+                    "--days", "3", "--scale", "4"], check=True, capture_output=True)
+    files = sorted(data.glob("*.nc"))
+    prefix = data.as_uri() + "/"
+    registry = ObjectStoreRegistry({"file://": LocalStore()})
+    vds = xr.concat([open_virtual_dataset(f.as_uri(), registry=registry, parser=HDFParser())
+                     for f in files], dim="time", coords="minimal", compat="override",
+                    combine_attrs="override")
+    config = ic.RepositoryConfig.default()
+    config.set_virtual_chunk_container(ic.VirtualChunkContainer(
+        prefix, ic.local_filesystem_store(str(data))))
+    repo = ic.Repository.create(ic.local_filesystem_storage(str(tmp_path / "repo")), config)
+    repo.save_config()
+    session = repo.writable_session("main")
+    vds.vz.to_icechunk(session.store)
+    session.commit("three days, by VirtualiZarr")
+
+    with mounted(tmp_path / "repo", tmp_path / "m", f"authorize={prefix}") as m:
+        # raw integers, decoded time and coordinates, attributes: equal
+        raw_m = xr.open_zarr(str(m.path), consolidated=False, zarr_format=3, chunks=None,
+                             mask_and_scale=False)
+        parts = [xr.open_dataset(f, engine="netcdf4", mask_and_scale=False) for f in files]
+        parts += [xr.open_dataset(f, engine="netcdf4") for f in files]
+        try:
+            raw_d = xr.concat(parts[:3], dim="time", coords="minimal", compat="override",
+                              combine_attrs="override")
+            xr.testing.assert_equal(raw_m.load(), raw_d.load())
+            assert raw_m.attrs == raw_d.attrs
+            for v in raw_d.variables:  # zarr adds a NaN fill value to float coordinates
+                strip = {"_FillValue"} if v in raw_d.coords else set()
+                assert {k: a for k, a in raw_m[v].attrs.items() if k not in strip} == {
+                    k: a for k, a in raw_d[v].attrs.items() if k not in strip}, v
+            # scaled and masked: equal values (the zarr attributes carry scale_factor as a
+            # float64 where netCDF has a float32, so xarray decodes to float64 there)
+            dec_m = xr.open_zarr(str(m.path), consolidated=False, zarr_format=3, chunks=None)
+            dec_d = xr.concat(parts[3:], dim="time", coords="minimal", compat="override",
+                              combine_attrs="override")
+            for v in ("sst", "anom", "err", "ice"):
+                np.testing.assert_allclose(dec_m[v].values, dec_d[v].values, rtol=1e-6)
+                assert int(np.isnan(dec_m[v].values).sum()) == int(
+                    np.isnan(dec_d[v].values).sum()) > 0
+                enc_m, enc_d = dec_m[v].encoding, dec_d[v].encoding
+                assert enc_m["scale_factor"] == pytest.approx(enc_d["scale_factor"])
+                assert enc_m["_FillValue"] == enc_d["_FillValue"] == -999
+            assert np.issubdtype(dec_m.time.dtype, np.datetime64)
+            assert (dec_m.time.values == dec_d.time.values).all()
+        finally:
+            for p in parts:
+                p.close()
