@@ -7,7 +7,10 @@
 4. shows the result with the vchunkfs command line, and checks every chunk
    read through vchunkfs against netCDF4 reading the files.
 
-Usage: python scripts/demo.py [WORKDIR]   (default: ./demo-data)
+5. mounts the repository (at WORKDIR/mnt unless given) and shows it with shell
+   tools; the mount stays in place, with the command to unmount it.
+
+Usage: python scripts/demo.py [WORKDIR [MOUNTPOINT]]   (default: ./demo-data)
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -144,8 +148,25 @@ def main() -> int:
               + " ".join(f"{t:.2f}" for t in mid) + " C")
     meta = json.loads(run(lambda: view.read("sst/zarr.json")))
     print(f"\nsst shape on main: {meta['shape']}; tag v1 keeps the first two days.")
-    print(f"Repository: {repo_dir}\nSources:    {data}")
     close_shared_bridge()
+
+    mountpoint = Path(sys.argv[2]) if len(sys.argv) > 2 else work / "mnt"
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    if os.path.ismount(mountpoint):
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
+    print(f"\n$ mount.vchunkfs {repo_dir} {mountpoint} -o authorize={prefix}", flush=True)
+    subprocess.run([sys.executable, "-m", "vchunkfs.cli.mount", str(repo_dir), str(mountpoint),
+                    "-o", f"authorize={prefix},log_file={work / 'vchunkfs.log'}"], check=True)
+    for cmd in (["ls", "-l", str(mountpoint)],
+                ["ls", "-l", str(mountpoint / "sst" / "c" / "2" / "0" / "0")],
+                ["cat", str(mountpoint / ".vchunkfs" / "HEAD")],
+                ["ls", str(mountpoint / ".vchunkfs" / "tags" / "v1" / "sst" / "c")],
+                ["du", "-sh", str(mountpoint / "sst")]):
+        print(f"\n$ {' '.join(cmd)}", flush=True)
+        subprocess.run(cmd, check=True)
+    print(f"\nRepository: {repo_dir}\nSources:    {data}\nMounted at: {mountpoint} "
+          f"(history: cat {mountpoint}/.vchunkfs/history)")
+    print(f"Unmount with: fusermount3 -u {mountpoint}   (or: vchunkfs umount {mountpoint})")
     return 0
 
 

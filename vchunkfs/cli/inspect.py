@@ -15,6 +15,7 @@ from vchunkfs.cli.common import (
     run,
     split_repo_version,
 )
+from vchunkfs.presentation import render_history
 from vchunkfs.repository import Commit, Repo
 
 
@@ -77,14 +78,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     if args.json:
         emit_json([c.to_json() for c in commits])
         return 0
-    out = sys.stdout
-    for c in commits:
-        out.write(f"snapshot {c.id}\n")
-        out.write(f"Date:    {c.written_at:%Y-%m-%d %H:%M:%S %Z}\n")
-        if c.metadata:
-            out.write(f"Meta:    {json.dumps(c.metadata, default=str)}\n")
-        out.write("\n" + "".join(f"    {line}\n" for line in (c.message or "").splitlines())
-                  + "\n")
+    sys.stdout.write(render_history(commits))
     return 0
 
 
