@@ -156,6 +156,7 @@ def test_errors_map_to_errno_and_daemon_keeps_serving(tmp_path):
         with pytest.raises(PermissionError):
             (m.path / "sst" / "c" / "0" / "0" / "0" / "0").read_bytes()
         assert "has not authorized" in m.log_text()
+        assert f"container {built.container_prefix} is not authorized" in m.log_text()
     with mounted(tmp_path / "repo", tmp_path / "m1", f"authorize={built.container_prefix}") as m:
         field = m.path / "field" / "c" / "0" / "0"
         assert field.read_bytes()
@@ -268,3 +269,28 @@ def test_help_mentions_options():
     for word in ("version=", "authorize=", "cache_size=", "allow_other", "foreground",
                  "debug", "log_file=", "control_socket=", "show_versions", "example"):
         assert word in r.stdout, word
+
+
+def test_one_fetch_per_chunk_however_many_readers(local_repo, tmp_path):
+    """The kernel's 128 KiB pieces and 8 processes reading at once cost one fetch per chunk."""
+    path, built = local_repo
+    with mounted(path, tmp_path / "m", f"authorize={built.container_prefix}",
+                 "read_ahead_kb=0") as m:
+        def stats() -> dict:
+            return json.loads(os.getxattr(m.path, "user.vchunkfs.stats"))
+
+        big = m.path / "native" / "c" / "0"  # read 100 bytes at a time: many requests
+        with open(big, "rb", buffering=0) as f:
+            pieces = iter(lambda: f.read(100), b"")
+            assert b"".join(pieces) == np.arange(250, dtype="<i4").tobytes()
+        assert stats()["cache_misses"] == 1
+        refs = built.refs["day1"]
+        script = ("import sys,pathlib\nfor k in sys.argv[2:]:\n"
+                  " pathlib.Path(sys.argv[1], k).read_bytes()")
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(m.path),
+                                   *[r.key for r in refs]]) for _ in range(8)]
+        for p in procs:
+            assert p.wait(timeout=60) == 0
+        s = stats()
+        assert s["cache_misses"] == 1 + len(refs), s
+        assert s["fetched_bytes"] == 1000 + sum(r.length for r in refs)

@@ -34,6 +34,8 @@ mount options (-o opt[,opt...]):
   anonymous             read the repository's storage without credentials
   storage.KEY=VALUE     backend config key (gcs, azure, http storage)
   cache_size=BYTES      daemon cache for chunk bytes, e.g. 512M, 2G (default 512M)
+  manifest_cache_refs=N chunk refs icechunk keeps in memory (default 2000000, about
+                        160 MB; icechunk's own default is 15 million)
   show_versions         list .vchunkfs in the root directory (it is always reachable)
   poll_interval=SEC     how often a branch view checks for a new head (default 2)
   read_ahead_kb=KB      kernel read-ahead of the mount (default 1024: one request per
@@ -67,6 +69,7 @@ class MountOptions:
     anonymous: bool = False
     storage_config: dict[str, str] = field(default_factory=dict)
     cache_size: int = 512 * 1024 * 1024
+    manifest_cache_refs: int = 2_000_000
     show_versions: bool = False
     poll_interval: float = 2.0
     read_ahead_kb: int = 1024
@@ -122,6 +125,10 @@ def parse_options(source: str, mountpoint: str, options: list[str]) -> MountOpti
                     opts.anonymous = True
                 case "cache_size" if value:
                     opts.cache_size = parse_size(value)
+                case "manifest_cache_refs" if value:
+                    opts.manifest_cache_refs = int(value)
+                    if opts.manifest_cache_refs < 1:
+                        raise ValueError
                 case "show_versions" if flag:
                     opts.show_versions = True
                 case "poll_interval" if value:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import icechunk as ic
 import pyfuse3
 import trio
 
@@ -46,12 +47,21 @@ def serve(opts: MountOptions, ready_fd: int | None) -> int:
 def _open_and_serve(opts: MountOptions, ready_fd: int | None) -> int:
     bridge = AsyncioBridge()
     try:
+        config = ic.RepositoryConfig.default()
+        config.caching = ic.CachingConfig(num_chunk_refs=opts.manifest_cache_refs)
         repo = bridge.run(lambda: Repo.open(
             parse_repo_url(opts.source),
             authorization=Authorization.load(opts.authorize, opts.auth_file),
             storage_options=StorageOptions.from_env(
                 endpoint_url=opts.endpoint_url, region=opts.region,
-                anonymous=opts.anonymous or None, config=opts.storage_config or None)))
+                anonymous=opts.anonymous or None, config=opts.storage_config or None),
+            config=config))
+        trusted = set(repo.authorization.prefixes)
+        for c in repo.containers():
+            if c.url_prefix not in trusted:
+                log.warning("virtual chunk container %s is not authorized: its chunks will "
+                            "read as EACCES (mount with -o authorize=%s to trust it)",
+                            c.url_prefix, c.url_prefix)
         namespace = Namespace(repo, bridge, MountConfig(
             version=opts.version, presentation=opts.presentation, cache_bytes=opts.cache_size,
             show_versions=opts.show_versions, poll_interval=opts.poll_interval))

@@ -23,6 +23,7 @@ get short timeouts and uncacheable negative lookups.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ SHORT_TIMEOUT = 1.0  # floating nodes follow the repository
 HISTORY_LIMIT = 10_000
 XATTR_SNAPSHOT = "user.vchunkfs.snapshot"
 XATTR_VERSION = "user.vchunkfs.version"
+XATTR_STATS = "user.vchunkfs.stats"
 
 TREE, VERSIONS, REFS, TEXT = "tree", "versions", "refs", "text"
 
@@ -360,6 +362,8 @@ class Namespace:
     def xattr(self, ino: int, name: str) -> bytes | None:
         """Extended attributes: which snapshot and version a node belongs to."""
         node = self._inodes.get(ino)
+        if ino == ROOT and name == XATTR_STATS:
+            return json.dumps(self.stats()).encode()
         if node is None or node.key.kind != TREE:
             return None
         tree = self._trees.get(node.key.tree)
@@ -372,7 +376,15 @@ class Namespace:
 
     def xattr_names(self, ino: int) -> list[str]:
         node = self._inodes.get(ino)
-        return [XATTR_SNAPSHOT, XATTR_VERSION] if node and node.key.kind == TREE else []
+        names = [XATTR_SNAPSHOT, XATTR_VERSION] if node and node.key.kind == TREE else []
+        return [*names, XATTR_STATS] if ino == ROOT else names
+
+    def stats(self) -> dict[str, int]:
+        """Counters of the block cache and the inode table, for tests and operators."""
+        c = self.cache.stats
+        return {"cache_hits": c.hits, "cache_misses": c.misses, "cache_coalesced": c.coalesced,
+                "fetched_bytes": c.fetched_bytes, "cache_bytes": self.cache.current_bytes,
+                "inodes": len(self._inodes), "open_files": len(self._files)}
 
     # -- attributes and children ----------------------------------------------
 
