@@ -233,12 +233,12 @@ def busy_processes() -> list[str]:
     return out
 
 
-def wait_quiet(section: str) -> None:
+def wait_quiet(section: str, quiet: bool = False) -> None:
     """Wait while another benchmark or test suite runs (the machine has 2 cores)."""
     if NO_WAIT:
         return
     deadline = time.monotonic() + QUIET_WAIT
-    said = False
+    said = quiet
     while busy := busy_processes():
         if time.monotonic() > deadline:
             print(f"  WARNING: still busy after {QUIET_WAIT:.0f} s, measuring {section} anyway:"
@@ -436,7 +436,6 @@ class Result:
     state: str
     samples: list[float] = field(default_factory=list)
     nbytes: int = 0
-    note: str = ""
 
     @property
     def median(self) -> float:
@@ -456,40 +455,61 @@ class Result:
 RESULTS: dict[str, Result] = {}
 
 
-def timed(key: str, label: str, state: str, fn: Callable[[], int], runs: int,
-          before: Callable[[], object] | None = None, nbytes: int | None = None,
-          note: str = "") -> Result:
-    """``runs`` samples of ``fn`` (each preceded by ``before``, untimed)."""
-    r = Result(label, state, note=note)
+Sample = Callable[[], tuple[float, int]]  # one timed pass: (seconds, bytes)
+RETRIES = 5  # times a sample is redone when another benchmark or test suite ran meanwhile
+
+
+def clean_sample(sample: Sample) -> tuple[float, int]:
+    """One sample taken while no other benchmark or test suite runs (redone if one started)."""
+    for _ in range(RETRIES):
+        wait_quiet("the next sample", quiet=True)
+        out = sample()
+        if NO_WAIT or not busy_processes():
+            return out
+    return out
+
+
+def measure(key: str, label: str, state: str, sample: Sample, runs: int,
+            nbytes: int | None = None) -> Result:
+    r = Result(label, state)
     for _ in range(runs):
+        dt, n = clean_sample(sample)
+        r.samples.append(dt)
+        r.nbytes = n if nbytes is None else nbytes
+    RESULTS[key] = r
+    rate = f"{r.gbps:7.3f} GB/s" if r.nbytes else " " * 12
+    print(f"  {label:<36} {state:<30} {r.median * 1e3:9.1f} ms  {rate}"
+          f"  spread {r.spread:4.0%}", flush=True)
+    return r
+
+
+def timed(key: str, label: str, state: str, fn: Callable[[], int], runs: int,
+          before: Callable[[], object] | None = None, nbytes: int | None = None) -> Result:
+    """``runs`` samples of ``fn`` (each preceded by ``before``, untimed)."""
+
+    def sample() -> tuple[float, int]:
         if before is not None:
             before()
         t0 = time.perf_counter()
         n = fn()
-        r.samples.append(time.perf_counter() - t0)
-        r.nbytes = n if nbytes is None else nbytes
-    RESULTS[key] = r
-    print(f"  {label:<34} {state:<26} {r.median * 1e3:9.1f} ms  {r.gbps:7.3f} GB/s"
-          f"  spread {r.spread:4.0%}", flush=True)
-    return r
+        return time.perf_counter() - t0, n
+
+    return measure(key, label, state, sample, runs, nbytes)
 
 
-def fresh_mount_runs(key: str, label: str, state: str, mount: Callable[[], Any],
-                     fn: Callable[[], int], runs: int, note: str = "") -> Result:
+def fresh_mount_runs(key: str, label: str, state: str,
+                     mount: Callable[[], contextlib.AbstractContextManager[Any]],
+                     fn: Callable[[], int], runs: int, nbytes: int | None = None) -> Result:
     """Cold samples: for each, a fresh mount, then the page cache dropped, then ``fn``."""
-    samples: list[float] = []
-    nbytes = 0
-    for _ in range(runs):
+
+    def sample() -> tuple[float, int]:
         with mount():
             drop_caches()
             t0 = time.perf_counter()
-            nbytes = fn()
-            samples.append(time.perf_counter() - t0)
-    r = Result(label, state, samples, nbytes, note)
-    RESULTS[key] = r
-    print(f"  {label:<34} {state:<26} {r.median * 1e3:9.1f} ms  {r.gbps:7.3f} GB/s"
-          f"  spread {r.spread:4.0%}", flush=True)
-    return r
+            n = fn()
+            return time.perf_counter() - t0, n
+
+    return measure(key, label, state, sample, runs, nbytes)
 
 
 # -- the sections ------------------------------------------------------------------
@@ -526,28 +546,28 @@ def bench_icechunk(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
             total += len(buf)
         return total
 
-    async def main() -> None:
-        store = await open_store()
-        await get_all(store)
-        r = Result("(d) icechunk store.get", "warm")
-        for _ in range(runs):
+    loop = asyncio.new_event_loop()
+    try:
+        store = loop.run_until_complete(open_store())
+        loop.run_until_complete(get_all(store))
+
+        def warm() -> tuple[float, int]:
             t0 = time.perf_counter()
-            r.nbytes = await get_all(store)
-            r.samples.append(time.perf_counter() - t0)
-        RESULTS["icechunk_warm"] = r
-        c = Result("(d) icechunk store.get", "cold (fresh repo, dropped)")
-        for _ in range(runs):
-            fresh = await open_store()
+            n = loop.run_until_complete(get_all(store))
+            return time.perf_counter() - t0, n
+
+        def cold() -> tuple[float, int]:
+            fresh = loop.run_until_complete(open_store())
             drop_caches()
             t0 = time.perf_counter()
-            c.nbytes = await get_all(fresh)
-            c.samples.append(time.perf_counter() - t0)
-        RESULTS["icechunk_cold"] = c
-        for x in (r, c):
-            print(f"  {x.label:<34} {x.state:<26} {x.median * 1e3:9.1f} ms  {x.gbps:7.3f} GB/s"
-                  f"  spread {x.spread:4.0%}", flush=True)
+            n = loop.run_until_complete(get_all(fresh))
+            return time.perf_counter() - t0, n
 
-    asyncio.run(main())
+        measure("icechunk_warm", "(d) icechunk store.get", "warm", warm, runs)
+        measure("icechunk_cold", "(d) icechunk store.get", "cold (fresh repo, dropped)", cold,
+                runs)
+    finally:
+        loop.close()
 
 
 @dataclass
@@ -689,6 +709,98 @@ def bench_xarray(ds: DataSet, runs: int) -> None:
                      mount_load, runs)
 
 
+NS_OPS: dict[str, Result] = {}
+
+
+def bench_namespace(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
+    """Where a daemon-cached open goes: vchunkfs's Namespace called in-process, without FUSE.
+
+    Each figure is the time per call over all chunk files, after a first pass
+    (so the block cache and the size caches are warm): what the daemon spends
+    per FUSE request before pyfuse3 and the kernel add theirs.
+    """
+    import trio
+
+    from vchunkfs.bridge import AsyncioBridge
+    from vchunkfs.fs.namespace import ROOT, MountConfig, Namespace
+    from vchunkfs.repository import Authorization, Repo, StorageOptions, parse_repo_url
+
+    wait_quiet("namespace operations")
+    bridge = AsyncioBridge(name="bench-namespace")
+    try:
+        repo = bridge.run(lambda: Repo.open(
+            parse_repo_url(str(ds.repo)), authorization=Authorization.load([ds.prefix]),
+            storage_options=StorageOptions.from_env()))
+        ns = Namespace(repo, bridge, MountConfig())
+
+        async def noop() -> int:
+            return 0
+
+        async def main() -> None:
+            await ns.start()
+            parents: list[int] = []
+            files: list[tuple[int, int]] = []
+            for c in chunks:
+                ino = ROOT
+                *dirs, name = c.zarr_path.split("/")
+                for part in dirs:
+                    ino = (await ns.lookup(ino, part)).ino
+                parents.append(ino)
+                attr = await ns.lookup(ino, name)
+                fh, _ = await ns.open(attr.ino)
+                await ns.read(fh, 0, attr.size)
+                ns.release(fh)
+                files.append((attr.ino, attr.size))
+            names = [c.zarr_path.rsplit("/", 1)[1] for c in chunks]
+
+            async def lookups() -> None:
+                for parent, name in zip(parents, names, strict=True):
+                    await ns.lookup(parent, name)
+
+            async def getattrs() -> None:
+                for ino, _size in files:
+                    await ns.getattr(ino)
+
+            async def opens() -> None:
+                for ino, _size in files:
+                    fh, _ = await ns.open(ino)
+                    ns.release(fh)
+
+            async def reads() -> None:  # 128 KiB requests, as the kernel sends them
+                for ino, size in files:
+                    fh, _ = await ns.open(ino)
+                    for off in range(0, size, 128 * 1024):
+                        await ns.read(fh, off, 128 * 1024)
+                    ns.release(fh)
+
+            async def bridge_calls() -> None:
+                for _ in files:
+                    await bridge.call(noop)
+
+            read_requests = sum((size + 128 * 1024 - 1) // (128 * 1024) for _, size in files)
+            for key, fn, calls in (("lookup of a chunk file", lookups, len(files)),
+                                   ("getattr", getattrs, len(files)),
+                                   ("open + release", opens, len(files)),
+                                   ("read of 128 KiB (cache hit; opens included)", reads,
+                                    read_requests),
+                                   ("AsyncioBridge.call of a no-op", bridge_calls, len(files))):
+                r = Result(key, "per call")
+                for _ in range(runs):
+                    wait_quiet("the next sample", quiet=True)
+                    t0 = time.perf_counter()
+                    await fn()
+                    r.samples.append((time.perf_counter() - t0) / calls)
+                NS_OPS[key] = r
+                print(f"  namespace: {key:<46} {r.median * 1e6:8.0f} us per call"
+                      f"  spread {r.spread:4.0%}", flush=True)
+
+        trio.run(main)
+    except Exception as e:  # the namespace is internal API that others are changing
+        print(f"  namespace operations skipped: {type(e).__name__}: {e}", flush=True)
+    finally:
+        bridge.close()
+
+
 # -- report ------------------------------------------------------------------------
 
 
@@ -722,6 +834,12 @@ def seconds_table(keys: Sequence[str]) -> str:
         r = RESULTS.get(k)
         if r is not None:
             lines.append(f"| {r.label} | {r.state} | {r.median:.3f} | {r.spread:.0%} |")
+    return "\n".join(lines)
+
+
+def ns_table() -> str:
+    lines = ["| operation | µs per call | spread |", "|---|---:|---:|"]
+    lines += [f"| {k} | {r.median * 1e6:.0f} | {r.spread:.0%} |" for k, r in NS_OPS.items()]
     return "\n".join(lines)
 
 
@@ -821,6 +939,7 @@ def run(args: argparse.Namespace) -> str:
             knobs.append(("nullfs --read-ahead-kb 1024", bench_nullfs(
                 ds, reader, chunks, expected, runs, "nullfs-ra1024", ["--read-ahead-kb", "1024"],
                 "(e) nullfs read-ahead 1024", full=False)))
+        bench_namespace(ds, chunks, runs)
         bench_xarray(ds, max(runs, 1) if args.quick else max(runs - 2, 5))
     finally:
         reader.close()
@@ -843,6 +962,8 @@ def run(args: argparse.Namespace) -> str:
         f"{'worked' if not DROP_STATUS else 'FAILED (' + DROP_STATUS['error'] + ')'}.",
         "", "#### Reading every chunk file once", "", throughput_table(throughput, "pread_warm"),
         "", "#### Per-file cost without data", "", "\n".join(per_file),
+        "", "#### vchunkfs's Namespace in-process (no FUSE), daemon-cached", "",
+        ns_table(),
         "", "#### xarray.open_zarr(...).load() of the whole data set", "",
         seconds_table(["xr_icechunk_warm", "xr_mount_warm", "xr_mount_daemon",
                        "xr_icechunk_cold", "xr_mount_cold"]),

@@ -19,6 +19,8 @@ import pyfuse3
 import trio
 
 from vchunkfs.bridge import AsyncioBridge
+from vchunkfs.daemon.control_ops import ControlOps
+from vchunkfs.daemon.control_server import ControlServer, default_socket_path
 from vchunkfs.daemon.options import MountOptions
 from vchunkfs.daemon.run import MountError
 from vchunkfs.errors import VchunkfsError
@@ -62,17 +64,28 @@ def _open_and_serve(opts: MountOptions, ready_fd: int | None) -> int:
                 log.warning("virtual chunk container %s is not authorized: its chunks will "
                             "read as EACCES (mount with -o authorize=%s to trust it)",
                             c.url_prefix, c.url_prefix)
+        socket_path = opts.control_socket or default_socket_path(opts.mountpoint)
         namespace = Namespace(repo, bridge, MountConfig(
             version=opts.version, presentation=opts.presentation, cache_bytes=opts.cache_size,
-            show_versions=opts.show_versions, poll_interval=opts.poll_interval))
-        return trio.run(_serve, opts, namespace, ready_fd)
+            show_versions=opts.show_versions, poll_interval=opts.poll_interval,
+            control_socket=socket_path))
+        invalidator = KernelInvalidator()
+        ops = ControlOps(repo, bridge, namespace, invalidator, opts.mountpoint)
+        namespace.staged = ops
+        control = ControlServer(ops, socket_path, owner_uid=os.getuid())
+        return trio.run(_serve, opts, namespace, control, ready_fd)
     finally:
         bridge.close()
 
 
-async def _serve(opts: MountOptions, namespace: Namespace, ready_fd: int | None) -> int:
+async def _serve(opts: MountOptions, namespace: Namespace, control: ControlServer,
+                 ready_fd: int | None) -> int:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         root = await namespace.start()
+        try:
+            await control.bind()
+        except OSError as e:
+            return _fail(ready_fd, MountError(f"control socket {control.path}: {e.strerror or e}"))
         fuse_options = set(pyfuse3.default_options) | {
             "ro", "subtype=vchunkfs", "fsname=" + opts.source.replace(",", "%2C")}
         if opts.allow_other:
@@ -82,6 +95,7 @@ async def _serve(opts: MountOptions, namespace: Namespace, ready_fd: int | None)
         try:
             pyfuse3.init(Operations(namespace, opts.uid, opts.gid), opts.mountpoint, fuse_options)
         except RuntimeError as e:
+            control.close()
             return _fail(ready_fd, MountError(f"cannot mount at {opts.mountpoint}: {e}"))
         try:
             _set_read_ahead(opts.mountpoint, opts.read_ahead_kb)
@@ -91,11 +105,13 @@ async def _serve(opts: MountOptions, namespace: Namespace, ready_fd: int | None)
             _notify_systemd("READY=1")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals)
-                await nursery.start(namespace.run_poller, KernelInvalidator())
+                await nursery.start(namespace.run_poller, control.ops.invalidator)
+                await nursery.start(control.serve)
                 await pyfuse3.main(min_tasks=2, max_tasks=opts.workers)
                 nursery.cancel_scope.cancel()
         finally:
             _notify_systemd("STOPPING=1")
+            control.close()
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", opts.mountpoint)
     return 0

@@ -9,6 +9,7 @@ Layout of a mount::
         branches/NAME/        each branch, a complete read-only hierarchy
         tags/NAME/            each tag
         snapshots/ID/         each snapshot reachable from a branch or tag (any id by path)
+        staged/NAME/          a branch's uncommitted changes made through the control socket
 
 Inodes name *generations*: a node inside a version's hierarchy is keyed by the
 snapshot it was looked up in, so its bytes and attributes never change and
@@ -25,6 +26,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,12 +45,13 @@ from vchunkfs.fs.blockcache import BlockCache, read_blocks
 from vchunkfs.presentation import Presentation, make_presentation, render_history
 from vchunkfs.repository import Repo, Version
 from vchunkfs.repository.repo import Commit
+from vchunkfs.repository.snapshot import SnapshotView
 
 log = logging.getLogger("vchunkfs.fs")
 
 ROOT = 1
 VERSIONS_DIR = ".vchunkfs"
-REF_DIRS = ("branches", "tags", "snapshots")
+REF_DIRS = ("branches", "tags", "snapshots", "staged")
 TEXT_FILES = ("HEAD", "history")
 LONG_TIMEOUT = 24 * 3600.0  # generations never change
 SHORT_TIMEOUT = 1.0  # floating nodes follow the repository
@@ -56,6 +59,7 @@ HISTORY_LIMIT = 10_000
 XATTR_SNAPSHOT = "user.vchunkfs.snapshot"
 XATTR_VERSION = "user.vchunkfs.version"
 XATTR_STATS = "user.vchunkfs.stats"
+XATTR_SOCKET = "user.vchunkfs.control_socket"
 
 TREE, VERSIONS, REFS, TEXT = "tree", "versions", "refs", "text"
 
@@ -120,6 +124,18 @@ class Invalidator(Protocol):
     def invalidate_inode(self, ino: int) -> None: ...
 
 
+class StagedSource(Protocol):
+    """Uncommitted changes the mount shows under ``.vchunkfs/staged/`` (from the daemon)."""
+
+    def staged_ids(self) -> dict[str, str]:
+        """Branch -> id of its current staged state, for branches with changes."""
+        ...
+
+    async def staged_view(self, staged_id: str) -> SnapshotView:
+        """The view of a staged state (a coroutine for the bridge's loop)."""
+        ...
+
+
 class FsError(Exception):
     """An operation failed with ``errno``; ``message`` is the one line that was logged."""
 
@@ -135,6 +151,7 @@ class MountConfig:
     cache_bytes: int = 512 * 1024 * 1024
     show_versions: bool = False
     poll_interval: float = 2.0
+    control_socket: str | None = None
 
 
 @dataclass
@@ -146,8 +163,10 @@ class _Generation:
 class Namespace:
     """The mount's tree. All methods run in the trio thread."""
 
-    def __init__(self, repo: Repo, bridge: AsyncioBridge, config: MountConfig) -> None:
+    def __init__(self, repo: Repo, bridge: AsyncioBridge, config: MountConfig,
+                 staged: StagedSource | None = None) -> None:
         self.repo = repo
+        self.staged = staged
         self.bridge = bridge
         self.config = config
         self.cache = BlockCache(config.cache_bytes)
@@ -180,6 +199,11 @@ class Namespace:
 
     async def _generation(self, snapshot_id: str) -> _Generation:
         gen = self._generations.get(snapshot_id)
+        if gen is None and snapshot_id.startswith("staged-") and self.staged is not None:
+            staged = self.staged
+            view = await self._pcall(lambda: staged.staged_view(snapshot_id), snapshot_id)
+            gen = _Generation(make_presentation(self.config.presentation, view), time.time_ns())
+            self._generations[snapshot_id] = gen
         if gen is None:
             view = await self._pcall(lambda: self.repo.view_of(snapshot_id), snapshot_id)
             info = await self._pcall(lambda: self.repo.ic.lookup_snapshot_async(snapshot_id),
@@ -199,11 +223,13 @@ class Namespace:
             refs = await self._pcall(self.repo.branches, "branches")
         elif kind == "tag":
             refs = await self._pcall(self.repo.tags, "tags")
+        elif kind == "staged":
+            refs = self.staged.staged_ids() if self.staged else {}
         else:
             refs = {s: s for s in await self._snapshot_ids() if s == name}
         if name not in refs:
             return None
-        version = Version(refs[name], "snapshot" if kind == "snapshot" else kind, name)
+        version = Version(refs[name], kind, name)
         return await self._make_tree(tree_id, version)
 
     async def _snapshot_ids(self) -> set[str]:
@@ -364,6 +390,8 @@ class Namespace:
         node = self._inodes.get(ino)
         if ino == ROOT and name == XATTR_STATS:
             return json.dumps(self.stats()).encode()
+        if ino == ROOT and name == XATTR_SOCKET and self.config.control_socket:
+            return self.config.control_socket.encode()
         if node is None or node.key.kind != TREE:
             return None
         tree = self._trees.get(node.key.tree)
@@ -377,7 +405,14 @@ class Namespace:
     def xattr_names(self, ino: int) -> list[str]:
         node = self._inodes.get(ino)
         names = [XATTR_SNAPSHOT, XATTR_VERSION] if node and node.key.kind == TREE else []
-        return [*names, XATTR_STATS] if ino == ROOT else names
+        if ino == ROOT:
+            names.append(XATTR_STATS)
+            if self.config.control_socket:
+                names.append(XATTR_SOCKET)
+        return names
+
+    def root_version(self) -> Version:
+        return self._trees["root"].version
 
     def stats(self) -> dict[str, int]:
         """Counters of the block cache and the inode table, for tests and operators."""
@@ -436,6 +471,8 @@ class Namespace:
             return list(await self._pcall(self.repo.branches, "branches"))
         if which == "tags":
             return list(await self._pcall(self.repo.tags, "tags"))
+        if which == "staged":
+            return sorted(self.staged.staged_ids()) if self.staged else []
         return sorted(await self._snapshot_ids())
 
     async def _text(self, name: str) -> bytes:
@@ -475,14 +512,18 @@ class Namespace:
         moving = [t for t in self._trees.values() if t.version.moves]
         if not moving:
             return []
-        try:
-            heads = await self._call(self.repo.branches)
-        except Exception as e:  # the backend may be down for a while: keep serving
-            log.warning("cannot poll branches: %s", _first_line(e))
-            return []
+        heads: dict[str, str] = {}
+        if any(t.version.kind == "branch" for t in moving):
+            try:
+                heads = await self._call(self.repo.branches)
+            except Exception as e:  # the backend may be down for a while: keep serving
+                log.warning("cannot poll branches: %s", _first_line(e))
+                moving = [t for t in moving if t.version.kind != "branch"]
+        staged = self.staged.staged_ids() if self.staged else {}
         changed = []
         for tree in moving:
-            new = heads.get(tree.version.name)
+            kind = tree.version.kind
+            new = (staged if kind == "staged" else heads).get(tree.version.name)
             if new == tree.snapshot_id:
                 continue
             old = tree.snapshot_id
@@ -494,9 +535,10 @@ class Namespace:
                 del self._trees[tree.id]
             else:
                 gen = await self._generation(new)
-                tree.version = Version(new, "branch", tree.version.name)
+                tree.version = Version(new, kind, tree.version.name)
                 tree.mtime_ns = gen.mtime_ns
-            log.info("branch %s moved %s -> %s", tree.version.name, old, new)
+            if kind == "branch":
+                log.info("branch %s moved %s -> %s", tree.version.name, old, new)
             self._invalidate_generation(tree.id, old, invalidator)
             changed.append(tree.id)
         return changed
@@ -537,7 +579,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def _tree_kind(refs_dir: str) -> str:
-    return {"branches": "branch", "tags": "tag", "snapshots": "snapshot"}[refs_dir]
+    return {"branches": "branch", "tags": "tag", "snapshots": "snapshot",
+            "staged": "staged"}[refs_dir]
 
 
 def _join(base: str, name: str) -> str:

@@ -39,8 +39,8 @@ class Version:
 
     @property
     def moves(self) -> bool:
-        """Only a branch can point at another snapshot later."""
-        return self.kind == "branch"
+        """Only a branch (and a branch's staged changes) can change later."""
+        return self.kind in ("branch", "staged")
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,7 @@ class SnapshotView:
                    caches: ViewCaches | None = None) -> SnapshotView:
         session = await repo.readonly_session_async(snapshot_id=snapshot_id)
         info = await repo.inspect_snapshot_async(snapshot_id)
-        return cls(repo, snapshot_id, session, _node_tree(info["nodes"]), caches or ViewCaches())
+        return cls(repo, snapshot_id, session, node_tree(info["nodes"]), caches or ViewCaches())
 
     # -- nodes and metadata -------------------------------------------------
 
@@ -419,7 +419,7 @@ def _unravel(linear: int, shape: Coords) -> Coords:
     return tuple(reversed(out))
 
 
-def _node_tree(raw_nodes: list[dict[str, Any]]) -> dict[str, Node]:
+def node_tree(raw_nodes: list[dict[str, Any]]) -> dict[str, Node]:
     kinds = {n["path"].strip("/"): n["node_type"] for n in raw_nodes}
     children: dict[str, list[str]] = {p: [] for p in kinds}
     for p in kinds:

@@ -38,6 +38,7 @@ from vchunkfs.errors import (
     UsageError,
 )
 from vchunkfs.repository.repo import Repo, _first_line
+from vchunkfs.repository.snapshot import SnapshotView, ViewCaches, node_tree
 
 Checksum = str | datetime.datetime | None
 
@@ -69,6 +70,10 @@ class Writer:
         self.branch = branch
         self.session = session
         self.store = session.store
+        # node path -> node type set by this session, or None where it deleted a node
+        self.node_changes: dict[str, str | None] = {}
+        # bumped by every change, so each staged state has its own view id
+        self.generation = 0
 
     @classmethod
     async def open(cls, repo: Repo, branch: str = "main") -> Writer:
@@ -107,9 +112,11 @@ class Writer:
                 group = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}})
                 await self._write(parent, lambda p=parent, g=group: self.store.set(
                     p, _buffer(g.encode())))
+                self.node_changes["/".join(parts[:i])] = "group"
         key = _metadata_key(path)
         raw = json.dumps(doc, indent=2).encode()
         await self._write(key, lambda: self.store.set(key, _buffer(raw)))
+        self.node_changes[path] = doc["node_type"]
 
     async def set_group(self, path: str, attributes: Mapping[str, Any] | None = None) -> None:
         await self.set_metadata(path, {"zarr_format": 3, "node_type": "group",
@@ -155,6 +162,7 @@ class Writer:
             await self._write(key, lambda: self.store.delete(key))
         else:
             await self._write(key, lambda: self.store.delete_dir(key))
+            self.node_changes[key] = None
 
     def _check_location(self, location: str) -> None:
         prefixes = [c.url_prefix for c in self.repo.containers()]
@@ -194,18 +202,43 @@ class Writer:
             except ic.IcechunkError as e:
                 raise BackendError(f"commit to {self.branch} failed: {_first_line(e)}") from e
         # the session is spent; the next change starts from the new head
-        self.session = await self.repo.ic.writable_session_async(self.branch)
-        self.store = self.session.store
+        await self._fresh_session()
         return sid
 
     async def discard(self) -> None:
         """Drop every uncommitted change; the next change starts from the branch head."""
+        await self._fresh_session()
+
+    async def _fresh_session(self) -> None:
         self.session = await self.repo.ic.writable_session_async(self.branch)
         self.store = self.session.store
+        self.node_changes = {}
+        self.generation += 1
+
+    @property
+    def staged_id(self) -> str:
+        """A view id for the current staged state (changes with every write)."""
+        return f"staged-{self.branch}-{self.generation}"
+
+    async def staged_view(self) -> SnapshotView:
+        """The session's uncommitted state as a read-only view (the base plus the changes)."""
+        info = await self.repo.ic.inspect_snapshot_async(self.base_snapshot)
+        kinds = {n["path"].strip("/"): n["node_type"] for n in info["nodes"]}
+        for path, kind in self.node_changes.items():
+            if kind is None:
+                kinds = {p: k for p, k in kinds.items()
+                         if p != path and not p.startswith(path + "/")}
+            else:
+                kinds[path] = kind
+        raw = [{"path": "/" + p, "node_type": k} for p, k in kinds.items()]
+        return SnapshotView(self.repo.ic, self.staged_id, self.session, node_tree(raw),
+                            ViewCaches())
 
     async def _write[T](self, key: str, fn: Any) -> Any:
         try:
-            return await fn()
+            result = await fn()
+            self.generation += 1
+            return result
         except ic.IcechunkError as e:
             raise InvalidInputError(f"{key}: {_first_line(e)}") from e
         except (ValueError, TypeError) as e:

@@ -1,0 +1,377 @@
+"""What the control socket can do: each operation carried out through the repository layer.
+
+One writable icechunk session per branch is kept between requests (created on
+the first change); its uncommitted state is what ``.vchunkfs/staged/BRANCH/``
+shows. A request that fails raises a :class:`VchunkfsError` before it changes
+anything (arguments are checked first; icechunk applies a single change
+atomically). Operations run in the trio thread; icechunk calls cross the bridge.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import icechunk as ic
+import numpy as np
+import trio
+
+from vchunkfs.bridge import AsyncioBridge
+from vchunkfs.control.protocol import NO_LOCATION, VERSION
+from vchunkfs.errors import InvalidInputError, NotFoundError, UsageError
+from vchunkfs.fs.namespace import Invalidator, Namespace
+from vchunkfs.repository import Repo
+from vchunkfs.repository.authorization import prefix_backend, validate_prefix
+from vchunkfs.repository.snapshot import SnapshotView
+from vchunkfs.repository.writer import (
+    Writer,
+    create_branch,
+    create_tag,
+    delete_branch,
+    delete_tag,
+    reset_branch,
+)
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class ControlOps:
+    """The operations of the control protocol, for one mount."""
+
+    def __init__(self, repo: Repo, bridge: AsyncioBridge, namespace: Namespace,
+                 invalidator: Invalidator, mountpoint: str) -> None:
+        self.repo = repo
+        self.bridge = bridge
+        self.namespace = namespace
+        self.invalidator = invalidator
+        self.mountpoint = mountpoint
+        self.writers: dict[str, Writer] = {}
+        self._commit_locks: dict[str, trio.Lock] = {}
+        self.handlers: dict[str, Handler] = {
+            "status": self.status,
+            "set_metadata": self.set_metadata,
+            "set_group": self.set_group,
+            "set_virtual_ref": self.set_virtual_ref,
+            "set_virtual_refs_block": self.set_virtual_refs_block,
+            "set_chunk": self.set_chunk,
+            "delete": self.delete,
+            "commit": self.commit,
+            "discard": self.discard,
+            "changes": self.changes,
+            "create_branch": self.create_branch,
+            "reset_branch": self.reset_branch,
+            "delete_branch": self.delete_branch,
+            "create_tag": self.create_tag,
+            "delete_tag": self.delete_tag,
+            "branches": self.branches,
+            "tags": self.tags,
+            "history": self.history,
+            "diff": self.diff,
+            "containers": self.containers,
+            "set_container": self.set_container,
+            "remove_container": self.remove_container,
+        }
+
+    # -- staged state, for the namespace ------------------------------------
+
+    def staged_ids(self) -> dict[str, str]:
+        return {b: w.staged_id for b, w in self.writers.items() if w.has_changes}
+
+    async def staged_view(self, staged_id: str) -> SnapshotView:
+        for w in self.writers.values():
+            if w.staged_id == staged_id:
+                return await w.staged_view()
+        raise NotFoundError(f"staged state {staged_id} is gone (committed or changed since)")
+
+    # -- plumbing -----------------------------------------------------------
+
+    async def call[T](self, fn: Callable[[], Awaitable[T]]) -> T:
+        return await self.bridge.call(fn)
+
+    def _default_branch(self) -> str:
+        root = self.namespace.root_version()
+        return root.name if root.kind == "branch" else "main"
+
+    async def writer(self, args: dict[str, Any]) -> Writer:
+        branch = _opt_str(args, "branch") or self._default_branch()
+        w = self.writers.get(branch)
+        if w is None:
+            w = await self.call(lambda: Writer.open(self.repo, branch))
+            self.writers[branch] = w
+        return w
+
+    async def _changed(self) -> None:
+        """Show the new state in the mount at once (staged views, moved branches)."""
+        await self.namespace.poll_branches(self.invalidator)
+
+    # -- operations -----------------------------------------------------------
+
+    async def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        root = self.namespace.root_version()
+        return {
+            "protocol": VERSION, "pid": os.getpid(), "repository": self.repo.location.url,
+            "mountpoint": self.mountpoint,
+            "root": {"kind": root.kind, "name": root.name, "snapshot": root.snapshot_id},
+            "staged": {b: {"base": w.base_snapshot, "nodes_changed": len(w.node_changes)}
+                       for b, w in self.writers.items() if w.has_changes},
+            "stats": self.namespace.stats(),
+        }
+
+    async def set_metadata(self, args: dict[str, Any]) -> None:
+        path = _str(args, "path", allow_empty=True)
+        doc = args.get("document")
+        if isinstance(doc, bytes | str):
+            try:
+                doc = json.loads(doc)
+            except ValueError as e:
+                raise InvalidInputError(f"metadata for {path or '/'!r} is not JSON: {e}") from e
+        if not isinstance(doc, dict):
+            raise InvalidInputError("'document' must be a map or a JSON text")
+        w = await self.writer(args)
+        document: dict[str, Any] = doc
+        await self.call(lambda: w.set_metadata(path, document))
+        await self._changed()
+
+    async def set_group(self, args: dict[str, Any]) -> None:
+        path = _str(args, "path", allow_empty=True)
+        attributes = args.get("attributes") or {}
+        if not isinstance(attributes, dict):
+            raise InvalidInputError("'attributes' must be a map")
+        w = await self.writer(args)
+        await self.call(lambda: w.set_group(path, attributes))
+        await self._changed()
+
+    async def set_virtual_ref(self, args: dict[str, Any]) -> None:
+        key, location = _str(args, "key"), _str(args, "location")
+        offset, length = _int(args, "offset"), _int(args, "length")
+        checksum = _checksum(args.get("checksum"))
+        w = await self.writer(args)
+        await self.call(lambda: w.set_virtual_ref(key, location, offset, length, checksum))
+        await self._changed()
+
+    async def set_virtual_refs_block(self, args: dict[str, Any]) -> dict[str, int]:
+        """Refs for a block of an array's chunk grid, columnar (see the protocol doc)."""
+        array = _str(args, "array")
+        shape = _int_list(args, "shape")
+        offset = _int_list(args, "arr_offset") if "arr_offset" in args else [0] * len(shape)
+        if len(offset) != len(shape):
+            raise InvalidInputError("'arr_offset' and 'shape' must have the same length")
+        n = int(np.prod(shape)) if shape else 1
+        table = args.get("location_table")
+        if not isinstance(table, list) or not all(isinstance(t, str) for t in table):
+            raise InvalidInputError("'location_table' must be a list of strings")
+        index = _array(args, "location_index", np.dtype("<u4"), n)
+        offsets = _array(args, "offsets", np.dtype("<u8"), n)
+        lengths = _array(args, "lengths", np.dtype("<u8"), n)
+        present = index != NO_LOCATION
+        if present.any() and int(index[present].max()) >= len(table):
+            raise InvalidInputError("'location_index' refers past the end of 'location_table'")
+        if (lengths[present] == 0).any():
+            raise InvalidInputError("every present ref needs a length > 0")
+        names = np.array([*table, ""], dtype=object)
+        locations: list[str] = names[np.where(present, index, len(table))].tolist()
+        checksum = _checksum(args.get("checksum"))
+        w = await self.writer(args)
+        await self.call(lambda: w.set_virtual_refs_arr(
+            array, tuple(shape), locations, offsets.astype(np.uint64), lengths.astype(np.uint64),
+            checksum, tuple(offset)))
+        await self._changed()
+        return {"count": int(present.sum())}
+
+    async def set_chunk(self, args: dict[str, Any]) -> None:
+        key = _str(args, "key")
+        data = args.get("data")
+        if not isinstance(data, bytes) or not data:
+            raise InvalidInputError("'data' must be non-empty binary")
+        w = await self.writer(args)
+        await self.call(lambda: w.set_chunk(key, data))
+        await self._changed()
+
+    async def delete(self, args: dict[str, Any]) -> None:
+        key = _str(args, "key")
+        w = await self.writer(args)
+        await self.call(lambda: w.delete(key))
+        await self._changed()
+
+    async def commit(self, args: dict[str, Any]) -> dict[str, str]:
+        message = _str(args, "message")
+        metadata = args.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise InvalidInputError("'metadata' must be a map")
+        w = await self.writer(args)
+        lock = self._commit_locks.setdefault(w.branch, trio.Lock())
+        async with lock:
+            sid = await self.call(lambda: w.commit(message, metadata))
+        await self._changed()
+        return {"snapshot": sid, "branch": w.branch}
+
+    async def discard(self, args: dict[str, Any]) -> dict[str, bool]:
+        branch = _opt_str(args, "branch") or self._default_branch()
+        w = self.writers.get(branch)
+        had = bool(w and w.has_changes)
+        if w is not None:
+            await self.call(w.discard)
+            await self._changed()
+        return {"discarded": had}
+
+    async def changes(self, args: dict[str, Any]) -> dict[str, Any]:
+        branch = _opt_str(args, "branch") or self._default_branch()
+        w = self.writers.get(branch)
+        if w is None or not w.has_changes:
+            return {"branch": branch, "changed": False}
+        status = w.session.status()
+        return {"branch": branch, "changed": True, "base": w.base_snapshot,
+                "nodes": {p: k or "deleted" for p, k in w.node_changes.items()},
+                "summary": str(status)}
+
+    async def create_branch(self, args: dict[str, Any]) -> dict[str, str]:
+        name, source = _str(args, "name"), _opt_str(args, "from")
+        sid = await self.call(lambda: create_branch(self.repo, name, source))
+        return {"branch": name, "snapshot": sid}
+
+    async def reset_branch(self, args: dict[str, Any]) -> dict[str, str]:
+        name, target = _str(args, "name"), _str(args, "to")
+        if self.writers.get(name) and self.writers[name].has_changes:
+            raise UsageError(f"branch {name} has staged changes; commit or discard them first")
+        sid = await self.call(lambda: reset_branch(self.repo, name, target))
+        await self._changed()
+        return {"branch": name, "snapshot": sid}
+
+    async def delete_branch(self, args: dict[str, Any]) -> None:
+        name = _str(args, "name")
+        if name == self.namespace.root_version().name and \
+                self.namespace.root_version().kind == "branch":
+            raise UsageError(f"branch {name} is what this mount's root shows")
+        await self.call(lambda: delete_branch(self.repo, name))
+        self.writers.pop(name, None)
+        await self._changed()
+
+    async def create_tag(self, args: dict[str, Any]) -> dict[str, str]:
+        name, version = _str(args, "name"), _opt_str(args, "version")
+        sid = await self.call(lambda: create_tag(self.repo, name, version))
+        return {"tag": name, "snapshot": sid}
+
+    async def delete_tag(self, args: dict[str, Any]) -> None:
+        name = _str(args, "name")
+        await self.call(lambda: delete_tag(self.repo, name))
+
+    async def branches(self, args: dict[str, Any]) -> dict[str, str]:
+        return await self.call(self.repo.branches)
+
+    async def tags(self, args: dict[str, Any]) -> dict[str, str]:
+        return await self.call(self.repo.tags)
+
+    async def history(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        version = _opt_str(args, "version")
+        limit = args.get("limit")
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise InvalidInputError("'limit' must be a non-negative integer")
+
+        async def collect() -> list[dict[str, Any]]:
+            return [c.to_json() async for c in self.repo.history(version, limit)]
+
+        return await self.call(collect)
+
+    async def diff(self, args: dict[str, Any]) -> dict[str, Any]:
+        a, b = _str(args, "from"), _str(args, "to")
+        d = await self.call(lambda: self.repo.diff(a, b))
+        return dict(d.__dict__)
+
+    async def containers(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        trusted = set(self.repo.authorization.prefixes)
+        return [{"url_prefix": c.url_prefix, "name": c.name, "store": c.store,
+                 "authorized": c.url_prefix in trusted} for c in self.repo.containers()]
+
+    async def set_container(self, args: dict[str, Any]) -> None:
+        container = container_from_args(args)
+        await self.call(lambda: self.repo.set_container(container))
+
+    async def remove_container(self, args: dict[str, Any]) -> None:
+        prefix = _str(args, "url_prefix")
+        await self.call(lambda: self.repo.remove_container(prefix))
+
+
+def container_from_args(args: dict[str, Any]) -> ic.VirtualChunkContainer:
+    """A VirtualChunkContainer from ``url_prefix``, ``name`` and store options.
+
+    Store options (all optional): ``region``, ``endpoint_url``, ``anonymous``,
+    ``force_path_style`` (s3); ``options`` map (gcs, http, azure config). The
+    store kind follows the prefix's scheme.
+    """
+    prefix = validate_prefix(_str(args, "url_prefix"))
+    name = _opt_str(args, "name")
+    opts = args.get("options") or {}
+    if not isinstance(opts, dict) or not all(isinstance(v, str) for v in opts.values()):
+        raise InvalidInputError("'options' must be a map of strings")
+    backend = prefix_backend(prefix)
+    store: Any
+    if backend == "file":
+        store = ic.local_filesystem_store(prefix.removeprefix("file://"))
+    elif backend == "http":
+        store = ic.http_store(opts=opts or None)
+    elif backend == "s3":
+        endpoint = _opt_str(args, "endpoint_url")
+        store = ic.s3_store(region=_opt_str(args, "region"), endpoint_url=endpoint,
+                            allow_http=bool(endpoint and endpoint.startswith("http://")),
+                            anonymous=bool(args.get("anonymous")), s3_compatible=bool(endpoint),
+                            force_path_style=bool(args.get("force_path_style", bool(endpoint))))
+    elif backend == "gcs":
+        store = ic.gcs_store(opts=opts or None)
+    else:
+        account = _str(args, "account")
+        store = ic.storage.azure_store(account=account, config=opts or None)
+    return ic.VirtualChunkContainer(prefix, store, name=name)
+
+
+# -- argument checking: a bad request is refused before anything changes ------
+
+
+def _str(args: dict[str, Any], key: str, allow_empty: bool = False) -> str:
+    value = args.get(key)
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise InvalidInputError(f"'{key}' must be a{'' if allow_empty else ' non-empty'} string")
+    return value
+
+
+def _opt_str(args: dict[str, Any], key: str) -> str | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"'{key}' must be a non-empty string when given")
+    return value
+
+
+def _int(args: dict[str, Any], key: str) -> int:
+    value = args.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInputError(f"'{key}' must be a non-negative integer")
+    return value
+
+
+def _int_list(args: dict[str, Any], key: str) -> list[int]:
+    value = args.get(key)
+    if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise InvalidInputError(f"'{key}' must be a list of non-negative integers")
+    return value
+
+
+def _array(args: dict[str, Any], key: str, dtype: np.dtype[Any], n: int) -> np.ndarray[Any, Any]:
+    value = args.get(key)
+    if not isinstance(value, bytes) or len(value) != n * dtype.itemsize:
+        raise InvalidInputError(f"'{key}' must be {n} values of {dtype.str} as binary "
+                                f"({n * dtype.itemsize} bytes)")
+    return np.frombuffer(value, dtype=dtype)
+
+
+def _checksum(value: Any) -> str | datetime.datetime | None:
+    """An ETag string, or a last-modified time as POSIX seconds (int or float)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.datetime.fromtimestamp(value, datetime.UTC)
+    raise InvalidInputError("'checksum' must be an ETag string or POSIX seconds")
