@@ -189,3 +189,11 @@ def test_view_of_missing_node(open_local, run):
     view = run(lambda: repo.view("v1"))
     assert run(lambda: view.stat("dev_only")) is None
     assert run(lambda: view.resolve("grp/small/zarr.json")) is not None
+
+
+def test_empty_repository_is_an_empty_directory(run, tmp_path):
+    repo = run(lambda: Repo.create(parse_repo_url(str(tmp_path / "r"))))
+    view = run(lambda: repo.view("main"))
+    assert run(lambda: view.list_dir("")) == []
+    assert run(lambda: view.stat("zarr.json")) is None
+    assert run(lambda: view.stat("")) is not None

@@ -15,7 +15,6 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import icechunk as ic
 import numpy as np
 import trio
 
@@ -24,9 +23,10 @@ from vchunkfs.control.protocol import NO_LOCATION, VERSION
 from vchunkfs.errors import InvalidInputError, NotFoundError, UsageError
 from vchunkfs.fs.namespace import Invalidator, Namespace
 from vchunkfs.repository import Repo
-from vchunkfs.repository.authorization import prefix_backend, validate_prefix
+from vchunkfs.repository.containers import make_container
 from vchunkfs.repository.snapshot import SnapshotView
 from vchunkfs.repository.writer import (
+    VirtualRef,
     Writer,
     create_branch,
     create_tag,
@@ -56,6 +56,7 @@ class ControlOps:
             "set_group": self.set_group,
             "set_virtual_ref": self.set_virtual_ref,
             "set_virtual_refs_block": self.set_virtual_refs_block,
+            "set_virtual_refs_keys": self.set_virtual_refs_keys,
             "set_chunk": self.set_chunk,
             "delete": self.delete,
             "commit": self.commit,
@@ -181,6 +182,25 @@ class ControlOps:
         await self._changed()
         return {"count": int(present.sum())}
 
+    async def set_virtual_refs_keys(self, args: dict[str, Any]) -> dict[str, int]:
+        """Refs by chunk key: ``refs`` is a list of {key, location, offset, length[, checksum]}."""
+        raw = args.get("refs")
+        if not isinstance(raw, list) or not raw:
+            raise InvalidInputError("'refs' must be a non-empty list of maps")
+        refs = []
+        for i, r in enumerate(raw):
+            if not isinstance(r, dict):
+                raise InvalidInputError(f"refs[{i}] is not a map")
+            try:
+                refs.append(VirtualRef(_str(r, "key"), _str(r, "location"), _int(r, "offset"),
+                                       _int(r, "length"), _checksum(r.get("checksum"))))
+            except InvalidInputError as e:
+                raise InvalidInputError(f"refs[{i}]: {e.message}") from None
+        w = await self.writer(args)
+        await self.call(lambda: w.set_virtual_refs(refs))
+        await self._changed()
+        return {"count": len(refs)}
+
     async def set_chunk(self, args: dict[str, Any]) -> None:
         key = _str(args, "key")
         data = args.get("data")
@@ -286,44 +306,19 @@ class ControlOps:
                  "authorized": c.url_prefix in trusted} for c in self.repo.containers()]
 
     async def set_container(self, args: dict[str, Any]) -> None:
-        container = container_from_args(args)
+        opts = args.get("options") or {}
+        if not isinstance(opts, dict) or not all(isinstance(v, str) for v in opts.values()):
+            raise InvalidInputError("'options' must be a map of strings")
+        container = make_container(
+            _str(args, "url_prefix"), name=_opt_str(args, "name"),
+            region=_opt_str(args, "region"), endpoint_url=_opt_str(args, "endpoint_url"),
+            anonymous=bool(args.get("anonymous")), account=_opt_str(args, "account"),
+            options=opts)
         await self.call(lambda: self.repo.set_container(container))
 
     async def remove_container(self, args: dict[str, Any]) -> None:
         prefix = _str(args, "url_prefix")
         await self.call(lambda: self.repo.remove_container(prefix))
-
-
-def container_from_args(args: dict[str, Any]) -> ic.VirtualChunkContainer:
-    """A VirtualChunkContainer from ``url_prefix``, ``name`` and store options.
-
-    Store options (all optional): ``region``, ``endpoint_url``, ``anonymous``,
-    ``force_path_style`` (s3); ``options`` map (gcs, http, azure config). The
-    store kind follows the prefix's scheme.
-    """
-    prefix = validate_prefix(_str(args, "url_prefix"))
-    name = _opt_str(args, "name")
-    opts = args.get("options") or {}
-    if not isinstance(opts, dict) or not all(isinstance(v, str) for v in opts.values()):
-        raise InvalidInputError("'options' must be a map of strings")
-    backend = prefix_backend(prefix)
-    store: Any
-    if backend == "file":
-        store = ic.local_filesystem_store(prefix.removeprefix("file://"))
-    elif backend == "http":
-        store = ic.http_store(opts=opts or None)
-    elif backend == "s3":
-        endpoint = _opt_str(args, "endpoint_url")
-        store = ic.s3_store(region=_opt_str(args, "region"), endpoint_url=endpoint,
-                            allow_http=bool(endpoint and endpoint.startswith("http://")),
-                            anonymous=bool(args.get("anonymous")), s3_compatible=bool(endpoint),
-                            force_path_style=bool(args.get("force_path_style", bool(endpoint))))
-    elif backend == "gcs":
-        store = ic.gcs_store(opts=opts or None)
-    else:
-        account = _str(args, "account")
-        store = ic.storage.azure_store(account=account, config=opts or None)
-    return ic.VirtualChunkContainer(prefix, store, name=name)
 
 
 # -- argument checking: a bad request is refused before anything changes ------

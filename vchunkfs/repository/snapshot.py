@@ -67,6 +67,7 @@ class Node:
     path: str
     kind: str  # "group" or "array"
     children: tuple[str, ...] = ()
+    stored: bool = True  # False for the root of an empty repository (no zarr.json yet)
 
     @property
     def name(self) -> str:
@@ -222,7 +223,7 @@ class SnapshotView:
             if not rest:
                 return ResolvedKey(node, "node")
             if rest == METADATA_KEY:
-                return ResolvedKey(node, "metadata")
+                return ResolvedKey(node, "metadata") if node.stored else None
             if node.kind != "array":
                 return None
             parsed = (await self.grid(node.path)).parse(rest)
@@ -252,7 +253,7 @@ class SnapshotView:
                                 f"{self.snapshot_id}")
         node = r.node
         entries = [Entry(METADATA_KEY, False, len(await self.metadata(node.path)))] \
-            if r.kind == "node" else []
+            if r.kind == "node" and node.stored else []
         if node.kind == "group":
             entries += [Entry(c, True) for c in node.children]
         else:
@@ -426,9 +427,10 @@ def node_tree(raw_nodes: list[dict[str, Any]]) -> dict[str, Node]:
         if p:
             parent = p.rsplit("/", 1)[0] if "/" in p else ""
             children.setdefault(parent, []).append(p.rsplit("/", 1)[-1])
-    if "" not in kinds:  # an empty repository has no root group yet
-        kinds[""] = "group"
-    return {p: Node(p, kinds[p], tuple(sorted(children.get(p, [])))) for p in kinds}
+    nodes = {p: Node(p, kinds[p], tuple(sorted(children.get(p, [])))) for p in kinds}
+    if "" not in nodes:  # an empty repository has no root group yet: an empty directory
+        nodes[""] = Node("", "group", tuple(sorted(children.get("", []))), stored=False)
+    return nodes
 
 
 _CHANGED = re.compile(r"checksum of the object owning the virtual chunk has changed \(([^)]*)\)")

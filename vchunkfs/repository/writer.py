@@ -23,6 +23,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import icechunk as ic
@@ -41,6 +42,17 @@ from vchunkfs.repository.repo import Repo, _first_line
 from vchunkfs.repository.snapshot import SnapshotView, ViewCaches, node_tree
 
 Checksum = str | datetime.datetime | None
+
+
+@dataclass(frozen=True)
+class VirtualRef:
+    """One chunk key pointing at ``length`` bytes at ``offset`` of ``location``."""
+
+    key: str
+    location: str
+    offset: int
+    length: int
+    checksum: Checksum = None
 
 
 @asynccontextmanager
@@ -150,6 +162,23 @@ class Writer:
         if failed:
             raise InvalidInputError(f"{len(failed)} refs of {array_path} were refused, "
                                     f"first at chunk {failed[0]}")
+
+    async def set_virtual_refs(self, refs: list[VirtualRef]) -> None:
+        """Many refs by key. All are checked (keys name chunks of existing arrays, locations
+        lie in containers) before any is staged."""
+        view = await self.staged_view()
+        for r in refs:
+            if r.length <= 0:
+                raise InvalidInputError(f"virtual ref for {r.key}: length must be > 0")
+            self._check_location(r.location)
+            found = await view.resolve(r.key)
+            if found is None or found.kind != "chunk":
+                raise InvalidInputError(f"{r.key} is not a chunk key of an array in this "
+                                        f"session (set the array's metadata first)")
+        for r in refs:
+            await self._write(r.key, lambda r=r: self.store.set_virtual_ref_async(
+                r.key, r.location, offset=r.offset, length=r.length, checksum=r.checksum,
+                validate_container=True))
 
     async def set_chunk(self, key: str, data: bytes) -> None:
         """Store native chunk bytes (written into the repository itself)."""
