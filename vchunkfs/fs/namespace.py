@@ -45,7 +45,7 @@ from vchunkfs.fs.blockcache import BlockCache, read_blocks
 from vchunkfs.presentation import Presentation, make_presentation, render_history
 from vchunkfs.repository import Repo, Version
 from vchunkfs.repository.repo import Commit
-from vchunkfs.repository.snapshot import SnapshotView
+from vchunkfs.repository.snapshot import Entry, SnapshotView
 
 log = logging.getLogger("vchunkfs.fs")
 
@@ -56,6 +56,7 @@ TEXT_FILES = ("HEAD", "history")
 LONG_TIMEOUT = 24 * 3600.0  # generations never change
 SHORT_TIMEOUT = 1.0  # floating nodes follow the repository
 HISTORY_LIMIT = 10_000
+ENTRY_CACHE = 200_000
 XATTR_SNAPSHOT = "user.vchunkfs.snapshot"
 XATTR_VERSION = "user.vchunkfs.version"
 XATTR_STATS = "user.vchunkfs.stats"
@@ -175,6 +176,9 @@ class Namespace:
         self._next_ino = ROOT + 1
         self._trees: dict[str, Tree] = {}
         self._generations: LRUCache[str, _Generation] = LRUCache(64)
+        # (generation, path) -> entry or None: generations never change, and a hit
+        # saves a round trip through the bridge (0.1-0.3 ms) on lookup, getattr, open
+        self._entries: LRUCache[tuple[str, str], Entry | None] = LRUCache(ENTRY_CACHE)
         self._files: dict[int, OpenFile] = {}
         self._next_fh = 1
         root = Inode(ROOT, NodeKey(TREE, "root", "", ""), ROOT, "", lookups=1)
@@ -316,6 +320,7 @@ class Namespace:
             mtime = (await self._generation(gen_id)).mtime_ns
             for e in entries:
                 child = NodeKey(TREE, key.tree, gen_id, _join(key.path, e.name))
+                self._entries[(gen_id, child.path)] = e
                 cino = self._intern(child, ino, e.name)
                 out.append((e.name, child, Attr(cino, e.is_dir, e.size, mtime, LONG_TIMEOUT)))
             if ino == ROOT and self.config.show_versions:
@@ -349,7 +354,7 @@ class Namespace:
             f.size = len(f.text or b"")
         elif key.kind == TREE and key.gen:
             pres = (await self._generation(key.gen)).presentation
-            entry = await self._pcall(lambda: pres.stat(key.path), key.path)
+            entry = await self._stat(key.gen, key.path)
             if entry is None:
                 raise FsError(errno.ENOENT)
             if entry.is_dir:
@@ -433,10 +438,20 @@ class Namespace:
             tree = self._trees["root"]
             return Attr(ino, True, 0, tree.mtime_ns, SHORT_TIMEOUT)
         gen = await self._generation(key.gen)
-        entry = await self._pcall(lambda: gen.presentation.stat(key.path), key.path)
+        entry = await self._stat(key.gen, key.path)
         if entry is None:
             raise FsError(errno.ENOENT)
         return Attr(ino, entry.is_dir, entry.size, gen.mtime_ns, LONG_TIMEOUT)
+
+    async def _stat(self, gen_id: str, path: str) -> Entry | None:
+        """The presentation's entry for ``path`` in a generation, cached."""
+        cache_key = (gen_id, path)
+        if cache_key in self._entries:
+            return self._entries[cache_key]
+        pres = (await self._generation(gen_id)).presentation
+        entry = await self._pcall(lambda: pres.stat(path), path)
+        self._entries[cache_key] = entry
+        return entry
 
     def _root_mtime(self) -> int:
         return self._trees["root"].mtime_ns
@@ -453,9 +468,8 @@ class Namespace:
             if pnode.ino == ROOT and name == VERSIONS_DIR:
                 return NodeKey(VERSIONS)
             gen_id = key.gen or await self._current_gen(key.tree)
-            pres = (await self._generation(gen_id)).presentation
             path = _join(key.path, name)
-            entry = await self._pcall(lambda: pres.stat(path), path)
+            entry = await self._stat(gen_id, path)
             return None if entry is None else NodeKey(TREE, key.tree, gen_id, path)
         if key.kind == VERSIONS:
             if name in REF_DIRS:
