@@ -176,3 +176,42 @@ def build_repo(storage: ic.Storage, sources_dir: Path, *,
     g.create_array("dev_only", shape=(3,), chunks=(3,), dtype="i1", fill_value=0)[:] = [7, 8, 9]
     built.snapshots["dev"] = s.commit("dev: add dev_only")
     return built
+
+
+def assert_reads_like_files(zarr_dir: Path, files: list[Path]) -> None:
+    """xarray on a Zarr directory equals xarray on the netCDF files, concatenated along time:
+    raw integers, coordinates (decoded time included), attributes, and the encodings that
+    matter (scale_factor, _FillValue); scaled values equal within float32 precision."""
+    import xarray as xr
+
+    raw_m = xr.open_zarr(str(zarr_dir), consolidated=False, zarr_format=3, chunks=None,
+                         mask_and_scale=False)
+    parts = [xr.open_dataset(f, engine="netcdf4", mask_and_scale=False) for f in files]
+    parts += [xr.open_dataset(f, engine="netcdf4") for f in files]
+    n = len(files)
+    try:
+        raw_d = xr.concat(parts[:n], dim="time", coords="minimal", compat="override",
+                          combine_attrs="override")
+        xr.testing.assert_equal(raw_m.load(), raw_d.load())
+        assert raw_m.attrs == raw_d.attrs
+        for v in raw_d.variables:  # zarr adds a NaN fill value to float coordinates
+            strip = {"_FillValue"} if v in raw_d.coords else set()
+            assert {k: a for k, a in raw_m[v].attrs.items() if k not in strip} == {
+                k: a for k, a in raw_d[v].attrs.items() if k not in strip}, v
+        # scaled and masked: equal values (the zarr attributes carry scale_factor as a
+        # float64 where netCDF has a float32, so xarray decodes to float64 there)
+        dec_m = xr.open_zarr(str(zarr_dir), consolidated=False, zarr_format=3, chunks=None)
+        dec_d = xr.concat(parts[n:], dim="time", coords="minimal", compat="override",
+                          combine_attrs="override")
+        for v in ("sst", "anom", "err", "ice"):
+            np.testing.assert_allclose(dec_m[v].values, dec_d[v].values, rtol=1e-6)
+            assert int(np.isnan(dec_m[v].values).sum()) == int(
+                np.isnan(dec_d[v].values).sum()) > 0
+            enc_m, enc_d = dec_m[v].encoding, dec_d[v].encoding
+            assert float(enc_m["scale_factor"]) == float(np.float32(enc_d["scale_factor"]))
+            assert enc_m["_FillValue"] == enc_d["_FillValue"] == -999
+        assert np.issubdtype(dec_m.time.dtype, np.datetime64)
+        assert (dec_m.time.values == dec_d.time.values).all()
+    finally:
+        for p in parts:
+            p.close()

@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 import icechunk as ic
-import numpy as np
 import pytest
 import xarray as xr
-from datasets import Published, build_repo
+from datasets import Published, assert_reads_like_files, build_repo
 from mounting import mounted
 from servers import moto_s3_server
 
@@ -102,34 +101,4 @@ def test_virtualizarr_repository_reads_like_the_files(tmp_path):
     session.commit("three days, by VirtualiZarr")
 
     with mounted(tmp_path / "repo", tmp_path / "m", f"authorize={prefix}") as m:
-        # raw integers, decoded time and coordinates, attributes: equal
-        raw_m = xr.open_zarr(str(m.path), consolidated=False, zarr_format=3, chunks=None,
-                             mask_and_scale=False)
-        parts = [xr.open_dataset(f, engine="netcdf4", mask_and_scale=False) for f in files]
-        parts += [xr.open_dataset(f, engine="netcdf4") for f in files]
-        try:
-            raw_d = xr.concat(parts[:3], dim="time", coords="minimal", compat="override",
-                              combine_attrs="override")
-            xr.testing.assert_equal(raw_m.load(), raw_d.load())
-            assert raw_m.attrs == raw_d.attrs
-            for v in raw_d.variables:  # zarr adds a NaN fill value to float coordinates
-                strip = {"_FillValue"} if v in raw_d.coords else set()
-                assert {k: a for k, a in raw_m[v].attrs.items() if k not in strip} == {
-                    k: a for k, a in raw_d[v].attrs.items() if k not in strip}, v
-            # scaled and masked: equal values (the zarr attributes carry scale_factor as a
-            # float64 where netCDF has a float32, so xarray decodes to float64 there)
-            dec_m = xr.open_zarr(str(m.path), consolidated=False, zarr_format=3, chunks=None)
-            dec_d = xr.concat(parts[3:], dim="time", coords="minimal", compat="override",
-                              combine_attrs="override")
-            for v in ("sst", "anom", "err", "ice"):
-                np.testing.assert_allclose(dec_m[v].values, dec_d[v].values, rtol=1e-6)
-                assert int(np.isnan(dec_m[v].values).sum()) == int(
-                    np.isnan(dec_d[v].values).sum()) > 0
-                enc_m, enc_d = dec_m[v].encoding, dec_d[v].encoding
-                assert enc_m["scale_factor"] == pytest.approx(enc_d["scale_factor"])
-                assert enc_m["_FillValue"] == enc_d["_FillValue"] == -999
-            assert np.issubdtype(dec_m.time.dtype, np.datetime64)
-            assert (dec_m.time.values == dec_d.time.values).all()
-        finally:
-            for p in parts:
-                p.close()
+        assert_reads_like_files(m.path, files)

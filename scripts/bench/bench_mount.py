@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -49,7 +50,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,16 +206,27 @@ def _ancestors() -> set[int]:
     while pid > 1:
         pids.add(pid)
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+            pid = int(_stat_fields(pid)[1])
         except (OSError, ValueError, IndexError):
             break
     return pids
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (fields[1] is the parent pid)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def busy_processes() -> list[str]:
-    """Other benchmarks or test suites running now (not this one, its parents or children)."""
+    """Other benchmarks or test suites running now (not this one, its parents or children).
+
+    A benchmark started after this one is not counted (it waits for this one), so
+    two benchmarks started together run one after the other instead of waiting for
+    each other; a test suite always counts.
+    """
     mine = _ancestors()
+    my_start = int(_stat_fields(os.getpid())[19])
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in mine:
@@ -222,13 +234,13 @@ def busy_processes() -> list[str]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            fields = _stat_fields(entry)
+            ppid, start = int(fields[1]), int(fields[19])
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == os.getpid():
+        if ppid == os.getpid() or "grep" in cmd:
             continue
-        if ("pytest" in cmd or "bench_" in cmd) and "grep" not in cmd:
+        if "pytest" in cmd or ("bench_" in cmd and start < my_start):
             out.append(f"{entry}: {cmd[:100]}")
     return out
 
@@ -475,8 +487,7 @@ def _our_jiffies() -> int:
     total = 0
     for pid in (os.getpid(), *OUR_PIDS):
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            fields = _stat_fields(pid)
             total += int(fields[11]) + int(fields[12])  # utime, stime of every thread
         except (OSError, ValueError, IndexError):
             pass
@@ -724,7 +735,8 @@ def bench_xarray(ds: DataSet, runs: int) -> None:
     mnt = MNT_DIR / "xarray"
 
     def load_store(store: Any) -> xr.Dataset:
-        return xr.open_zarr(store, consolidated=False, zarr_format=3).load()
+        loaded: xr.Dataset = xr.open_zarr(store, consolidated=False, zarr_format=3).load()
+        return loaded
 
     repo = ic.Repository.open(ic.local_filesystem_storage(str(ds.repo)),
                               authorize_virtual_chunk_access=credentials(ds))
@@ -779,10 +791,12 @@ def bench_namespace(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
     wait_quiet("namespace operations")
     bridge = AsyncioBridge(name="bench-namespace")
     try:
-        repo = bridge.run(lambda: Repo.open(
-            parse_repo_url(str(ds.repo)), authorization=Authorization.load([ds.prefix]),
-            storage_options=StorageOptions.from_env()))
-        ns = Namespace(repo, bridge, MountConfig())
+        def open_repo() -> Awaitable[Repo]:
+            return Repo.open(parse_repo_url(str(ds.repo)),
+                             authorization=Authorization.load([ds.prefix]),
+                             storage_options=StorageOptions.from_env())
+
+        ns = Namespace(bridge.run(open_repo), bridge, MountConfig())
 
         async def noop() -> int:
             return 0
@@ -848,6 +862,41 @@ def bench_namespace(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
                 print(f"  namespace: {key:<46} {r.median * 1e6:8.0f} us per call"
                       f"  spread {r.spread:4.0%}", flush=True)
 
+            async def walk_and_read(space: Namespace) -> None:
+                """What the kernel asks on a cold pass: lookups (each directory once),
+                open, 128 KiB reads one after the other, release."""
+                dirs: dict[str, int] = {"": ROOT}
+                for c in chunks:
+                    *parts, name = c.zarr_path.split("/")
+                    parent = ROOT
+                    for i, part in enumerate(parts):
+                        path = "/".join(parts[:i + 1])
+                        if path not in dirs:
+                            dirs[path] = (await space.lookup(parent, part)).ino
+                        parent = dirs[path]
+                    attr = await space.lookup(parent, name)
+                    fh, _ = await space.open(attr.ino)
+                    for off in range(0, attr.size, 128 * 1024):
+                        await space.read(fh, off, 128 * 1024)
+                    space.release(fh)
+
+            key = "cold pass, per chunk file (fresh Repo, page cache dropped)"
+            r = Result(key, "per file")
+            for _ in range(runs):
+                for _attempt in range(RETRIES + 1):
+                    wait_quiet("the next sample", quiet=True)
+                    fresh = Namespace(await bridge.call(open_repo), bridge, MountConfig())
+                    await fresh.start()
+                    drop_caches()
+                    with Window() as w:
+                        await walk_and_read(fresh)
+                    if NO_WAIT or not (w.disturbed or busy_processes()):
+                        break
+                r.samples.append(w.seconds / len(chunks))
+            NS_OPS[key] = r
+            print(f"  namespace: {key:<46} {r.median * 1e6:8.0f} us per file"
+                  f"  spread {r.spread:4.0%}", flush=True)
+
         trio.run(main)
     except Exception as e:  # the namespace is internal API that others are changing
         print(f"  namespace operations skipped: {type(e).__name__}: {e}", flush=True)
@@ -893,7 +942,8 @@ def seconds_table(keys: Sequence[str]) -> str:
 
 
 def ns_table() -> str:
-    lines = ["| operation | µs per call | spread |", "|---|---:|---:|"]
+    lines = ["| operation | µs per call (per file for the cold pass) | spread |",
+             "|---|---:|---:|"]
     lines += [f"| {k} | {r.median * 1e6:.0f} | {r.spread:.0%} |" for k, r in NS_OPS.items()]
     return "\n".join(lines)
 
@@ -937,13 +987,30 @@ def target_table(vc: MountFigures, null: MountFigures) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
+def machine(rev: str) -> str:
     import icechunk as ic
     import zarr
 
     return (f"{platform.machine()}, {os.cpu_count()} cores, {platform.release()}, "
             f"Python {platform.python_version()}, icechunk {ic.__version__}, "
-            f"zarr {zarr.__version__}")
+            f"zarr {zarr.__version__}, vchunkfs {rev}")
+
+
+def revision() -> str:
+    """The git commit of the vchunkfs tree measured, "+dirty:HASH" if vchunkfs/ has changes."""
+    top = SCRIPTS.parent
+    try:
+        head = subprocess.run(["git", "-C", str(top), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(top), "status", "--porcelain", "vchunkfs"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        diff = subprocess.run(["git", "-C", str(top), "diff", "HEAD", "--", "vchunkfs"],
+                              capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "(no git)"
+    if not dirty:
+        return head
+    return f"{head}+dirty:{hashlib.sha1(diff + dirty.encode()).hexdigest()[:8]}"
 
 
 # -- main --------------------------------------------------------------------------
@@ -955,6 +1022,7 @@ def _terminate(signum: int, _frame: object) -> None:
 
 def run(args: argparse.Namespace) -> str:
     runs = args.runs
+    rev = revision()
     ds = build(args.days)
     chunks = ds.chunks()
     expected: dict[Chunk, bytes] = {}
@@ -1011,7 +1079,8 @@ def run(args: argparse.Namespace) -> str:
         r = RESULTS[k]
         per_file.append(f"| {r.label} | {r.median / len(chunks) * 1e6:.0f} |")
     parts = [
-        f"Machine: {machine()}.",
+        f"Machine: {machine(rev)}"
+        + ("." if revision() == rev else f" (**{revision()} at the end of the run**)."),
         f"Data: {args.days} days, {len(chunks)} chunk files, {total / 1e6:.1f} MB per pass; "
         f"medians of {runs} runs; drop_caches "
         f"{'worked' if not DROP_STATUS else 'FAILED (' + DROP_STATUS['error'] + ')'}.",

@@ -138,7 +138,9 @@ class NullFs(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
 
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> memoryview:
+    async def read(self, fh: pyfuse3.FileHandleT, off: int,  # type: ignore[override]
+                   size: int) -> memoryview:
+        # pyfuse3 takes any buffer (it calls PyObject_GetBuffer): no copy of the slice
         data = self.nodes[fh].data
         assert data is not None
         return memoryview(data)[off:off + size]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from vchunkfs import __version__
 from vchunkfs.bridge import close_shared_bridge
-from vchunkfs.cli import ctl, inspect, mount
+from vchunkfs.cli import ctl, ingest, inspect, mount
 from vchunkfs.cli.common import EXIT_CODES, report_error
 from vchunkfs.errors import VchunkfsError
 from vchunkfs.repository.logs import quiet_engine_logs
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.register(sub)
     mount.register(sub)
     ctl.register(sub)
+    ingest.register(sub)
     return parser
 
 

@@ -534,6 +534,15 @@ class Namespace:
                 log.warning("cannot poll branches: %s", _first_line(e))
                 moving = [t for t in moving if t.version.kind != "branch"]
         staged = self.staged.staged_ids() if self.staged else {}
+        if any(heads.get(t.version.name, t.snapshot_id) != t.snapshot_id
+               for t in moving if t.version.kind == "branch"):
+            # a writer that moved a branch may also have added containers
+            try:
+                if await self._call(self.repo.reload_config):
+                    log.info("virtual chunk containers changed: %s",
+                             ", ".join(c.url_prefix for c in self.repo.containers()))
+            except Exception as e:
+                log.warning("cannot reload the repository config: %s", _first_line(e))
         changed = []
         for tree in moving:
             kind = tree.version.kind

@@ -266,6 +266,27 @@ class Repo:
         del current[url_prefix]
         await self._save_containers(list(current.values()))
 
+    async def reload_config(self) -> bool:
+        """Pick up containers another writer saved since this repository was opened.
+
+        Returns whether the containers changed. The caching settings given at
+        open are kept; authorization is the reader's own and never changes.
+        """
+        with engine_errors("reading the repository config"):
+            stored = await ic.Repository.fetch_config_async(self.ic.storage)
+            if stored is None:
+                return False
+            new = {c.url_prefix for c in (stored.virtual_chunk_containers or {}).values()}
+            if new == set(self._current_containers()):
+                return False
+            config = self.ic.config
+            config.clear_virtual_chunk_containers()
+            for c in (stored.virtual_chunk_containers or {}).values():
+                config.set_virtual_chunk_container(c)
+            self.ic = await self.ic.reopen_async(
+                config=config, authorize_virtual_chunk_access=self.authorization.to_icechunk())
+            return True
+
     def _current_containers(self) -> dict[str, ic.VirtualChunkContainer]:
         vccs = self.ic.config.virtual_chunk_containers or {}
         return {c.url_prefix: c for c in vccs.values()}

@@ -1,0 +1,168 @@
+"""vchunkfs ingest: the guide's journey from the shell, checked against the netCDF files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import icechunk as ic
+import numpy as np
+import pytest
+import xarray as xr
+from datasets import assert_reads_like_files
+from mounting import mounted
+
+PROJECT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "vchunkfs.cli.main"]
+pytestmark = pytest.mark.timeout(300)
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "ICECHUNK_LOG": "error"})
+    if check:
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r
+
+
+def make_days(directory: Path, days: int, start: str = "2024-08-01", scale: int = 4) -> list[Path]:
+    subprocess.run([sys.executable, str(PROJECT / "scripts" / "make_oisst.py"), str(directory),
+                    "--days", str(days), "--start", start, "--scale", str(scale)], check=True,
+                   capture_output=True)
+    return sorted(directory.glob("*.nc"))
+
+
+def history(repo: Path) -> list[str]:
+    return [c["id"] for c in json.loads(cli("log", str(repo), "--json").stdout)]
+
+
+def store_dataset(repo: Path, prefix: str, version: str = "main", decode: bool = True
+                  ) -> xr.Dataset:
+    r = ic.Repository.open(ic.local_filesystem_storage(str(repo)),
+                           authorize_virtual_chunk_access=ic.containers_credentials(
+                               {prefix: ic.credentials.LocalFileSystemAccess}))
+    session = r.readonly_session(version) if version == "main" else r.readonly_session(
+        snapshot_id=version)
+    return xr.open_zarr(session.store, consolidated=False, zarr_format=3, chunks=None,
+                        mask_and_scale=decode).load()
+
+
+def test_ingest_mount_and_append(tmp_path):
+    files = make_days(tmp_path / "data", 4)
+    prefix = (tmp_path / "data").as_uri() + "/"
+    repo = tmp_path / "repo"
+    cli("init", str(repo))
+    out = json.loads(cli("ingest", str(repo), str(tmp_path / "data" / "*.nc"),
+                         "--concat-dim", "time", "--container", prefix, "--json").stdout)
+    assert out["files"] == 4 and out["refs"] == 16 and out["container_added"] == prefix
+    first = history(repo)[0]
+    more_prefix = (tmp_path / "more").as_uri() + "/"
+    with mounted(repo, tmp_path / "m", f"authorize={prefix}",
+                 f"authorize={more_prefix}") as m:
+        assert_reads_like_files(m.path, files)
+        # one more day, appended in a new commit; the old snapshot keeps four days
+        more = make_days(tmp_path / "more", 1, start="2024-08-05")
+        cli("ingest", str(repo), str(more[0]), "--concat-dim", "time", "--append",
+            "--container", more_prefix, "-m", "day 5")  # the mount picks up the container
+        new = history(repo)[0]
+        assert new != first
+        deadline = __import__("time").monotonic() + 10
+        while (m.path / ".vchunkfs" / "HEAD").read_text().split()[-1] != new:
+            assert __import__("time").monotonic() < deadline
+            __import__("time").sleep(0.2)
+        assert_reads_like_files(m.path, [*files, *more])
+        old = m.path / ".vchunkfs" / "snapshots" / first
+        assert_reads_like_files(old, files)
+        assert xr.open_zarr(str(m.path), chunks=None).sizes["time"] == 5
+
+
+def test_kerchunk_references_give_the_same_dataset(tmp_path):
+    from kerchunk.combine import MultiZarrToZarr
+    from kerchunk.df import refs_to_dataframe
+    from kerchunk.hdf import SingleHdf5ToZarr
+
+    files = make_days(tmp_path / "data", 3)
+    prefix = (tmp_path / "data").as_uri() + "/"
+    singles = [SingleHdf5ToZarr(f.as_uri(), inline_threshold=0).translate() for f in files]
+    refs = MultiZarrToZarr(singles, concat_dims=["time"],
+                           identical_dims=["lat", "lon", "zlev"]).translate()
+    (tmp_path / "refs.json").write_text(json.dumps(refs))
+    refs_to_dataframe(refs, str(tmp_path / "refs.parq"))
+    for name, args in (("parsed", [str(tmp_path / "data" / "*.nc"), "--concat-dim", "time"]),
+                       ("json", [str(tmp_path / "refs.json")]),
+                       ("parquet", [str(tmp_path / "refs.parq"), "--parser",
+                                    "kerchunk-parquet"])):
+        cli("init", str(tmp_path / name), "--container", prefix)
+        cli("ingest", str(tmp_path / name), *args)
+    # kerchunk's references carry no _FillValue attribute for these variables (kerchunk
+    # keeps it in .zarray only), so compare what is stored: the raw integers, and time
+    parsed = store_dataset(tmp_path / "parsed", prefix, decode=False)
+    for name in ("json", "parquet"):
+        other = store_dataset(tmp_path / name, prefix, decode=False)
+        for v in ("sst", "anom", "err", "ice"):
+            np.testing.assert_array_equal(other[v].values, parsed[v].values)
+        assert (other.time.values == parsed.time.values).all()
+
+
+def test_same_repository_as_the_guides_python(tmp_path):
+    """A repository made by the guide's Python and one made by vchunkfs ingest agree."""
+    from obspec_utils.registry import ObjectStoreRegistry
+    from obstore.store import LocalStore
+    from virtualizarr import open_virtual_dataset
+    from virtualizarr.parsers import HDFParser
+
+    files = make_days(tmp_path / "data", 3)
+    prefix = (tmp_path / "data").as_uri() + "/"
+    registry = ObjectStoreRegistry({"file://": LocalStore()})
+    vds = xr.concat([open_virtual_dataset(f.as_uri(), registry=registry, parser=HDFParser())
+                     for f in files], dim="time", coords="minimal", compat="override",
+                    combine_attrs="override")
+    config = ic.RepositoryConfig.default()
+    config.set_virtual_chunk_container(ic.VirtualChunkContainer(
+        prefix, ic.local_filesystem_store(str(tmp_path / "data"))))
+    guide = ic.Repository.create(ic.local_filesystem_storage(str(tmp_path / "guide")), config)
+    guide.save_config()
+    s = guide.writable_session("main")
+    vds.vz.to_icechunk(s.store)
+    s.commit("the guide's way")
+    cli("init", str(tmp_path / "ours"), "--container", prefix)
+    cli("ingest", str(tmp_path / "ours"), *map(str, files), "--concat-dim", "time",
+        "--workers", "2")
+    xr.testing.assert_identical(store_dataset(tmp_path / "ours", prefix),
+                                store_dataset(tmp_path / "guide", prefix))
+    ours = json.loads(cli("show", str(tmp_path / "ours"), "sst", "--json").stdout)
+    theirs = json.loads(cli("show", str(tmp_path / "guide"), "sst", "--json").stdout)
+    assert ours["metadata"] == theirs["metadata"] and ours["chunks"] == theirs["chunks"]
+
+
+def test_bad_inputs_change_nothing(tmp_path):
+    files = make_days(tmp_path / "data", 2)
+    prefix = (tmp_path / "data").as_uri() + "/"
+    repo = tmp_path / "repo"
+    cli("init", str(repo), "--container", prefix)
+    cli("ingest", str(repo), *map(str, files), "--concat-dim", "time")
+    before = history(repo)
+    text = tmp_path / "data" / "notes.nc"
+    text.write_text("this is not netCDF\n")
+    coarse = make_days(tmp_path / "coarse", 1, start="2024-08-03", scale=8)[0]
+    outside = make_days(tmp_path / "elsewhere", 1, start="2024-08-03")[0]
+    cases = [
+        ([str(files[0]), str(text)], 2, f"{text}: not netCDF/HDF5"),
+        # inputs are sorted, so .../coarse/... is the reference and day 1 the odd one out
+        ([str(files[0]), str(coarse), "--container", tmp_path.as_uri() + "/"], 2,
+         f"{files[0].as_uri()} does not match {coarse.as_uri()}: variable 'lat' has shape "
+         "(180,) instead of (90,)"),
+        ([str(tmp_path / "missing.nc")], 3, "missing.nc: no such file"),
+        ([str(tmp_path / "none-*.nc")], 3, "no file matches"),
+        ([str(outside), "--append"], 2,
+         f"no virtual chunk container covers {outside.as_uri()}; pass --container "
+         f"{(tmp_path / 'elsewhere').as_uri()}/"),
+    ]
+    for args, status, message in cases:
+        r = cli("ingest", str(repo), *args, "--concat-dim", "time", check=False)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == status and len(lines) == 1 and message in lines[0], (args, r)
+    assert history(repo) == before

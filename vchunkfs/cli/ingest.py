@@ -1,0 +1,95 @@
+"""``vchunkfs ingest``: archival files -> virtual refs in a repository, in one commit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from vchunkfs.cli.common import add_json_option, add_repo_options, emit_json, open_repo, run
+from vchunkfs.ingest import PARSERS, IngestPlan, ingest
+
+if TYPE_CHECKING:
+    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def register(sub: Sub) -> None:
+    p = sub.add_parser(
+        "ingest", help="add archival files (netCDF4/HDF5, netCDF3, Zarr, kerchunk refs) to a "
+                       "repository as virtual refs, and commit",
+        description="Read only the files' metadata (VirtualiZarr), combine them along "
+                    "--concat-dim like the Icechunk guide, check that they agree, write "
+                    "virtual refs with VirtualiZarr's to_icechunk and commit. A failed "
+                    "ingest commits nothing.",
+        epilog="examples:\n"
+               "  vchunkfs ingest ./oisst 'data/oisst-*.nc' --concat-dim time "
+               "--container file:///abs/data/\n"
+               "  vchunkfs ingest ./oisst data/oisst-avhrr-v02r01.20240901.nc "
+               "--concat-dim time --append\n"
+               "  vchunkfs ingest ./oisst refs.json --parser kerchunk-json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("repo", metavar="REPO")
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB",
+                   help="paths, globs (quote them) or URLs; sorted before combining")
+    p.add_argument("--concat-dim", metavar="DIM", help="dimension to combine files along")
+    p.add_argument("--parser", choices=PARSERS, default="auto",
+                   help="how to read the files (default: by their content)")
+    p.add_argument("--append", action="store_true",
+                   help="append along --concat-dim to the existing arrays")
+    p.add_argument("--replace-region", dest="write_region", metavar="auto|DIM=START:STOP",
+                   help="replace part of the existing arrays instead")
+    p.add_argument("--branch", default="main")
+    p.add_argument("-m", "--message", help="commit message")
+    p.add_argument("--container", metavar="PREFIX",
+                   help="add this virtual chunk container (url prefix ending in /) if the "
+                        "repository has none covering the files")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="read file metadata with N threads")
+    p.add_argument("--dask", action="store_true",
+                   help="read metadata on Dask (VirtualiZarr's parallel open), for thousands "
+                        "of files on a cluster")
+    p.add_argument("--group", help="the group inside the files to read")
+    p.add_argument("--source-region", help="region of s3:// sources")
+    p.add_argument("--source-endpoint", metavar="URL", help="S3-compatible endpoint of sources")
+    p.add_argument("--source-anonymous", action="store_true", help="read sources unsigned")
+    add_repo_options(p)
+    add_json_option(p)
+    p.set_defaults(func=cmd_ingest)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    plan = IngestPlan(inputs=args.inputs, concat_dim=args.concat_dim, parser=args.parser,
+                      branch=args.branch, message=args.message, append=args.append,
+                      region=args.write_region, container=args.container, workers=args.workers,
+                      dask=args.dask, source_region=args.source_region,
+                      source_endpoint=args.source_endpoint,
+                      source_anonymous=args.source_anonymous, group=args.group)
+    repo = open_repo(args, args.repo)
+    start = time.monotonic()
+    tty = sys.stderr.isatty() and not args.json
+
+    def progress(done: int, total: int) -> None:
+        if tty:
+            rate = done / max(time.monotonic() - start, 1e-9)
+            width = 30
+            bar = "#" * (width * done // total) + "-" * (width - width * done // total)
+            print(f"\rscanning [{bar}] {done}/{total} files ({rate:.1f} files/s)", end="",
+                  file=sys.stderr, flush=True)
+
+    result = ingest(repo, plan, run, progress)
+    if tty:
+        print(file=sys.stderr)
+    doc = {"snapshot": result.snapshot, "files": result.files, "refs": result.refs,
+           "variables": result.variables, "container_added": result.container,
+           "seconds": {k: round(v, 3) for k, v in result.timings.items()}}
+    if args.json:
+        emit_json(doc)
+    else:
+        if result.container:
+            print(f"added virtual chunk container {result.container}")
+        print(f"{'appended' if args.append else 'ingested'} {result.files} files "
+              f"({result.refs} refs; {', '.join(result.variables)}) in "
+              f"{sum(result.timings.values()):.1f} s")
+        print(result.snapshot)
+    return 0
