@@ -197,3 +197,23 @@ def test_empty_repository_is_an_empty_directory(run, tmp_path):
     assert run(lambda: view.list_dir("")) == []
     assert run(lambda: view.stat("zarr.json")) is None
     assert run(lambda: view.stat("")) is not None
+
+
+def test_stat_known_agrees_with_stat(open_local, run):
+    """The I/O-free answer, where it gives one, is the same as stat's."""
+    from vchunkfs.repository.snapshot import Unknown
+
+    repo = open_local()
+    view = run(lambda: repo.view("v1"))
+    keys = ["", "sst", "sst/c", "sst/c/1", "sst/c/1/0/0", "sst/c/1/0/0/0", "sst/c/9",
+            "sst/zarr.json", "nope", "grp/small/c/2", "grp/zarr.json", "field/c/3/2"]
+    assert isinstance(view.stat_known("sst/c/1"), Unknown)  # the grid is not loaded yet
+    for k in keys:
+        run(lambda k=k: view.stat(k))
+    answered = 0
+    for k in keys:
+        known = view.stat_known(k)
+        if not isinstance(known, Unknown):
+            answered += 1
+            assert known == run(lambda k=k: view.stat(k)), k
+    assert answered >= 8

@@ -373,7 +373,7 @@ async def write(repo: Repo, vds: xr.Dataset, plan: IngestPlan, checksum: datetim
 
     # to_icechunk is synchronous and runs its own event loop: keep it off the bridge's loop
     await asyncio.to_thread(to_icechunk)
-    writer.generation += 1
+    writer.mark_changed()
     n = len(plan.inputs)
     message = plan.message or ("append" if plan.append else "ingest") + f" {n} file" \
         + ("s" if n != 1 else "")

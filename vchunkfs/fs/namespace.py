@@ -45,7 +45,7 @@ from vchunkfs.fs.blockcache import BlockCache, read_blocks
 from vchunkfs.presentation import Presentation, make_presentation, render_history
 from vchunkfs.repository import Repo, Version
 from vchunkfs.repository.repo import Commit
-from vchunkfs.repository.snapshot import Entry, SnapshotView
+from vchunkfs.repository.snapshot import Entry, SnapshotView, Unknown
 
 log = logging.getLogger("vchunkfs.fs")
 
@@ -449,6 +449,9 @@ class Namespace:
         if cache_key in self._entries:
             return self._entries[cache_key]
         pres = (await self._generation(gen_id)).presentation
+        known = pres.stat_known(path)  # directories and absent names: no bridge crossing
+        if not isinstance(known, Unknown):
+            return known
         entry = await self._pcall(lambda: pres.stat(path), path)
         self._entries[cache_key] = entry
         return entry

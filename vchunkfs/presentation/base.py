@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from vchunkfs.repository.snapshot import Entry, SnapshotView
+from vchunkfs.repository.snapshot import Entry, SnapshotView, Unknown
 
 
 class Presentation(Protocol):
@@ -25,6 +25,10 @@ class Presentation(Protocol):
 
     async def stat(self, path: str) -> Entry | None: ...
 
+    def stat_known(self, path: str) -> Entry | Unknown | None:
+        """``stat`` without I/O, from any thread, or ``UNKNOWN`` (then call ``stat``)."""
+        ...
+
     async def list_dir(self, path: str) -> list[Entry]: ...
 
     async def read(self, path: str, offset: int, length: int) -> bytes: ...
@@ -40,6 +44,9 @@ class ZarrV3Presentation:
 
     async def stat(self, path: str) -> Entry | None:
         return await self.view.stat(path)
+
+    def stat_known(self, path: str) -> Entry | Unknown | None:
+        return self.view.stat_known(path)
 
     async def list_dir(self, path: str) -> list[Entry]:
         return await self.view.list_dir(path)

@@ -54,6 +54,16 @@ from vchunkfs.repository.authorization import raise_if_unauthorized
 from vchunkfs.repository.chunkgrid import ChunkGrid, Coords
 
 METADATA_KEY = "zarr.json"
+
+
+class Unknown:
+    """What :meth:`SnapshotView.stat_known` answers when it would need I/O."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN = Unknown()
 _PROBE_BATCH = 512
 # chunk kinds as array_chunk_iterator reports them
 _NATIVE, _VIRTUAL, _INLINE = 1, 2, 3
@@ -163,7 +173,9 @@ class SnapshotView:
         self.store = session.store
         self.nodes = nodes
         self.caches = caches
+        # plain dicts that only ever gain keys: read from other threads by stat_known
         self._grids: dict[str, ChunkGrid] = {}
+        self._metadata_sizes: dict[str, int] = {}
         self._index_builds: dict[str, asyncio.Future[ChunkIndex]] = {}
 
     @classmethod
@@ -193,6 +205,7 @@ class SnapshotView:
                 raise NodeNotFoundError(f"{key} is missing from snapshot {self.snapshot_id}")
             doc = buf.to_bytes()
             self.caches.metadata[(self.snapshot_id, node.path)] = doc
+            self._metadata_sizes[node.path] = len(doc)
         return doc
 
     async def metadata_json(self, path: str) -> dict[str, Any]:
@@ -230,6 +243,38 @@ class SnapshotView:
             if parsed is None:
                 return None
             return ResolvedKey(node, "chunk" if parsed.is_chunk else "chunk_dir", parsed.coords)
+        return None
+
+    def stat_known(self, key: str) -> Entry | Unknown | None:
+        """What :meth:`stat` would answer, when it needs no I/O; else ``UNKNOWN``.
+
+        Safe to call from any thread: it reads only the node tree (never changed
+        after open) and dicts that only gain keys, never the LRU caches.
+        """
+        key = key.strip("/")
+        parts = key.split("/") if key else []
+        name = parts[-1] if parts else ""
+        for i in range(len(parts), -1, -1):
+            node = self.nodes.get("/".join(parts[:i]))
+            if node is None:
+                continue
+            rest = "/".join(parts[i:])
+            if not rest:
+                return Entry(name, True)
+            if rest == METADATA_KEY:
+                size = self._metadata_sizes.get(node.path)
+                if not node.stored:
+                    return None
+                return UNKNOWN if size is None else Entry(name, False, size)
+            if node.kind != "array":
+                return None
+            grid = self._grids.get(node.path)
+            if grid is None:
+                return UNKNOWN
+            parsed = grid.parse(rest)
+            if parsed is None:
+                return None
+            return UNKNOWN if parsed.is_chunk else Entry(name, True)
         return None
 
     async def stat(self, key: str) -> Entry | None:

@@ -86,6 +86,7 @@ class Writer:
         self.node_changes: dict[str, str | None] = {}
         # bumped by every change, so each staged state has its own view id
         self.generation = 0
+        self._dirty = False
 
     @classmethod
     async def open(cls, repo: Repo, branch: str = "main") -> Writer:
@@ -101,7 +102,13 @@ class Writer:
 
     @property
     def has_changes(self) -> bool:
-        return self.session.has_uncommitted_changes
+        """Whether anything was staged since the session began.
+
+        Kept by the writer itself: icechunk's ``has_uncommitted_changes`` blocks on
+        the session's lock while a commit runs, which would stall the caller (the
+        mount's trio thread) for the whole commit.
+        """
+        return self._dirty
 
     # -- metadata -----------------------------------------------------------
 
@@ -243,6 +250,12 @@ class Writer:
         self.store = self.session.store
         self.node_changes = {}
         self.generation += 1
+        self._dirty = False
+
+    def mark_changed(self) -> None:
+        """Record a change made to ``self.store`` by other code (VirtualiZarr's to_icechunk)."""
+        self.generation += 1
+        self._dirty = True
 
     @property
     def staged_id(self) -> str:
@@ -266,7 +279,7 @@ class Writer:
     async def _write[T](self, key: str, fn: Any) -> Any:
         try:
             result = await fn()
-            self.generation += 1
+            self.mark_changed()
             return result
         except ic.IcechunkError as e:
             raise InvalidInputError(f"{key}: {_first_line(e)}") from e
