@@ -511,23 +511,39 @@ class Window:
 
     @property
     def disturbed(self) -> bool:
-        """More foreign CPU than a jiffy plus 5% of both cores: someone else was busy."""
-        return self.foreign > 1 + 0.05 * self.seconds * 100 * (os.cpu_count() or 1)
+        """Someone else was busy: more foreign CPU than 3 jiffies plus 10% of the cores.
+
+        The slack absorbs the accounting's rounding (a jiffy or two either way) and
+        the kernel threads that complete this process's own disk reads.
+        """
+        return self.foreign > 3 + 0.1 * self.seconds * 100 * (os.cpu_count() or 1)
 
 
 Sample = Callable[[], tuple[Window, int]]  # one timed pass: its window and bytes read
-RETRIES = 4  # times a disturbed sample is redone
-REDONE: dict[str, int] = {}
+RETRIES = 20  # times a disturbed sample is redone (after a pause) before it is kept anyway
+REDONE: dict[str, int] = {}  # samples redone, by figure
+KEPT_DISTURBED: dict[str, int] = {}  # samples kept although disturbed, by figure
+
+
+def undisturbed(key: str, w: Window, attempt: int) -> bool:
+    """True if ``w`` may be kept; else count it and pause before the next attempt."""
+    if NO_WAIT or not (w.disturbed or busy_processes()):
+        return True
+    if attempt == RETRIES:
+        KEPT_DISTURBED[key] = KEPT_DISTURBED.get(key, 0) + 1
+        return True
+    REDONE[key] = REDONE.get(key, 0) + 1
+    time.sleep(min(1.0 + attempt, 10.0))  # let whatever else runs get on with it
+    return False
 
 
 def clean_sample(key: str, sample: Sample) -> tuple[float, int]:
-    """One sample taken while nothing else runs; redone (up to RETRIES times) if disturbed."""
-    for _ in range(RETRIES + 1):
+    """One sample taken while nothing else runs: redone after a pause if disturbed."""
+    for attempt in range(RETRIES + 1):
         wait_quiet("the next sample", quiet=True)
         w, n = sample()
-        if NO_WAIT or not (w.disturbed or busy_processes()):
+        if undisturbed(key, w, attempt):
             break
-        REDONE[key] = REDONE.get(key, 0) + 1
     return w.seconds, n
 
 
@@ -851,11 +867,11 @@ def bench_namespace(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
                                    ("AsyncioBridge.call of a no-op", bridge_calls, len(files))):
                 r = Result(key, "per call")
                 for _ in range(runs):
-                    for _attempt in range(RETRIES + 1):
+                    for attempt in range(RETRIES + 1):
                         wait_quiet("the next sample", quiet=True)
                         with Window() as w:
                             await fn()
-                        if NO_WAIT or not (w.disturbed or busy_processes()):
+                        if undisturbed(f"ns {key}", w, attempt):
                             break
                     r.samples.append(w.seconds / calls)
                 NS_OPS[key] = r
@@ -883,14 +899,14 @@ def bench_namespace(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
             key = "cold pass, per chunk file (fresh Repo, page cache dropped)"
             r = Result(key, "per file")
             for _ in range(runs):
-                for _attempt in range(RETRIES + 1):
+                for attempt in range(RETRIES + 1):
                     wait_quiet("the next sample", quiet=True)
                     fresh = Namespace(await bridge.call(open_repo), bridge, MountConfig())
                     await fresh.start()
                     drop_caches()
                     with Window() as w:
                         await walk_and_read(fresh)
-                    if NO_WAIT or not (w.disturbed or busy_processes()):
+                    if undisturbed("ns cold pass", w, attempt):
                         break
                 r.samples.append(w.seconds / len(chunks))
             NS_OPS[key] = r
@@ -1085,7 +1101,9 @@ def run(args: argparse.Namespace) -> str:
         f"medians of {runs} runs; drop_caches "
         f"{'worked' if not DROP_STATUS else 'FAILED (' + DROP_STATUS['error'] + ')'}.",
         "Samples redone because another process used the CPU meanwhile: "
-        + (", ".join(f"{k} {n}" for k, n in REDONE.items()) or "none") + ".",
+        + (", ".join(f"{k} {n}" for k, n in REDONE.items()) or "none") + "; kept although "
+        "disturbed (after 20 attempts): "
+        + (", ".join(f"{k} {n}" for k, n in KEPT_DISTURBED.items()) or "none") + ".",
         "", "#### Reading every chunk file once", "", throughput_table(throughput, "pread_warm"),
         "", "#### Per-file cost without data", "", "\n".join(per_file),
         "", "#### vchunkfs's Namespace in-process (no FUSE), daemon-cached", "",
@@ -1124,6 +1142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report)
     if args.out:
         args.out.write_text(report)
+        samples = {k: {"label": r.label, "state": r.state, "nbytes": r.nbytes,
+                       "seconds": r.samples} for k, r in (RESULTS | NS_OPS).items()}
+        args.out.with_suffix(".json").write_text(json.dumps(samples, indent=1))
     sys.stdout.flush()
     # icechunk 2.3 sometimes crashes in interpreter finalization (see bench_repository.py)
     os._exit(0)
