@@ -68,6 +68,7 @@ _PROBE_BATCH = 512
 # chunk kinds as array_chunk_iterator reports them
 _NATIVE, _VIRTUAL, _INLINE = 1, 2, 3
 _MISSING = -1
+PINNED_INDEX_CHUNKS = 4096
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,9 @@ class SnapshotView:
         # plain dicts that only ever gain keys: read from other threads by stat_known
         self._grids: dict[str, ChunkGrid] = {}
         self._metadata_sizes: dict[str, int] = {}
+        # whole-array indexes of arrays with at most PINNED_INDEX_CHUNKS chunks (16 bytes
+        # a chunk): built on the first stat, they answer every later one without I/O
+        self._pinned_indexes: dict[str, ChunkIndex] = {}
         self._index_builds: dict[str, asyncio.Future[ChunkIndex]] = {}
 
     @classmethod
@@ -274,7 +278,13 @@ class SnapshotView:
             parsed = grid.parse(rest)
             if parsed is None:
                 return None
-            return UNKNOWN if parsed.is_chunk else Entry(name, True)
+            if not parsed.is_chunk:
+                return Entry(name, True)
+            index = self._pinned_indexes.get(node.path)
+            if index is None:
+                return UNKNOWN
+            size = index.size(grid.linear(parsed.coords))
+            return None if size is None else Entry(name, False, size)
         return None
 
     async def stat(self, key: str) -> Entry | None:
@@ -350,7 +360,14 @@ class SnapshotView:
         size = self.caches.sizes.get(cache_key)
         if size is not None:
             return None if size == _MISSING else size
-        index = self.caches.indexes.get((self.snapshot_id, array))
+        index = self._pinned_indexes.get(array) or self.caches.indexes.get(
+            (self.snapshot_id, array))
+        if index is None and grid.num_chunks <= min(PINNED_INDEX_CHUNKS,
+                                                     self.caches.index_max_chunks):
+            # one pass over a small array answers every stat of it from now on
+            index = await self._index_if_small(array, grid, force=True)
+            if index is not None:
+                self._pinned_indexes[array] = index
         if index is not None:
             return index.size(lin)
         key = self.chunk_key(array, grid, coords)
