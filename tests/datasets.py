@@ -215,3 +215,39 @@ def assert_reads_like_files(zarr_dir: Path, files: list[Path]) -> None:
     finally:
         for p in parts:
             p.close()
+
+
+def write_like_the_guide(files: list[Path], repo_path: Path, message: str) -> str:
+    """The Icechunk guide's Python: VirtualiZarr opens each file, xr.concat along time,
+    a file:// container over the files' directory, to_icechunk, commit. Returns the id."""
+    import xarray as xr
+    from obspec_utils.registry import ObjectStoreRegistry
+    from obstore.store import LocalStore
+    from virtualizarr import open_virtual_dataset
+    from virtualizarr.parsers import HDFParser
+
+    registry = ObjectStoreRegistry({"file://": LocalStore()})
+    vds = xr.concat([open_virtual_dataset(f.as_uri(), registry=registry, parser=HDFParser())
+                     for f in files], dim="time", coords="minimal", compat="override",
+                    combine_attrs="override")
+    data = files[0].parent.resolve()
+    config = ic.RepositoryConfig.default()
+    config.set_virtual_chunk_container(ic.VirtualChunkContainer(
+        data.as_uri() + "/", ic.local_filesystem_store(str(data))))
+    repo = ic.Repository.create(ic.local_filesystem_storage(str(repo_path)), config)
+    repo.save_config()
+    session = repo.writable_session("main")
+    vds.vz.to_icechunk(session.store)
+    return session.commit(message)
+
+
+SST_V3_METADATA = {
+    "zarr_format": 3, "node_type": "array", "shape": list(SST_SHAPE), "data_type": "int16",
+    "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(SST_CHUNKS)}},
+    "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+    "fill_value": -999,
+    "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+               {"name": "numcodecs.shuffle", "configuration": {"elementsize": 2}},
+               {"name": "numcodecs.zlib", "configuration": {"level": 4}}],
+    "attributes": {"scale_factor": 0.01}, "dimension_names": ["time", "zlev", "lat", "lon"],
+}

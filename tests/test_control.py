@@ -20,7 +20,7 @@ import msgpack
 import numpy as np
 import pytest
 import zarr
-from datasets import SST_SHAPE, chunk_refs, last_modified, read_h5, write_sources
+from datasets import SST_V3_METADATA, chunk_refs, last_modified, read_h5, write_sources
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mounting import mounted
@@ -30,16 +30,7 @@ from vchunkfs.control import Client, ControlError
 pytestmark = pytest.mark.timeout(300)
 CLI = [sys.executable, "-m", "vchunkfs.cli.main"]
 
-SST_META = {
-    "zarr_format": 3, "node_type": "array", "shape": list(SST_SHAPE), "data_type": "int16",
-    "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, 1, 36, 72]}},
-    "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-    "fill_value": -999,
-    "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
-               {"name": "numcodecs.shuffle", "configuration": {"elementsize": 2}},
-               {"name": "numcodecs.zlib", "configuration": {"level": 4}}],
-    "attributes": {"scale_factor": 0.01}, "dimension_names": ["time", "zlev", "lat", "lon"],
-}
+SST_META = SST_V3_METADATA
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ import icechunk as ic
 import numpy as np
 import pytest
 import xarray as xr
-from datasets import assert_reads_like_files
+from datasets import assert_reads_like_files, write_like_the_guide
 from mounting import mounted
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -109,25 +109,9 @@ def test_kerchunk_references_give_the_same_dataset(tmp_path):
 
 def test_same_repository_as_the_guides_python(tmp_path):
     """A repository made by the guide's Python and one made by vchunkfs ingest agree."""
-    from obspec_utils.registry import ObjectStoreRegistry
-    from obstore.store import LocalStore
-    from virtualizarr import open_virtual_dataset
-    from virtualizarr.parsers import HDFParser
-
     files = make_days(tmp_path / "data", 3)
     prefix = (tmp_path / "data").as_uri() + "/"
-    registry = ObjectStoreRegistry({"file://": LocalStore()})
-    vds = xr.concat([open_virtual_dataset(f.as_uri(), registry=registry, parser=HDFParser())
-                     for f in files], dim="time", coords="minimal", compat="override",
-                    combine_attrs="override")
-    config = ic.RepositoryConfig.default()
-    config.set_virtual_chunk_container(ic.VirtualChunkContainer(
-        prefix, ic.local_filesystem_store(str(tmp_path / "data"))))
-    guide = ic.Repository.create(ic.local_filesystem_storage(str(tmp_path / "guide")), config)
-    guide.save_config()
-    s = guide.writable_session("main")
-    vds.vz.to_icechunk(s.store)
-    s.commit("the guide's way")
+    write_like_the_guide(files, tmp_path / "guide", "the guide's way")
     cli("init", str(tmp_path / "ours"), "--container", prefix)
     cli("ingest", str(tmp_path / "ours"), *map(str, files), "--concat-dim", "time",
         "--workers", "2")

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import icechunk as ic
 import pytest
-import xarray as xr
-from datasets import Published, assert_reads_like_files, build_repo
+from datasets import Published, assert_reads_like_files, build_repo, write_like_the_guide
 from mounting import mounted
 from servers import moto_s3_server
 
@@ -77,28 +76,12 @@ def test_s3_mount_and_backend_down(tmp_path):
 def test_virtualizarr_repository_reads_like_the_files(tmp_path):
     """The guide's workflow (VirtualiZarr -> to_icechunk), mounted; xarray on the mount equals
     xarray on the netCDF files: values, decoded time, attributes, encodings."""
-    from obspec_utils.registry import ObjectStoreRegistry
-    from obstore.store import LocalStore
-    from virtualizarr import open_virtual_dataset
-    from virtualizarr.parsers import HDFParser
-
     data = tmp_path / "data"
     subprocess.run([sys.executable, str(PROJECT / "scripts" / "make_oisst.py"), str(data),
                     "--days", "3", "--scale", "4"], check=True, capture_output=True)
     files = sorted(data.glob("*.nc"))
     prefix = data.as_uri() + "/"
-    registry = ObjectStoreRegistry({"file://": LocalStore()})
-    vds = xr.concat([open_virtual_dataset(f.as_uri(), registry=registry, parser=HDFParser())
-                     for f in files], dim="time", coords="minimal", compat="override",
-                    combine_attrs="override")
-    config = ic.RepositoryConfig.default()
-    config.set_virtual_chunk_container(ic.VirtualChunkContainer(
-        prefix, ic.local_filesystem_store(str(data))))
-    repo = ic.Repository.create(ic.local_filesystem_storage(str(tmp_path / "repo")), config)
-    repo.save_config()
-    session = repo.writable_session("main")
-    vds.vz.to_icechunk(session.store)
-    session.commit("three days, by VirtualiZarr")
+    write_like_the_guide(files, tmp_path / "repo", "three days, by VirtualiZarr")
 
     with mounted(tmp_path / "repo", tmp_path / "m", f"authorize={prefix}") as m:
         assert_reads_like_files(m.path, files)

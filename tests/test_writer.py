@@ -9,7 +9,14 @@ import icechunk as ic
 import numpy as np
 import pytest
 import zarr
-from datasets import chunk_refs, last_modified, local_container, read_h5, write_sources
+from datasets import (
+    SST_V3_METADATA,
+    chunk_refs,
+    last_modified,
+    local_container,
+    read_h5,
+    write_sources,
+)
 
 from vchunkfs.errors import ConflictError, InvalidInputError, UsageError
 from vchunkfs.repository import Authorization, Repo, parse_repo_url
@@ -22,16 +29,7 @@ from vchunkfs.repository.writer import (
     reset_branch,
 )
 
-SST_META = {
-    "zarr_format": 3, "node_type": "array", "shape": [4, 1, 36, 72], "data_type": "int16",
-    "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, 1, 36, 72]}},
-    "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-    "fill_value": -999,
-    "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
-               {"name": "numcodecs.shuffle", "configuration": {"elementsize": 2}},
-               {"name": "numcodecs.zlib", "configuration": {"level": 4}}],
-    "attributes": {"scale_factor": 0.01}, "dimension_names": ["time", "zlev", "lat", "lon"],
-}
+SST_META = SST_V3_METADATA
 
 
 @pytest.fixture

@@ -23,6 +23,15 @@ then ``xarray.open_zarr(MOUNTPOINT).load()`` against
 keep_cache, workers). "Cold" means ``sync; echo 3 > /proc/sys/vm/drop_caches``
 before the pass (root only; the report says when that failed).
 
+The machine this was written for has 2 cores and is shared, so the figures that
+are compared are measured in turns: every mount stays mounted for a state
+(kernel-cached, daemon-cached, ...) and each run takes one sample of every
+contestant, the order rotating from run to run, so that a slow spell falls on
+all of them alike. A sample during which another process used the CPU (counted
+from /proc/stat against this process and its daemons) or a test suite or an
+older benchmark ran is redone after a pause. Each figure is the median of the
+runs; the report also gives the best run and the spread ((max - min) / median).
+
 Usage::
 
     python scripts/bench/bench_mount.py [--runs 7] [--days 31] [--out REPORT.md]
@@ -40,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -547,23 +557,44 @@ def clean_sample(key: str, sample: Sample) -> tuple[float, int]:
     return w.seconds, n
 
 
-def measure(key: str, label: str, state: str, sample: Sample, runs: int,
-            nbytes: int | None = None) -> Result:
-    r = Result(label, state)
-    for _ in range(runs):
-        dt, n = clean_sample(key, sample)
-        r.samples.append(dt)
-        r.nbytes = n if nbytes is None else nbytes
-    RESULTS[key] = r
+# -- interleaved rounds ------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """One figure of an interleaved round: how to take one sample of it."""
+
+    key: str
+    label: str
+    state: str
+    sample: Sample
+    nbytes: int | None = None  # None: the bytes the sample reports
+
+
+def _print(r: Result) -> None:
     rate = f"{r.gbps:7.3f} GB/s" if r.nbytes else " " * 12
-    print(f"  {label:<36} {state:<30} {r.median * 1e3:9.1f} ms  {rate}"
+    print(f"  {r.label:<36} {r.state:<34} {r.median * 1e3:9.1f} ms  {rate}"
           f"  spread {r.spread:4.0%}", flush=True)
-    return r
 
 
-def timed(key: str, label: str, state: str, fn: Callable[[], int], runs: int,
-          before: Callable[[], object] | None = None, nbytes: int | None = None) -> Result:
-    """``runs`` samples of ``fn`` (each preceded by ``before``, untimed)."""
+def interleave(entries: Sequence[Entry], runs: int) -> None:
+    """``runs`` samples of every entry, taken in turns, the order rotating from run to run,
+    so that a slow spell of the machine falls on all of them alike."""
+    results = {e.key: Result(e.label, e.state) for e in entries}
+    for i in range(runs):
+        k = i % len(entries)
+        for e in [*entries[k:], *entries[:k]]:
+            seconds, n = clean_sample(e.key, e.sample)
+            r = results[e.key]
+            r.samples.append(seconds)
+            r.nbytes = n if e.nbytes is None else e.nbytes
+    for e in entries:
+        RESULTS[e.key] = results[e.key]
+        _print(results[e.key])
+
+
+def pass_sample(fn: Callable[[], int], before: Callable[[], object] | None = None) -> Sample:
+    """A sample: ``before()`` (untimed), then ``fn()`` timed."""
 
     def sample() -> tuple[Window, int]:
         if before is not None:
@@ -572,174 +603,185 @@ def timed(key: str, label: str, state: str, fn: Callable[[], int], runs: int,
             n = fn()
         return w, n
 
-    return measure(key, label, state, sample, runs, nbytes)
+    return sample
 
 
-def fresh_mount_runs(key: str, label: str, state: str,
-                     mount: Callable[[], contextlib.AbstractContextManager[Any]],
-                     fn: Callable[[], int], runs: int, nbytes: int | None = None) -> Result:
-    """Cold samples: for each, a fresh mount, then the page cache dropped, then ``fn``."""
+def fresh_sample(mount: Callable[[], contextlib.AbstractContextManager[Any]],
+                 fn: Callable[[], int]) -> Sample:
+    """A cold sample: a fresh mount, the page cache dropped, then ``fn()`` timed."""
 
     def sample() -> tuple[Window, int]:
         with mount():
             drop_caches()
             with Window() as w:
                 n = fn()
-            return w, n
+        return w, n
 
-    return measure(key, label, state, sample, runs, nbytes)
-
-
-# -- the sections ------------------------------------------------------------------
+    return sample
 
 
-def bench_pread(reader: Reader, chunks: list[Chunk], runs: int) -> None:
-    wait_quiet("pread")
-    reader.pread(chunks)
-    timed("pread_warm", "(a) pread of the netCDF ranges", "warm", lambda: reader.pread(chunks),
-          runs)
-    timed("pread_cold", "(a) pread of the netCDF ranges", "cold", lambda: reader.pread(chunks),
-          runs, before=drop_caches)
-
-
-def bench_icechunk(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
-    """icechunk's store.get of every chunk key, awaited one after the other."""
-    import icechunk as ic
-    from zarr.core.buffer import default_buffer_prototype
-
-    wait_quiet("icechunk store.get")
-    keys = [c.zarr_path for c in chunks]
-    proto = default_buffer_prototype()
-
-    async def open_store() -> Any:
-        repo = await ic.Repository.open_async(ic.local_filesystem_storage(str(ds.repo)),
-                                              authorize_virtual_chunk_access=credentials(ds))
-        session = await repo.readonly_session_async(branch="main")
-        return session.store
-
-    async def get_all(store: Any) -> int:
-        total = 0
-        for k in keys:
-            buf = await store.get(k, proto)
-            total += len(buf)
-        return total
-
-    loop = asyncio.new_event_loop()
-    try:
-        store = loop.run_until_complete(open_store())
-        loop.run_until_complete(get_all(store))
-
-        def warm() -> tuple[Window, int]:
-            with Window() as w:
-                n = loop.run_until_complete(get_all(store))
-            return w, n
-
-        def cold() -> tuple[Window, int]:
-            fresh = loop.run_until_complete(open_store())
-            drop_caches()
-            with Window() as w:
-                n = loop.run_until_complete(get_all(fresh))
-            return w, n
-
-        measure("icechunk_warm", "(d) icechunk store.get", "warm", warm, runs)
-        measure("icechunk_cold", "(d) icechunk store.get", "cold (fresh repo, dropped)", cold,
-                runs)
-    finally:
-        loop.close()
+# -- the contestants ---------------------------------------------------------------
 
 
 @dataclass
-class MountFigures:
-    """What one mount configuration measured."""
+class Mounted:
+    """A vchunkfs or nullfs mount configuration."""
 
-    name: str
-    read_ahead_kb: int = -1
-    keys: dict[str, str] = field(default_factory=dict)
+    key: str
+    label: str
+    kind: str  # "vchunkfs" or "nullfs"
+    args: list[str] = field(default_factory=list)  # mount options, or nullfs.py arguments
+    sysfs_read_ahead: int = 0  # written to /sys/class/bdi once the mount answers
+    read_ahead_kb: int = -1  # what the mount had, as measured
 
-
-def bench_vchunkfs(ds: DataSet, reader: Reader, chunks: list[Chunk], expected: dict[Chunk, bytes],
-                   runs: int, name: str, options: Sequence[str], label: str,
-                   sysfs_read_ahead: int = 0, full: bool = True) -> MountFigures:
-    """Cold, daemon-cached and kernel-cached passes over one mount configuration."""
-    wait_quiet(f"vchunkfs {name}")
-    mnt = MNT_DIR / name
-    paths = [str(mnt / c.zarr_path) for c in chunks]
-    figs = MountFigures(name)
+    def paths(self) -> list[str]:
+        return [str(MNT_DIR / self.key / c.zarr_path) for c in CHUNKS]
 
     @contextlib.contextmanager
-    def mount() -> Iterator[None]:
-        with vchunkfs(ds, *options, name=name):
-            if sysfs_read_ahead:
-                set_read_ahead(mnt, sysfs_read_ahead)
-            figs.read_ahead_kb = read_ahead_of(mnt)
+    def mount(self, ds: DataSet) -> Iterator[None]:
+        mnt = MNT_DIR / self.key
+        cm = (vchunkfs(ds, *self.args, name=self.key) if self.kind == "vchunkfs"
+              else nullfs(ds, *self.args, name=self.key))
+        with cm:
+            if self.kind == "nullfs":  # it sets its read-ahead after INIT, then says "ready"
+                log = MNT_DIR / f"{self.key}.log"
+                for _ in range(100):
+                    if "ready" in log.read_text():
+                        break
+                    time.sleep(0.05)
+            if self.sysfs_read_ahead:
+                set_read_ahead(mnt, self.sysfs_read_ahead)
+            self.read_ahead_kb = read_ahead_of(mnt)
             yield
 
-    k = f"vc_{name}"
-    fresh_mount_runs(f"{k}_cold", label, "cold (fresh mount, dropped)", mount,
-                     lambda: reader.files(paths), runs)
-    with mount():
-        reader.files(paths)  # the first pass fills the daemon's cache
-        verify(paths, chunks, expected)
-        timed(f"{k}_daemon", label, "daemon-cached", lambda: reader.files(paths), runs,
-              before=drop_caches)
-        timed(f"{k}_daemon_par", label, f"daemon-cached, {THREADS} readers",
-              lambda: reader.files_parallel(paths), runs, before=drop_caches)
-        timed(f"{k}_daemon_data", label, "daemon-cached, dentries kept",
-              lambda: reader.files(paths), runs, before=lambda: drop_caches(1))
-        reader.files(paths)
-        timed(f"{k}_kernel", label, "kernel-cached", lambda: reader.files(paths), runs)
-        if full:
-            timed(f"{k}_openclose", label, "open+close only (cached)",
-                  lambda: reader.open_close(paths), runs, nbytes=0)
-    figs.keys = {s: f"{k}_{s}" for s in ("cold", "daemon", "daemon_par", "daemon_data", "kernel",
-                                         "openclose")}
-    return figs
+
+CHUNKS: list[Chunk] = []
 
 
-def bench_nullfs(ds: DataSet, reader: Reader, chunks: list[Chunk], expected: dict[Chunk, bytes],
-                 runs: int, name: str, args: Sequence[str], label: str,
-                 full: bool = True) -> MountFigures:
-    wait_quiet(f"nullfs {name}")
-    mnt = MNT_DIR / name
-    paths = [str(mnt / c.zarr_path) for c in chunks]
-    figs = MountFigures(name)
-    k = f"null_{name}"
-    with nullfs(ds, *args, name=name):
-        for _ in range(50):  # nullfs sets its read-ahead after INIT, then says "ready"
-            if (MNT_DIR / f"{name}.log").read_text().count("ready"):
-                break
-            time.sleep(0.05)
-        figs.read_ahead_kb = read_ahead_of(mnt)
-        reader.files(paths)
-        verify(paths, chunks, expected)
-        timed(f"{k}_daemon", label, "served by the daemon", lambda: reader.files(paths), runs,
-              before=drop_caches)
-        timed(f"{k}_daemon_par", label, f"served, {THREADS} readers",
-              lambda: reader.files_parallel(paths), runs, before=drop_caches)
-        timed(f"{k}_daemon_data", label, "served, dentries kept",
-              lambda: reader.files(paths), runs, before=lambda: drop_caches(1))
-        reader.files(paths)
-        timed(f"{k}_kernel", label, "kernel-cached", lambda: reader.files(paths), runs)
-        if full:
-            timed(f"{k}_openclose", label, "open+close only (cached)",
-                  lambda: reader.open_close(paths), runs, nbytes=0)
-    figs.keys = {s: f"{k}_{s}" for s in ("daemon", "daemon_par", "daemon_data", "kernel",
-                                         "openclose")}
-    return figs
+class IcechunkReader:
+    """icechunk's store.get of every chunk key, awaited one after the other, in this thread."""
+
+    def __init__(self, ds: DataSet) -> None:
+        from zarr.core.buffer import default_buffer_prototype
+
+        self.ds = ds
+        self.loop = asyncio.new_event_loop()
+        self.proto = default_buffer_prototype()
+        self.store = self.open_store()
+
+    def open_store(self) -> Any:
+        import icechunk as ic
+
+        async def open_() -> Any:
+            repo = await ic.Repository.open_async(
+                ic.local_filesystem_storage(str(self.ds.repo)),
+                authorize_virtual_chunk_access=credentials(self.ds))
+            session = await repo.readonly_session_async(branch="main")
+            return session.store
+
+        return self.loop.run_until_complete(open_())
+
+    def get_all(self, store: Any = None) -> int:
+        store = store or self.store
+
+        async def get_all() -> int:
+            total = 0
+            for c in CHUNKS:
+                buf = await store.get(c.zarr_path, self.proto)
+                total += len(buf)
+            return total
+
+        return self.loop.run_until_complete(get_all())
+
+    def cold_sample(self) -> tuple[Window, int]:
+        fresh = self.open_store()
+        drop_caches()
+        with Window() as w:
+            n = self.get_all(fresh)
+        return w, n
+
+    def close(self) -> None:
+        self.loop.close()
 
 
-def bench_fsspec(ds: DataSet, reader: Reader, chunks: list[Chunk], expected: dict[Chunk, bytes],
-                 runs: int) -> None:
-    wait_quiet("fsspec.fuse")
-    mnt = MNT_DIR / "fsspec"
-    paths = [str(mnt / c.ref_key) for c in chunks]
-    label = "(c) fsspec.fuse ReferenceFileSystem"
-    fresh_mount_runs("fsspec_cold", label, "cold (fresh mount, dropped)",
-                     lambda: fsspec_fuse(ds), lambda: reader.files(paths), runs)
-    with fsspec_fuse(ds):
-        reader.files(paths)
-        verify(paths, chunks, expected)
-        timed("fsspec_warm", label, "warm", lambda: reader.files(paths), runs)
+def bench_reads(ds: DataSet, reader: Reader, expected: dict[Chunk, bytes],
+                mounts: Sequence[Mounted], runs: int) -> None:
+    """Every way of reading the chunk files, interleaved state by state."""
+    ice = IcechunkReader(ds)
+    fs_paths = [str(MNT_DIR / "fsspec" / c.ref_key) for c in CHUNKS]
+    pair = [m for m in mounts if m.key in ("vc", "null")]
+
+    def warm_nc() -> int:
+        return reader.pread(CHUNKS)
+
+    try:
+        wait_quiet("the mounted passes")
+        with contextlib.ExitStack() as stack:
+            for m in mounts:
+                stack.enter_context(m.mount(ds))
+                reader.files(m.paths())
+                verify(m.paths(), CHUNKS, expected)
+            stack.enter_context(fsspec_fuse(ds))
+            verify(fs_paths, CHUNKS, expected)
+            ice.get_all()
+
+            print("- everything in the page cache (each sample after an untimed pass)")
+            entries = [
+                Entry("pread_warm", "(a) pread of the netCDF ranges", "warm",
+                      pass_sample(warm_nc, warm_nc)),
+                Entry("icechunk_warm", "(d) icechunk store.get", "warm",
+                      pass_sample(ice.get_all, warm_nc)),
+                Entry("fsspec_warm", "(c) fsspec.fuse ReferenceFileSystem", "warm",
+                      pass_sample(functools.partial(reader.files, fs_paths), warm_nc))]
+            for m in mounts:
+                read = functools.partial(reader.files, m.paths())
+                entries.append(Entry(f"{m.key}_kernel", m.label, "kernel-cached",
+                                     pass_sample(read, read)))
+            for m in pair:
+                entries.append(Entry(f"{m.key}_openclose", m.label, "open+close only (cached)",
+                                     pass_sample(functools.partial(reader.open_close, m.paths()),
+                                                 functools.partial(reader.files, m.paths())),
+                                     nbytes=0))
+            interleave(entries, runs)
+
+            print("- the mounts' page cache, dentries and inodes dropped (echo 3)")
+            entries = []
+            for m in mounts:
+                entries.append(Entry(f"{m.key}_daemon", m.label, "daemon-cached",
+                                     pass_sample(functools.partial(reader.files, m.paths()),
+                                                 drop_caches)))
+                entries.append(Entry(f"{m.key}_daemon_par", m.label,
+                                     f"daemon-cached, {THREADS} readers",
+                                     pass_sample(functools.partial(reader.files_parallel,
+                                                                   m.paths()), drop_caches)))
+            interleave(entries, runs)
+
+            print("- only the page cache dropped (echo 1): no lookups")
+            entries = [Entry(f"{m.key}_daemon_data", m.label, "daemon-cached, dentries kept",
+                             pass_sample(functools.partial(reader.files, m.paths()),
+                                         functools.partial(drop_caches, 1)))
+                       for m in mounts]
+            interleave(entries, runs)
+
+        print("- cold: a fresh mount (or repository), then everything dropped")
+        wait_quiet("the cold passes")
+        entries = [
+            Entry("pread_cold", "(a) pread of the netCDF ranges", "cold",
+                  pass_sample(warm_nc, drop_caches)),
+            Entry("icechunk_cold", "(d) icechunk store.get", "cold (fresh repo, dropped)",
+                  ice.cold_sample),
+            Entry("fsspec_cold", "(c) fsspec.fuse ReferenceFileSystem",
+                  "cold (fresh mount, dropped)",
+                  fresh_sample(functools.partial(fsspec_fuse, ds),
+                               functools.partial(reader.files, fs_paths)))]
+        for m in mounts:
+            if m.kind == "vchunkfs":
+                entries.append(Entry(f"{m.key}_cold", m.label, "cold (fresh mount, dropped)",
+                                     fresh_sample(functools.partial(m.mount, ds),
+                                                  functools.partial(reader.files, m.paths()))))
+        interleave(entries, runs)
+    finally:
+        ice.close()
 
 
 def bench_xarray(ds: DataSet, runs: int) -> None:
@@ -749,43 +791,55 @@ def bench_xarray(ds: DataSet, runs: int) -> None:
 
     wait_quiet("xarray")
     mnt = MNT_DIR / "xarray"
+    paths = [str(mnt / c.zarr_path) for c in CHUNKS]
+    reader = Reader()
 
-    def load_store(store: Any) -> xr.Dataset:
+    def load(store: Any) -> xr.Dataset:
         loaded: xr.Dataset = xr.open_zarr(store, consolidated=False, zarr_format=3).load()
         return loaded
 
-    repo = ic.Repository.open(ic.local_filesystem_storage(str(ds.repo)),
-                              authorize_virtual_chunk_access=credentials(ds))
+    def open_repo() -> ic.Repository:
+        return ic.Repository.open(ic.local_filesystem_storage(str(ds.repo)),
+                                  authorize_virtual_chunk_access=credentials(ds))
 
-    def icechunk_load() -> int:
-        load_store(repo.readonly_session(branch="main").store)
+    repo = open_repo()
+
+    def warm_nc() -> int:
+        return reader.pread(CHUNKS)
+
+    def icechunk_load(r: ic.Repository) -> int:
+        load(r.readonly_session(branch="main").store)
         return 0
 
-    def icechunk_cold() -> int:
-        fresh = ic.Repository.open(ic.local_filesystem_storage(str(ds.repo)),
-                                   authorize_virtual_chunk_access=credentials(ds))
-        load_store(fresh.readonly_session(branch="main").store)
-        return 0
-
-    reference = load_store(repo.readonly_session(branch="main").store)
-    timed("xr_icechunk_warm", "xarray load, icechunk store", "warm", icechunk_load, runs,
-          nbytes=0)
-    timed("xr_icechunk_cold", "xarray load, icechunk store", "cold (fresh repo, dropped)",
-          icechunk_cold, runs, before=drop_caches, nbytes=0)
+    def icechunk_cold() -> tuple[Window, int]:
+        fresh = open_repo()
+        drop_caches()
+        with Window() as w:
+            icechunk_load(fresh)
+        return w, 0
 
     def mount_load() -> int:
-        load_store(str(mnt))
+        load(str(mnt))
         return 0
 
-    with vchunkfs(ds, name="xarray"):
-        xr.testing.assert_identical(load_store(str(mnt)), reference)
-        timed("xr_mount_warm", "xarray load, vchunkfs mount", "warm (kernel-cached)",
-              mount_load, runs, nbytes=0)
-        timed("xr_mount_daemon", "xarray load, vchunkfs mount", "daemon-cached", mount_load,
-              runs, before=drop_caches, nbytes=0)
-    fresh_mount_runs("xr_mount_cold", "xarray load, vchunkfs mount",
-                     "cold (fresh mount, dropped)", lambda: vchunkfs(ds, name="xarray"),
-                     mount_load, runs)
+    try:
+        reference = load(repo.readonly_session(branch="main").store)
+        with vchunkfs(ds, name="xarray"):
+            xr.testing.assert_identical(load(str(mnt)), reference)
+            interleave([
+                Entry("xr_icechunk_warm", "xarray load, icechunk store", "warm",
+                      pass_sample(functools.partial(icechunk_load, repo), warm_nc), 0),
+                Entry("xr_mount_warm", "xarray load, vchunkfs mount", "warm (kernel-cached)",
+                      pass_sample(mount_load, functools.partial(reader.files, paths)), 0),
+                Entry("xr_mount_daemon", "xarray load, vchunkfs mount", "daemon-cached",
+                      pass_sample(mount_load, drop_caches), 0)], runs)
+        interleave([
+            Entry("xr_icechunk_cold", "xarray load, icechunk store", "cold (fresh repo, dropped)",
+                  icechunk_cold, 0),
+            Entry("xr_mount_cold", "xarray load, vchunkfs mount", "cold (fresh mount, dropped)",
+                  fresh_sample(lambda: vchunkfs(ds, name="xarray"), mount_load), 0)], runs)
+    finally:
+        reader.close()
 
 
 NS_OPS: dict[str, Result] = {}
@@ -964,34 +1018,37 @@ def ns_table() -> str:
     return "\n".join(lines)
 
 
-def knob_table(rows: Sequence[tuple[str, MountFigures]]) -> str:
+def knob_table(mounts: Sequence[Mounted]) -> str:
     lines = ["| configuration | bdi read_ahead_kb | cold | daemon-cached "
              f"| daemon-cached, {THREADS} readers | daemon-cached, dentries kept "
              "| kernel-cached |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for label, f in rows:
-        lines.append(f"| {label} | {f.read_ahead_kb} | {_fmt_gbps(f.keys.get('cold', ''))} "
-                     f"| {_fmt_gbps(f.keys['daemon'])} | {_fmt_gbps(f.keys['daemon_par'])} "
-                     f"| {_fmt_gbps(f.keys['daemon_data'])} | {_fmt_gbps(f.keys['kernel'])} |")
+    for m in mounts:
+        k = m.key
+        lines.append(f"| {m.label} | {m.read_ahead_kb} | {_fmt_gbps(f'{k}_cold')} "
+                     f"| {_fmt_gbps(f'{k}_daemon')} | {_fmt_gbps(f'{k}_daemon_par')} "
+                     f"| {_fmt_gbps(f'{k}_daemon_data')} | {_fmt_gbps(f'{k}_kernel')} |")
     return "\n".join(lines)
 
 
-def target_table(vc: MountFigures, null: MountFigures) -> str:
+def target_table() -> str:
     def check(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
     rows = []
-    r = _ratio(vc.keys["kernel"], null.keys["kernel"])
+    r = _ratio("vc_kernel", "null_kernel")
     rows.append(("kernel-cached >= 90% of nullfs kernel-cached", f"{r:.0%}", check(r >= 0.9)))
-    r = _ratio(vc.keys["daemon"], null.keys["daemon"])
+    r = _ratio("vc_daemon", "null_daemon")
     rows.append(("daemon-cached >= 80% of nullfs served", f"{r:.0%}", check(r >= 0.8)))
-    r = _ratio(vc.keys["daemon_par"], null.keys["daemon_par"])
+    r = _ratio("vc_daemon_par", "null_daemon_par")
     rows.append((f"  (same, {THREADS} readers)", f"{r:.0%}", check(r >= 0.8)))
-    r = _ratio(vc.keys["daemon_data"], null.keys["daemon_data"])
+    r = _ratio("vc_daemon_data", "null_daemon_data")
     rows.append(("  (same, dentries kept: drop_caches 1)", f"{r:.0%}", check(r >= 0.8)))
-    r = _ratio(vc.keys["daemon"], "icechunk_warm")
+    r = _ratio("vc_daemon", "icechunk_warm")
     rows.append(("daemon-cached >= icechunk store.get (warm)", f"{r:.2f}x", check(r >= 1.0)))
-    r = _ratio(vc.keys["cold"], "fsspec_cold")
+    r = _ratio("vc_daemon_par", "icechunk_warm")
+    rows.append((f"  (same, {THREADS} readers on the mount)", f"{r:.2f}x", check(r >= 1.0)))
+    r = _ratio("vc_cold", "fsspec_cold")
     rows.append(("cold >= 3x fsspec.fuse cold", f"{r:.2f}x", check(r >= 3.0)))
     r = _ratio("xr_mount_warm", "xr_icechunk_warm", by="median")
     rows.append(("xarray load (warm) within 1.1x of icechunk's store", f"{r:.2f}x",
@@ -1040,69 +1097,55 @@ def run(args: argparse.Namespace) -> str:
     runs = args.runs
     rev = revision()
     ds = build(args.days)
-    chunks = ds.chunks()
+    CHUNKS[:] = ds.chunks()
     expected: dict[Chunk, bytes] = {}
-    for c in chunks:
+    for c in CHUNKS:
         with open(c.nc, "rb") as f:
             expected[c] = os.pread(f.fileno(), c.length, c.offset)
-    total = sum(c.length for c in chunks)
-    nc_bytes = sum(p.stat().st_size for p in {Path(c.nc) for c in chunks})
+    total = sum(c.length for c in CHUNKS)
+    nc_bytes = sum(p.stat().st_size for p in {Path(c.nc) for c in CHUNKS})
     MNT_DIR.mkdir(parents=True, exist_ok=True)
     dropped = drop_caches()
-    print(f"{len(chunks)} chunk files, {total / 1e6:.1f} MB of chunk bytes "
+    print(f"{len(CHUNKS)} chunk files, {total / 1e6:.1f} MB of chunk bytes "
           f"({total / nc_bytes:.0%} of the {nc_bytes / 1e6:.1f} MB of netCDF); {runs} runs; "
           f"drop_caches {'works' if dropped else 'FAILED: ' + DROP_STATUS['error']}", flush=True)
 
+    mounts = [Mounted("vc", "(b) vchunkfs (defaults)", "vchunkfs"),
+              Mounted("null", "(e) nullfs (kernel read-ahead)", "nullfs")]
+    if not args.no_knobs:
+        mounts += [
+            Mounted("vc-ra0", "vchunkfs read_ahead_kb=0", "vchunkfs", ["read_ahead_kb=0"]),
+            Mounted("vc-ra1024", "vchunkfs + read_ahead_kb 1024 via sysfs after INIT",
+                    "vchunkfs", sysfs_read_ahead=1024),
+            Mounted("vc-w8", "vchunkfs workers=8", "vchunkfs", ["workers=8"]),
+            Mounted("null-ra1024", "nullfs --read-ahead-kb 1024", "nullfs",
+                    ["--read-ahead-kb", "1024"])]
     reader = Reader()
     try:
-        bench_pread(reader, chunks, runs)
-        bench_icechunk(ds, chunks, runs)
-        default = bench_vchunkfs(ds, reader, chunks, expected, runs, "vchunkfs", [],
-                                 "(b) vchunkfs (defaults)")
-        bench_fsspec(ds, reader, chunks, expected, runs)
-        null = bench_nullfs(ds, reader, chunks, expected, runs, "nullfs", [],
-                            "(e) nullfs (kernel read-ahead)")
-        knobs: list[tuple[str, MountFigures]] = [
-            ("vchunkfs defaults (read_ahead_kb=1024 as shipped, workers=64)", default)]
-        if not args.no_knobs:
-            knobs.append(("vchunkfs read_ahead_kb=0 (kernel default)", bench_vchunkfs(
-                ds, reader, chunks, expected, runs, "vc-ra0", ["read_ahead_kb=0"],
-                "vchunkfs read_ahead_kb=0", full=False)))
-            knobs.append(("vchunkfs + 1024 KiB written to sysfs after mount", bench_vchunkfs(
-                ds, reader, chunks, expected, runs, "vc-ra1024", [],
-                "vchunkfs ra=1024 set after INIT", sysfs_read_ahead=1024, full=False)))
-            knobs.append(("vchunkfs workers=8", bench_vchunkfs(
-                ds, reader, chunks, expected, runs, "vc-w8", ["workers=8"],
-                "vchunkfs workers=8", full=False)))
-            knobs.append(("nullfs (kernel read-ahead)", null))
-            knobs.append(("nullfs --read-ahead-kb 1024", bench_nullfs(
-                ds, reader, chunks, expected, runs, "nullfs-ra1024", ["--read-ahead-kb", "1024"],
-                "(e) nullfs read-ahead 1024", full=False)))
-        bench_namespace(ds, chunks, runs)
-        bench_xarray(ds, max(runs, 1) if args.quick else max(runs - 2, 5))
+        bench_reads(ds, reader, expected, mounts, runs)
     finally:
         reader.close()
+    bench_namespace(ds, CHUNKS, runs)
+    bench_xarray(ds, runs if args.quick else max(runs - 2, 5))
 
     throughput = [
         "pread_warm", "pread_cold", "icechunk_warm", "icechunk_cold",
-        default.keys["cold"], default.keys["daemon"], default.keys["daemon_par"],
-        default.keys["daemon_data"], default.keys["kernel"], "fsspec_cold", "fsspec_warm",
-        null.keys["daemon"], null.keys["daemon_par"], null.keys["daemon_data"],
-        null.keys["kernel"]]
-    oc = [default.keys["openclose"], null.keys["openclose"]]
+        "vc_cold", "vc_daemon", "vc_daemon_par", "vc_daemon_data", "vc_kernel",
+        "fsspec_cold", "fsspec_warm",
+        "null_daemon", "null_daemon_par", "null_daemon_data", "null_kernel"]
     per_file = ["| mount | open+close per file, µs (cached) |", "|---|---:|"]
-    for k in oc:
+    for k in ("vc_openclose", "null_openclose"):
         r = RESULTS[k]
-        per_file.append(f"| {r.label} | {r.median / len(chunks) * 1e6:.0f} |")
+        per_file.append(f"| {r.label} | {r.median / len(CHUNKS) * 1e6:.0f} |")
     parts = [
         f"Machine: {machine(rev)}"
         + ("." if revision() == rev else f" (**{revision()} at the end of the run**)."),
-        f"Data: {args.days} days, {len(chunks)} chunk files, {total / 1e6:.1f} MB per pass; "
-        f"medians of {runs} runs; drop_caches "
+        f"Data: {args.days} days, {len(CHUNKS)} chunk files, {total / 1e6:.1f} MB per pass; "
+        f"medians of {runs} runs, the contestants of each state measured in turns; drop_caches "
         f"{'worked' if not DROP_STATUS else 'FAILED (' + DROP_STATUS['error'] + ')'}.",
         "Samples redone because another process used the CPU meanwhile: "
         + (", ".join(f"{k} {n}" for k, n in REDONE.items()) or "none") + "; kept although "
-        "disturbed (after 20 attempts): "
+        f"disturbed (after {RETRIES} attempts): "
         + (", ".join(f"{k} {n}" for k, n in KEPT_DISTURBED.items()) or "none") + ".",
         "", "#### Reading every chunk file once", "", throughput_table(throughput, "pread_warm"),
         "", "#### Per-file cost without data", "", "\n".join(per_file),
@@ -1111,8 +1154,8 @@ def run(args: argparse.Namespace) -> str:
         "", "#### xarray.open_zarr(...).load() of the whole data set", "",
         seconds_table(["xr_icechunk_warm", "xr_mount_warm", "xr_mount_daemon",
                        "xr_icechunk_cold", "xr_mount_cold"]),
-        "", "#### Knobs (GB/s, medians)", "", knob_table(knobs),
-        "", "#### Targets", "", target_table(default, null), ""]
+        "", "#### Knobs (GB/s, medians)", "", knob_table(mounts),
+        "", "#### Targets", "", target_table(), ""]
     return "\n".join(parts)
 
 
