@@ -829,6 +829,9 @@ def bench_xarray(ds: DataSet, runs: int) -> None:
             interleave([
                 Entry("xr_icechunk_warm", "xarray load, icechunk store", "warm",
                       pass_sample(functools.partial(icechunk_load, repo), warm_nc), 0),
+                Entry("xr_icechunk_warm_fresh", "xarray load, icechunk store",
+                      "warm, a fresh Repository each load",
+                      pass_sample(lambda: icechunk_load(open_repo()), warm_nc), 0),
                 Entry("xr_mount_warm", "xarray load, vchunkfs mount", "warm (kernel-cached)",
                       pass_sample(mount_load, functools.partial(reader.files, paths)), 0),
                 Entry("xr_mount_daemon", "xarray load, vchunkfs mount", "daemon-cached",
@@ -932,11 +935,14 @@ def bench_namespace(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
                 print(f"  namespace: {key:<46} {r.median * 1e6:8.0f} us per call"
                       f"  spread {r.spread:4.0%}", flush=True)
 
-            async def walk_and_read(space: Namespace) -> None:
+            async def walk_and_read(space: Namespace) -> tuple[float, float]:
                 """What the kernel asks on a cold pass: lookups (each directory once),
-                open, 128 KiB reads one after the other, release."""
+                open, 128 KiB reads one after the other, release. Returns the seconds
+                spent in lookups + opens and in reads + releases."""
                 dirs: dict[str, int] = {"": ROOT}
+                in_lookups = in_reads = 0.0
                 for c in chunks:
+                    t0 = time.perf_counter()
                     *parts, name = c.zarr_path.split("/")
                     parent = ROOT
                     for i, part in enumerate(parts):
@@ -946,12 +952,17 @@ def bench_namespace(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
                         parent = dirs[path]
                     attr = await space.lookup(parent, name)
                     fh, _ = await space.open(attr.ino)
+                    t1 = time.perf_counter()
                     for off in range(0, attr.size, 128 * 1024):
                         await space.read(fh, off, 128 * 1024)
                     space.release(fh)
+                    in_lookups += t1 - t0
+                    in_reads += time.perf_counter() - t1
+                return in_lookups, in_reads
 
-            key = "cold pass, per chunk file (fresh Repo, page cache dropped)"
-            r = Result(key, "per file")
+            cold = "cold pass, per chunk file (fresh Repo, page cache dropped)"
+            parts = ("  of which lookups + open", "  of which reads + release")
+            results = {k: Result(k, "per file") for k in (cold, *parts)}
             for _ in range(runs):
                 for attempt in range(RETRIES + 1):
                     wait_quiet("the next sample", quiet=True)
@@ -959,13 +970,16 @@ def bench_namespace(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
                     await fresh.start()
                     drop_caches()
                     with Window() as w:
-                        await walk_and_read(fresh)
+                        split = await walk_and_read(fresh)
                     if undisturbed("ns cold pass", w, attempt):
                         break
-                r.samples.append(w.seconds / len(chunks))
-            NS_OPS[key] = r
-            print(f"  namespace: {key:<46} {r.median * 1e6:8.0f} us per file"
-                  f"  spread {r.spread:4.0%}", flush=True)
+                results[cold].samples.append(w.seconds / len(chunks))
+                for k, seconds in zip(parts, split, strict=True):
+                    results[k].samples.append(seconds / len(chunks))
+            for k, r in results.items():
+                NS_OPS[k] = r
+                print(f"  namespace: {k:<46} {r.median * 1e6:8.0f} us per file"
+                      f"  spread {r.spread:4.0%}", flush=True)
 
         trio.run(main)
     except Exception as e:  # the namespace is internal API that others are changing
@@ -1050,9 +1064,11 @@ def target_table() -> str:
     rows.append((f"  (same, {THREADS} readers on the mount)", f"{r:.2f}x", check(r >= 1.0)))
     r = _ratio("vc_cold", "fsspec_cold")
     rows.append(("cold >= 3x fsspec.fuse cold", f"{r:.2f}x", check(r >= 3.0)))
-    r = _ratio("xr_mount_warm", "xr_icechunk_warm", by="median")
-    rows.append(("xarray load (warm) within 1.1x of icechunk's store", f"{r:.2f}x",
-                 check(r <= 1.1)))
+    best = min(("xr_icechunk_warm", "xr_icechunk_warm_fresh"),
+               key=lambda k: RESULTS[k].median if k in RESULTS else float("inf"))
+    r = _ratio("xr_mount_warm", best, by="median")
+    rows.append(("xarray load (warm) within 1.1x of icechunk's store (its faster variant)",
+                 f"{r:.2f}x", check(r <= 1.1)))
     r = _ratio("xr_mount_cold", "xr_icechunk_cold", by="median")
     rows.append(("  (same, both cold)", f"{r:.2f}x", check(r <= 1.1)))
     lines = ["| target | measured | verdict |", "|---|---:|---|"]
@@ -1152,7 +1168,8 @@ def run(args: argparse.Namespace) -> str:
         "", "#### vchunkfs's Namespace in-process (no FUSE), daemon-cached", "",
         ns_table(),
         "", "#### xarray.open_zarr(...).load() of the whole data set", "",
-        seconds_table(["xr_icechunk_warm", "xr_mount_warm", "xr_mount_daemon",
+        seconds_table(["xr_icechunk_warm", "xr_icechunk_warm_fresh", "xr_mount_warm",
+                       "xr_mount_daemon",
                        "xr_icechunk_cold", "xr_mount_cold"]),
         "", "#### Knobs (GB/s, medians)", "", knob_table(mounts),
         "", "#### Targets", "", target_table(), ""]
