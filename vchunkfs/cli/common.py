@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from vchunkfs.bridge import shared_bridge
@@ -82,11 +81,6 @@ def run[R](fn: Callable[[], Awaitable[R]]) -> R:
 def emit_json(doc: Any) -> None:
     json.dump(doc, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
-
-
-@dataclass
-class Outcome:
-    status: int
 
 
 def report_error(e: VchunkfsError, as_json: bool) -> int:

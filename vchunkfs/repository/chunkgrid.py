@@ -117,13 +117,6 @@ class ChunkGrid:
         """The chunk directory right under the array directory (``c``), if there is one."""
         return self.root if not self.flat and self.root else None
 
-    def dir_name(self, coords: Coords) -> str:
-        """The path (relative to the array) of the chunk directory for leading ``coords``."""
-        parts = [str(c) for c in coords]
-        if self.root:
-            parts.insert(0, self.root)
-        return "/".join(parts)
-
     def linear(self, coords: Coords) -> int:
         """Row-major linear index of a chunk (the order ``ChunkIndex`` is sorted in)."""
         idx = 0

@@ -276,7 +276,8 @@ class Writer:
         return SnapshotView(self.repo.ic, self.staged_id, self.session, node_tree(raw),
                             ViewCaches())
 
-    async def _write[T](self, key: str, fn: Any) -> Any:
+    async def _write(self, key: str, fn: Any) -> Any:
+        """Run one icechunk write (a zero-argument coroutine function); count it as a change."""
         try:
             result = await fn()
             self.mark_changed()
