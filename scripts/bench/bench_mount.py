@@ -78,6 +78,7 @@ COORDS = ("time", "zlev", "lat", "lon")
 BUF_SIZE = 4 * 1024 * 1024  # bigger than any chunk: one read() per file, then EOF
 THREADS = 8  # readers of the parallel variants
 QUIET_WAIT = 1800.0  # most seconds to wait for other benchmarks or test suites
+SETTLE = 0.3  # seconds after drop_caches before a timed pass
 NO_WAIT = False  # --no-wait: measure even when the machine is busy (smoke tests only)
 
 
@@ -209,6 +210,14 @@ def drop_caches(level: int = 3) -> bool:
         DROP_STATUS.setdefault("error", f"{type(e).__name__}: {e}")
         return False
     return True
+
+
+def drop_and_settle(level: int = 3) -> None:
+    """Drop the caches, then give the daemons a moment to handle the FORGET requests that
+    dropping dentries and inodes sends them (so that this work, which belongs to the
+    drop, does not land in the next timed pass, or in another mount's)."""
+    drop_caches(level)
+    time.sleep(SETTLE)
 
 
 def _ancestors() -> set[int]:
@@ -612,7 +621,7 @@ def fresh_sample(mount: Callable[[], contextlib.AbstractContextManager[Any]],
 
     def sample() -> tuple[Window, int]:
         with mount():
-            drop_caches()
+            drop_and_settle()
             with Window() as w:
                 n = fn()
         return w, n
@@ -695,7 +704,7 @@ class IcechunkReader:
 
     def cold_sample(self) -> tuple[Window, int]:
         fresh = self.open_store()
-        drop_caches()
+        drop_and_settle()
         with Window() as w:
             n = self.get_all(fresh)
         return w, n
@@ -749,17 +758,17 @@ def bench_reads(ds: DataSet, reader: Reader, expected: dict[Chunk, bytes],
             for m in mounts:
                 entries.append(Entry(f"{m.key}_daemon", m.label, "daemon-cached",
                                      pass_sample(functools.partial(reader.files, m.paths()),
-                                                 drop_caches)))
+                                                 drop_and_settle)))
                 entries.append(Entry(f"{m.key}_daemon_par", m.label,
                                      f"daemon-cached, {THREADS} readers",
                                      pass_sample(functools.partial(reader.files_parallel,
-                                                                   m.paths()), drop_caches)))
+                                                                   m.paths()), drop_and_settle)))
             interleave(entries, runs)
 
             print("- only the page cache dropped (echo 1): no lookups")
             entries = [Entry(f"{m.key}_daemon_data", m.label, "daemon-cached, dentries kept",
                              pass_sample(functools.partial(reader.files, m.paths()),
-                                         functools.partial(drop_caches, 1)))
+                                         functools.partial(drop_and_settle, 1)))
                        for m in mounts]
             interleave(entries, runs)
 
@@ -767,7 +776,7 @@ def bench_reads(ds: DataSet, reader: Reader, expected: dict[Chunk, bytes],
         wait_quiet("the cold passes")
         entries = [
             Entry("pread_cold", "(a) pread of the netCDF ranges", "cold",
-                  pass_sample(warm_nc, drop_caches)),
+                  pass_sample(warm_nc, drop_and_settle)),
             Entry("icechunk_cold", "(d) icechunk store.get", "cold (fresh repo, dropped)",
                   ice.cold_sample),
             Entry("fsspec_cold", "(c) fsspec.fuse ReferenceFileSystem",
@@ -813,7 +822,7 @@ def bench_xarray(ds: DataSet, runs: int) -> None:
 
     def icechunk_cold() -> tuple[Window, int]:
         fresh = open_repo()
-        drop_caches()
+        drop_and_settle()
         with Window() as w:
             icechunk_load(fresh)
         return w, 0
@@ -835,7 +844,7 @@ def bench_xarray(ds: DataSet, runs: int) -> None:
                 Entry("xr_mount_warm", "xarray load, vchunkfs mount", "warm (kernel-cached)",
                       pass_sample(mount_load, functools.partial(reader.files, paths)), 0),
                 Entry("xr_mount_daemon", "xarray load, vchunkfs mount", "daemon-cached",
-                      pass_sample(mount_load, drop_caches), 0)], runs)
+                      pass_sample(mount_load, drop_and_settle), 0)], runs)
         interleave([
             Entry("xr_icechunk_cold", "xarray load, icechunk store", "cold (fresh repo, dropped)",
                   icechunk_cold, 0),
@@ -1064,11 +1073,12 @@ def target_table() -> str:
     rows.append((f"  (same, {THREADS} readers on the mount)", f"{r:.2f}x", check(r >= 1.0)))
     r = _ratio("vc_cold", "fsspec_cold")
     rows.append(("cold >= 3x fsspec.fuse cold", f"{r:.2f}x", check(r >= 3.0)))
-    best = min(("xr_icechunk_warm", "xr_icechunk_warm_fresh"),
-               key=lambda k: RESULTS[k].median if k in RESULTS else float("inf"))
-    r = _ratio("xr_mount_warm", best, by="median")
-    rows.append(("xarray load (warm) within 1.1x of icechunk's store (its faster variant)",
-                 f"{r:.2f}x", check(r <= 1.1)))
+    r = _ratio("xr_mount_warm", "xr_icechunk_warm", by="median")
+    rows.append(("xarray load (warm) within 1.1x of icechunk's store", f"{r:.2f}x",
+                 check(r <= 1.1)))
+    r = _ratio("xr_mount_warm", "xr_icechunk_warm_fresh", by="median")
+    rows.append(("  (same, against a fresh Repository each load)", f"{r:.2f}x",
+                 check(r <= 1.1)))
     r = _ratio("xr_mount_cold", "xr_icechunk_cold", by="median")
     rows.append(("  (same, both cold)", f"{r:.2f}x", check(r <= 1.1)))
     lines = ["| target | measured | verdict |", "|---|---:|---|"]
@@ -1142,7 +1152,7 @@ def run(args: argparse.Namespace) -> str:
     finally:
         reader.close()
     bench_namespace(ds, CHUNKS, runs)
-    bench_xarray(ds, runs if args.quick else max(runs - 2, 5))
+    bench_xarray(ds, runs)
 
     throughput = [
         "pread_warm", "pread_cold", "icechunk_warm", "icechunk_cold",

@@ -98,15 +98,30 @@ async def _serve(opts: MountOptions, namespace: Namespace, control: ControlServe
             control.close()
             return _fail(ready_fd, MountError(f"cannot mount at {opts.mountpoint}: {e}"))
         try:
-            _set_read_ahead(opts.mountpoint, opts.read_ahead_kb)
-            log.info("mounted %s (%s %s, snapshot %s) at %s", opts.source, root.version.kind,
-                     root.version.name, root.snapshot_id, opts.mountpoint)
-            _report(ready_fd, "ok")
-            _notify_systemd("READY=1")
+            async def announce_when_answering() -> None:
+                # A stat of the mountpoint returns once the kernel's handshake (FUSE_INIT)
+                # is answered; only then does the kernel keep a read-ahead written to
+                # sysfs (before it, it clamps the value back to 128 KiB). The stat runs
+                # in a thread: the trio thread must never touch its own mount.
+                try:
+                    await trio.to_thread.run_sync(os.stat, opts.mountpoint)
+                except OSError as e:
+                    _fail(ready_fd, MountError(f"the mount at {opts.mountpoint} does not answer: "
+                                               f"{e.strerror or e}"))
+                    pyfuse3.terminate()
+                    return
+                _set_read_ahead(opts.mountpoint, opts.read_ahead_kb)
+                log.info("mounted %s (%s %s, snapshot %s) at %s", opts.source,
+                         root.version.kind, root.version.name, root.snapshot_id,
+                         opts.mountpoint)
+                _report(ready_fd, "ok")
+                _notify_systemd("READY=1")
+
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals)
                 await nursery.start(namespace.run_poller, control.ops.invalidator)
                 await nursery.start(control.serve)
+                nursery.start_soon(announce_when_answering)
                 await pyfuse3.main(min_tasks=2, max_tasks=opts.workers)
                 nursery.cancel_scope.cancel()
         finally:

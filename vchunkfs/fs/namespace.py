@@ -451,6 +451,7 @@ class Namespace:
         pres = (await self._generation(gen_id)).presentation
         known = pres.stat_known(path)  # directories and absent names: no bridge crossing
         if not isinstance(known, Unknown):
+            self._entries[cache_key] = known
             return known
         entry = await self._pcall(lambda: pres.stat(path), path)
         self._entries[cache_key] = entry
