@@ -178,14 +178,14 @@ def build_repo(storage: ic.Storage, sources_dir: Path, *,
     return built
 
 
-def assert_reads_like_files(zarr_dir: Path, files: list[Path]) -> None:
+def assert_reads_like_files(zarr_dir: Path, files: list[Path], zarr_format: int = 3) -> None:
     """xarray on a Zarr directory equals xarray on the netCDF files, concatenated along time:
     raw integers, coordinates (decoded time included), attributes, and the encodings that
     matter (scale_factor, _FillValue); scaled values equal within float32 precision."""
     import xarray as xr
 
-    raw_m = xr.open_zarr(str(zarr_dir), consolidated=False, zarr_format=3, chunks=None,
-                         mask_and_scale=False)
+    raw_m = xr.open_zarr(str(zarr_dir), consolidated=False, zarr_format=zarr_format,
+                         chunks=None, mask_and_scale=False)
     parts = [xr.open_dataset(f, engine="netcdf4", mask_and_scale=False) for f in files]
     parts += [xr.open_dataset(f, engine="netcdf4") for f in files]
     n = len(files)
@@ -200,7 +200,8 @@ def assert_reads_like_files(zarr_dir: Path, files: list[Path]) -> None:
                 k: a for k, a in raw_d[v].attrs.items() if k not in strip}, v
         # scaled and masked: equal values (the zarr attributes carry scale_factor as a
         # float64 where netCDF has a float32, so xarray decodes to float64 there)
-        dec_m = xr.open_zarr(str(zarr_dir), consolidated=False, zarr_format=3, chunks=None)
+        dec_m = xr.open_zarr(str(zarr_dir), consolidated=False, zarr_format=zarr_format,
+                             chunks=None)
         dec_d = xr.concat(parts[n:], dim="time", coords="minimal", compat="override",
                           combine_attrs="override")
         for v in ("sst", "anom", "err", "ice"):

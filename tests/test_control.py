@@ -11,7 +11,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import msgpack
 import numpy as np
 import pytest
 import zarr
+from commands import cli
 from datasets import SST_V3_METADATA, chunk_refs, last_modified, read_h5, write_sources
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,17 +28,7 @@ from mounting import mounted
 from vchunkfs.control import Client, ControlError
 
 pytestmark = pytest.mark.timeout(300)
-CLI = [sys.executable, "-m", "vchunkfs.cli.main"]
-
 SST_META = SST_V3_METADATA
-
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "ICECHUNK_LOG": "error"})
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
 
 
 @pytest.fixture

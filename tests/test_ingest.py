@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import icechunk as ic
 import numpy as np
 import pytest
 import xarray as xr
+from commands import cli, make_days
 from datasets import assert_reads_like_files, write_like_the_guide
 from mounting import mounted
 
-PROJECT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "vchunkfs.cli.main"]
 pytestmark = pytest.mark.timeout(300)
-
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "ICECHUNK_LOG": "error"})
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
-
-
-def make_days(directory: Path, days: int, start: str = "2024-08-01", scale: int = 4) -> list[Path]:
-    subprocess.run([sys.executable, str(PROJECT / "scripts" / "make_oisst.py"), str(directory),
-                    "--days", str(days), "--start", start, "--scale", str(scale)], check=True,
-                   capture_output=True)
-    return sorted(directory.glob("*.nc"))
 
 
 def history(repo: Path) -> list[str]:

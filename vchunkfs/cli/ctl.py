@@ -24,7 +24,7 @@ from vchunkfs.cli.common import (
 )
 from vchunkfs.control import Client
 from vchunkfs.errors import UsageError
-from vchunkfs.presentation import render_history
+from vchunkfs.presentation.history import render_history
 from vchunkfs.repository import Authorization, Commit, Repo, parse_repo_url
 from vchunkfs.repository.containers import make_container
 

@@ -15,7 +15,7 @@ from vchunkfs.cli.common import (
     run,
     split_repo_version,
 )
-from vchunkfs.presentation import render_history
+from vchunkfs.presentation.history import render_history
 from vchunkfs.repository import Commit, Repo
 
 

@@ -81,8 +81,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "mount", help="mount a repository as a read-only Zarr directory",
         description="Mount REPO at MOUNTPOINT; returns once the mount is ready.",
-        epilog="example:\n  vchunkfs mount ./oisst /mnt/oisst --version v1 "
-               "--authorize file:///data/oisst/\n\n" + HELP,
+        epilog="examples:\n  vchunkfs mount ./oisst /mnt/oisst --version v1 "
+               "--authorize file:///data/oisst/\n"
+               "  vchunkfs mount ./oisst /mnt/oisst --presentation v2-decoded   "
+               "# for GDAL 3.6, ncdump, zarr.js\n\n" + HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repo", metavar="REPO")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -91,6 +93,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--authorize", action="append", default=[], metavar="PREFIX[=KIND]",
                    help="trust a virtual chunk container (repeatable)")
     p.add_argument("--auth-file", metavar="PATH")
+    p.add_argument("--presentation", metavar="NAME[+NAME...]",
+                   help="v3 (default), v2, v2-decoded, v3-decoded, several joined with '+', "
+                        "or all (see the presentation= option below)")
     p.add_argument("--cache-size", metavar="BYTES", help="e.g. 512M, 2G")
     p.add_argument("--show-versions", action="store_true", help="list .vchunkfs in the root")
     p.add_argument("--allow-other", action="store_true")
@@ -114,6 +119,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_mount(args: argparse.Namespace) -> int:
     options = list(args.options)
     pairs = (("version", args.mount_version), ("auth_file", args.auth_file),
+             ("presentation", args.presentation),
              ("cache_size", args.cache_size), ("log_file", args.log_file))
     options += [f"{k}={v}" for k, v in pairs if v]
     options += [f"authorize={a}" for a in args.authorize]

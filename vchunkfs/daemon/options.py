@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from vchunkfs.errors import UsageError
+from vchunkfs.presentation.names import canonical_presentations
 
 # Options mount(8), fstab and systemd pass or use that mean nothing to the daemon.
 IGNORED = {
@@ -24,7 +25,17 @@ IGNORED_PREFIXES = ("x-", "comment=", "context=", "fscontext=", "defcontext=", "
 HELP = """\
 mount options (-o opt[,opt...]):
   version=NAME          branch, tag or snapshot id the root shows (default: main)
-  presentation=NAME     how chunks are shown: zarr-v3 (default)
+  presentation=NAME     how the hierarchy is shown (docs/readers.md says which reader
+                        needs which):
+                          v3          stored Zarr v3 metadata, raw chunk bytes (default)
+                          v2          Zarr v2 metadata (+ .zmetadata), raw chunk bytes
+                          v2-decoded  Zarr v2, chunks decompressed: every reader reads it
+                          v3-decoded  Zarr v3, chunks decompressed, codec "bytes" only
+                        several joined with '+' (or 'all'): every version directory
+                        then holds one subdirectory per presentation, e.g. /mnt/x/v2/
+                        WRONG VALUES WITHOUT AN ERROR: zarr.js (which ignores the
+                        shuffle filter) on v2, and netCDF-C builds without filter
+                        plugins (Debian's ncdump) on v2: use v2-decoded for them
   authorize=PREFIX[=KIND]
                         trust a virtual chunk container (repeatable; KIND: default,
                         anonymous, env). Credentials: auth_file= or the environment
@@ -61,7 +72,7 @@ class MountOptions:
     source: str
     mountpoint: str
     version: str = "main"
-    presentation: str = "zarr-v3"
+    presentation: str = "v3"
     authorize: list[str] = field(default_factory=list)
     auth_file: str | None = None
     endpoint_url: str | None = None
@@ -112,7 +123,7 @@ def parse_options(source: str, mountpoint: str, options: list[str]) -> MountOpti
                 case "version" if value:
                     opts.version = value
                 case "presentation" if value:
-                    opts.presentation = value
+                    opts.presentation = "+".join(canonical_presentations(value))
                 case "authorize" if value:
                     opts.authorize.append(value)
                 case "auth_file" if value:

@@ -42,7 +42,9 @@ from vchunkfs.errors import (
     VchunkfsError,
 )
 from vchunkfs.fs.blockcache import BlockCache, read_blocks
-from vchunkfs.presentation import Presentation, make_presentation, render_history
+from vchunkfs.presentation.base import Presentation, make_presentation
+from vchunkfs.presentation.history import render_history
+from vchunkfs.presentation.names import canonical_presentations
 from vchunkfs.repository import Repo, Version
 from vchunkfs.repository.repo import Commit
 from vchunkfs.repository.snapshot import Entry, SnapshotView, Unknown
@@ -73,6 +75,7 @@ class NodeKey:
     tree: str = ""  # TREE: the tree id ("root", "branch:NAME", "tag:NAME", "snapshot:ID")
     gen: str = ""  # TREE: the snapshot the node belongs to; "" for the floating mount root
     path: str = ""  # TREE: path in the presentation; REFS/TEXT: the directory or file name
+    pres: str = ""  # TREE: the presentation; "" for a version's top directory listing several
 
 
 @dataclass
@@ -148,7 +151,7 @@ class FsError(Exception):
 @dataclass
 class MountConfig:
     version: str = "main"
-    presentation: str = "zarr-v3"
+    presentation: str = "v3"  # a name, several joined with "+", or "all"
     cache_bytes: int = 512 * 1024 * 1024
     show_versions: bool = False
     poll_interval: float = 2.0
@@ -157,8 +160,15 @@ class MountConfig:
 
 @dataclass
 class _Generation:
-    presentation: Presentation
+    view: SnapshotView
     mtime_ns: int
+    presentations: dict[str, Presentation]
+
+    def presentation(self, name: str) -> Presentation:
+        pres = self.presentations.get(name)
+        if pres is None:
+            pres = self.presentations[name] = make_presentation(name, self.view)
+        return pres
 
 
 class Namespace:
@@ -171,6 +181,10 @@ class Namespace:
         self.bridge = bridge
         self.config = config
         self.cache = BlockCache(config.cache_bytes)
+        self.presentations = canonical_presentations(config.presentation)
+        # with one presentation every tree node has it; with several, a version's top
+        # directory lists one subdirectory per presentation (nodes with pres "")
+        self._top_pres = self.presentations[0] if len(self.presentations) == 1 else ""
         self._inodes: dict[int, Inode] = {}
         self._by_key: dict[tuple[NodeKey, int], int] = {}
         self._next_ino = ROOT + 1
@@ -178,10 +192,10 @@ class Namespace:
         self._generations: LRUCache[str, _Generation] = LRUCache(64)
         # (generation, path) -> entry or None: generations never change, and a hit
         # saves a round trip through the bridge (0.1-0.3 ms) on lookup, getattr, open
-        self._entries: LRUCache[tuple[str, str], Entry | None] = LRUCache(ENTRY_CACHE)
+        self._entries: LRUCache[tuple[str, str, str], Entry | None] = LRUCache(ENTRY_CACHE)
         self._files: dict[int, OpenFile] = {}
         self._next_fh = 1
-        root = Inode(ROOT, NodeKey(TREE, "root", "", ""), ROOT, "", lookups=1)
+        root = Inode(ROOT, NodeKey(TREE, "root", "", "", self._top_pres), ROOT, "", lookups=1)
         self._inodes[ROOT] = root
 
     # -- set-up -------------------------------------------------------------
@@ -206,14 +220,13 @@ class Namespace:
         if gen is None and snapshot_id.startswith("staged-") and self.staged is not None:
             staged = self.staged
             view = await self._pcall(lambda: staged.staged_view(snapshot_id), snapshot_id)
-            gen = _Generation(make_presentation(self.config.presentation, view), time.time_ns())
+            gen = _Generation(view, time.time_ns(), {})
             self._generations[snapshot_id] = gen
         if gen is None:
             view = await self._pcall(lambda: self.repo.view_of(snapshot_id), snapshot_id)
             info = await self._pcall(lambda: self.repo.ic.lookup_snapshot_async(snapshot_id),
                                      snapshot_id)
-            gen = _Generation(make_presentation(self.config.presentation, view),
-                              int(info.written_at.timestamp() * 1e9))
+            gen = _Generation(view, int(info.written_at.timestamp() * 1e9), {})
             self._generations[snapshot_id] = gen
         return gen
 
@@ -315,14 +328,21 @@ class Namespace:
         out: list[tuple[str, NodeKey, Attr]] = []
         if key.kind == TREE:
             gen_id = key.gen or await self._current_gen(key.tree)
-            pres = (await self._generation(gen_id)).presentation
-            entries = await self._pcall(lambda: pres.list_dir(key.path), key.path)
-            mtime = (await self._generation(gen_id)).mtime_ns
-            for e in entries:
-                child = NodeKey(TREE, key.tree, gen_id, _join(key.path, e.name))
-                self._entries[(gen_id, child.path)] = e
-                cino = self._intern(child, ino, e.name)
-                out.append((e.name, child, Attr(cino, e.is_dir, e.size, mtime, LONG_TIMEOUT)))
+            gen = await self._generation(gen_id)
+            if not key.pres:
+                for name in self.presentations:
+                    child = NodeKey(TREE, key.tree, gen_id, "", name)
+                    cino = self._intern(child, ino, name)
+                    out.append((name, child, Attr(cino, True, 0, gen.mtime_ns, LONG_TIMEOUT)))
+            else:
+                pres = gen.presentation(key.pres)
+                entries = await self._pcall(lambda: pres.list_dir(key.path), key.path)
+                for e in entries:
+                    child = NodeKey(TREE, key.tree, gen_id, _join(key.path, e.name), key.pres)
+                    self._entries[(gen_id, key.pres, child.path)] = e
+                    cino = self._intern(child, ino, e.name)
+                    out.append((e.name, child,
+                                Attr(cino, e.is_dir, e.size, gen.mtime_ns, LONG_TIMEOUT)))
             if ino == ROOT and self.config.show_versions:
                 vkey = NodeKey(VERSIONS)
                 out.append((VERSIONS_DIR, vkey, await self._attr(
@@ -341,7 +361,7 @@ class Namespace:
                 tree = await self._tree(child.tree)
                 if tree is None:
                     continue  # deleted while listing
-                child = NodeKey(TREE, child.tree, tree.snapshot_id, "")
+                child = NodeKey(TREE, child.tree, tree.snapshot_id, "", self._top_pres)
             cino = self._intern(child, ino, name)
             out.append((name, child, await self._attr(cino, child)))
         return out
@@ -352,9 +372,9 @@ class Namespace:
         if key.kind == TEXT:
             f = OpenFile(key, 0, keep_cache=False, text=await self._text(key.path))
             f.size = len(f.text or b"")
-        elif key.kind == TREE and key.gen:
-            pres = (await self._generation(key.gen)).presentation
-            entry = await self._stat(key.gen, key.path)
+        elif key.kind == TREE and key.gen and key.pres:
+            pres = (await self._generation(key.gen)).presentation(key.pres)
+            entry = await self._stat(key.gen, key.pres, key.path)
             if entry is None:
                 raise FsError(errno.ENOENT)
             if entry.is_dir:
@@ -438,17 +458,19 @@ class Namespace:
             tree = self._trees["root"]
             return Attr(ino, True, 0, tree.mtime_ns, SHORT_TIMEOUT)
         gen = await self._generation(key.gen)
-        entry = await self._stat(key.gen, key.path)
+        if not key.pres:  # a version's top directory, listing presentations
+            return Attr(ino, True, 0, gen.mtime_ns, LONG_TIMEOUT)
+        entry = await self._stat(key.gen, key.pres, key.path)
         if entry is None:
             raise FsError(errno.ENOENT)
         return Attr(ino, entry.is_dir, entry.size, gen.mtime_ns, LONG_TIMEOUT)
 
-    async def _stat(self, gen_id: str, path: str) -> Entry | None:
+    async def _stat(self, gen_id: str, pres_name: str, path: str) -> Entry | None:
         """The presentation's entry for ``path`` in a generation, cached."""
-        cache_key = (gen_id, path)
+        cache_key = (gen_id, pres_name, path)
         if cache_key in self._entries:
             return self._entries[cache_key]
-        pres = (await self._generation(gen_id)).presentation
+        pres = (await self._generation(gen_id)).presentation(pres_name)
         known = pres.stat_known(path)  # directories and absent names: no bridge crossing
         if not isinstance(known, Unknown):
             self._entries[cache_key] = known
@@ -472,16 +494,20 @@ class Namespace:
             if pnode.ino == ROOT and name == VERSIONS_DIR:
                 return NodeKey(VERSIONS)
             gen_id = key.gen or await self._current_gen(key.tree)
+            if not key.pres:
+                return (NodeKey(TREE, key.tree, gen_id, "", name)
+                        if name in self.presentations else None)
             path = _join(key.path, name)
-            entry = await self._stat(gen_id, path)
-            return None if entry is None else NodeKey(TREE, key.tree, gen_id, path)
+            entry = await self._stat(gen_id, key.pres, path)
+            return None if entry is None else NodeKey(TREE, key.tree, gen_id, path, key.pres)
         if key.kind == VERSIONS:
             if name in REF_DIRS:
                 return NodeKey(REFS, path=name)
             return NodeKey(TEXT, path=name) if name in TEXT_FILES else None
         if key.kind == REFS:
             tree = await self._tree(f"{_tree_kind(key.path)}:{name}")
-            return None if tree is None else NodeKey(TREE, tree.id, tree.snapshot_id, "")
+            return None if tree is None else NodeKey(TREE, tree.id, tree.snapshot_id, "",
+                                                     self._top_pres)
         return None
 
     async def _ref_names(self, which: str) -> list[str]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+from vchunkfs.errors import UsageError
+from vchunkfs.presentation.converted import ConvertedPresentation
+from vchunkfs.presentation.names import NAMES, canonical_presentations
 from vchunkfs.repository.snapshot import Entry, SnapshotView, Unknown
 
 
@@ -37,7 +41,7 @@ class Presentation(Protocol):
 class ZarrV3Presentation:
     """The snapshot as stored: Zarr v3 metadata documents and raw chunk bytes."""
 
-    name = "zarr-v3"
+    name = "v3"
 
     def __init__(self, view: SnapshotView) -> None:
         self.view = view
@@ -55,18 +59,25 @@ class ZarrV3Presentation:
         return await self.view.read(path, offset, length)
 
 
-_PRESENTATIONS = {ZarrV3Presentation.name: ZarrV3Presentation, "v3": ZarrV3Presentation}
+def _converted(name: str, zarr_format: int, decoded: bool) -> Callable[[SnapshotView],
+                                                                       Presentation]:
+    def make(view: SnapshotView) -> Presentation:
+        return ConvertedPresentation(view, name, zarr_format, decoded)
+    return make
 
 
-def presentation_names() -> list[str]:
-    return sorted(_PRESENTATIONS)
+_PRESENTATIONS: dict[str, Callable[[SnapshotView], Presentation]] = {
+    "v3": ZarrV3Presentation,
+    "v2": _converted("v2", 2, False),
+    "v2-decoded": _converted("v2-decoded", 2, True),
+    "v3-decoded": _converted("v3-decoded", 3, True),
+}
+assert tuple(_PRESENTATIONS) == NAMES
 
 
 def make_presentation(name: str, view: SnapshotView) -> Presentation:
-    try:
-        return _PRESENTATIONS[name](view)
-    except KeyError:
-        from vchunkfs.errors import UsageError
-
-        raise UsageError(f"unknown presentation {name!r}: use one of "
-                         + ", ".join(presentation_names())) from None
+    """A presentation of ``view`` by canonical name or alias; raises UsageError."""
+    names = canonical_presentations(name)
+    if len(names) != 1:
+        raise UsageError(f"{name!r} names {len(names)} presentations; one is needed here")
+    return _PRESENTATIONS[names[0]](view)

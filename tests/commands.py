@@ -1,0 +1,28 @@
+"""The command line and the project's scripts, run as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "vchunkfs.cli.main"]
+
+
+def cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``vchunkfs ARGS``; with ``check``, a non-zero exit fails the test with its output."""
+    r = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, "ICECHUNK_LOG": "error"})
+    if check:
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r
+
+
+def make_days(directory: Path, days: int, start: str = "2024-08-01", scale: int = 4) -> list[Path]:
+    """OISST-like daily files from scripts/make_oisst.py (1/scale of the real grid)."""
+    subprocess.run([sys.executable, str(PROJECT / "scripts" / "make_oisst.py"), str(directory),
+                    "--days", str(days), "--start", start, "--scale", str(scale)], check=True,
+                   capture_output=True)
+    return sorted(directory.glob("*.nc"))

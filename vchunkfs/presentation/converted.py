@@ -1,0 +1,389 @@
+"""Presentations computed from the stored snapshot: Zarr v2 metadata, decoded chunks.
+
+``v2``          Zarr v2 documents (``.zgroup``, ``.zarray``, ``.zattrs``, and a
+                consolidated ``.zmetadata`` at the root) over the stored chunk
+                bytes, with keys ``0.0.3``.
+``v2-decoded``  the same documents naming plain bytes (no compressor, no
+                filters, little-endian) and chunks served decoded.
+``v3-decoded``  the stored ``zarr.json`` documents with the codecs reduced to
+                ``bytes`` (little-endian) and chunks served decoded, under the
+                stored chunk keys.
+
+Documents are derived from the stored ``zarr.json`` only, so a file's size is
+known without reading chunks; a decoded chunk's size is the chunk shape times
+the item size. An array the presentation cannot show (a codec or data type
+with no form here) keeps its directory, which then holds one text file,
+``UNSUPPORTED``, saying why; the array is left out of ``.zmetadata`` and a
+warning is logged once.
+
+See docs/SEMANTICS.md ("Presentations") for the attribute rules
+(``_ARRAY_DIMENSIONS``, ``_FillValue``) and why they are what they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import math
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from vchunkfs.errors import NotFoundError, VchunkfsError
+from vchunkfs.presentation.codecs import CodecChain, UnsupportedArrayError
+from vchunkfs.repository.chunkgrid import ChunkGrid, Coords
+from vchunkfs.repository.snapshot import METADATA_KEY, UNKNOWN, Entry, Node, SnapshotView, Unknown
+
+log = logging.getLogger("vchunkfs.presentation")
+
+ZGROUP, ZARRAY, ZATTRS, ZMETADATA = ".zgroup", ".zarray", ".zattrs", ".zmetadata"
+UNSUPPORTED = "UNSUPPORTED"
+DECODED_CACHE_BYTES = 64 * 1024 * 1024  # decoded chunks kept for reads of several blocks
+
+
+@dataclass(frozen=True)
+class _ArrayForm:
+    """What the presentation shows for one array; ``reason`` set when it cannot."""
+
+    stored_grid: ChunkGrid | None = None  # the stored chunk keys
+    grid: ChunkGrid | None = None  # the presented chunk keys
+    chain: CodecChain | None = None
+    reason: str = ""
+
+
+class ConvertedPresentation:
+    """A snapshot shown with other metadata and/or decoded chunks (see module doc)."""
+
+    def __init__(self, view: SnapshotView, name: str, zarr_format: int, decoded: bool) -> None:
+        self.view = view
+        self.name = name
+        self.zarr_format = zarr_format
+        self.decoded = decoded
+        # dicts that only gain keys, so stat_known may read them from any thread
+        self._docs: dict[str, bytes] = {}
+        self._forms: dict[str, _ArrayForm] = {}
+        self._decoded: OrderedDict[tuple[str, Coords], bytes] = OrderedDict()
+        self._decoded_bytes = 0
+
+    # -- the contract ---------------------------------------------------------
+
+    async def stat(self, path: str) -> Entry | None:
+        where = await self._resolve(path)
+        name = path.strip("/").rsplit("/", 1)[-1]
+        if where is None:
+            return None
+        node, kind, detail = where
+        if kind == "dir":
+            return Entry(name, True)
+        if kind == "doc":
+            return Entry(name, False, len(await self._doc(node, detail)))
+        size = await self._chunk_size(node.path, detail)
+        return None if size is None else Entry(name, False, size)
+
+    def stat_known(self, path: str) -> Entry | Unknown | None:
+        parts = path.strip("/").split("/") if path.strip("/") else []
+        name = parts[-1] if parts else ""
+        for i in range(len(parts), -1, -1):
+            node = self.view.nodes.get("/".join(parts[:i]))
+            if node is None:
+                continue
+            rest = "/".join(parts[i:])
+            if not rest:
+                return Entry(name, True)
+            form = self._forms.get(node.path) if node.kind == "array" else _ArrayForm()
+            if form is None:
+                return UNKNOWN
+            if rest in self._doc_names(node, form):
+                doc = self._docs.get(_doc_key(node.path, rest))
+                return UNKNOWN if doc is None else Entry(name, False, len(doc))
+            if form.grid is None or form.stored_grid is None:
+                return None
+            parsed = form.grid.parse(rest)
+            if parsed is None:
+                return None
+            if not parsed.is_chunk:
+                return Entry(name, True)
+            stored = self.view.stat_known(
+                SnapshotView.chunk_key(node.path, form.stored_grid, parsed.coords))
+            if isinstance(stored, Entry) and self.decoded:
+                assert form.chain is not None
+                return Entry(name, False, form.chain.decoded_nbytes)
+            return stored if not isinstance(stored, Entry) else Entry(name, False, stored.size)
+        return None
+
+    async def list_dir(self, path: str) -> list[Entry]:
+        where = await self._resolve(path)
+        if where is None or where[1] != "dir":
+            raise NotFoundError(f"no directory {path.strip('/') or '/'!r} in snapshot "
+                                f"{self.view.snapshot_id}")
+        node, _, coords = where
+        entries: list[Entry] = []
+        form = await self._form(node) if node.kind == "array" else _ArrayForm()
+        if coords is None:  # the node's own directory
+            for doc_name in self._doc_names(node, form):
+                entries.append(Entry(doc_name, False, len(await self._doc(node, doc_name))))
+            if node.kind == "group":
+                entries += [Entry(c, True) for c in node.children]
+        if form.grid is not None:
+            entries += await self._chunk_entries(node.path, form, coords)
+        return sorted(entries, key=lambda e: e.name)
+
+    async def read(self, path: str, offset: int, length: int) -> bytes:
+        where = await self._resolve(path)
+        if where is None or where[1] == "dir":
+            raise NotFoundError(f"no file {path.strip('/')!r} in snapshot {self.view.snapshot_id}")
+        node, kind, detail = where
+        if kind == "doc":
+            return (await self._doc(node, detail))[offset:offset + length]
+        if not self.decoded:
+            return await self.view.read_chunk(node.path, detail, offset, length)
+        return (await self._decoded_chunk(node.path, detail))[offset:offset + length]
+
+    # -- names ----------------------------------------------------------------
+
+    async def _resolve(self, path: str) -> tuple[Node, str, Any] | None:
+        """(node, "dir", coords of a chunk directory or None) or (node, "doc", name) or
+        (node, "chunk", coords); None when the path names nothing."""
+        parts = path.strip("/").split("/") if path.strip("/") else []
+        for i in range(len(parts), -1, -1):
+            node = self.view.nodes.get("/".join(parts[:i]))
+            if node is None:
+                continue
+            rest = "/".join(parts[i:])
+            if not rest:
+                return node, "dir", None
+            form = await self._form(node) if node.kind == "array" else _ArrayForm()
+            if rest in self._doc_names(node, form):
+                return node, "doc", rest
+            if form.grid is None:
+                return None
+            parsed = form.grid.parse(rest)
+            if parsed is None:
+                return None
+            return (node, "chunk", parsed.coords) if parsed.is_chunk else (
+                node, "dir", parsed.coords)
+        return None
+
+    def _doc_names(self, node: Node, form: _ArrayForm) -> tuple[str, ...]:
+        if not node.stored:
+            return ()
+        if form.reason:
+            return (UNSUPPORTED,)
+        if self.zarr_format == 3:
+            return (METADATA_KEY,)
+        if node.kind == "array":
+            return (ZARRAY, ZATTRS)
+        return (ZATTRS, ZGROUP, ZMETADATA) if node.path == "" else (ZATTRS, ZGROUP)
+
+    async def _form(self, node: Node) -> _ArrayForm:
+        form = self._forms.get(node.path)
+        if form is not None:
+            return form
+        meta = await self.view.metadata_json(node.path)
+        stored_grid = await self.view.grid(node.path)
+        try:
+            chain = CodecChain.from_metadata(meta)
+            if self.zarr_format == 2 and not self.decoded:
+                chain.v2_filters_compressor()
+            grid = (stored_grid if self.zarr_format == 3
+                    else ChunkGrid(stored_grid.grid_shape, ".", ""))
+            form = _ArrayForm(stored_grid, grid, chain)
+        except UnsupportedArrayError as e:
+            log.warning("presentation %s cannot show array %s of snapshot %s: %s",
+                        self.name, node.path or "/", self.view.snapshot_id, e)
+            form = _ArrayForm(reason=str(e))
+        self._forms[node.path] = form
+        return form
+
+    # -- documents ------------------------------------------------------------
+
+    async def _doc(self, node: Node, name: str) -> bytes:
+        key = _doc_key(node.path, name)
+        doc = self._docs.get(key)
+        if doc is None:
+            doc = await self._make_doc(node, name)
+            self._docs[key] = doc
+        return doc
+
+    async def _make_doc(self, node: Node, name: str) -> bytes:
+        if name == UNSUPPORTED:
+            form = await self._form(node)
+            return (f"vchunkfs: presentation {self.name} cannot show array "
+                    f"{node.path or '/'}: {form.reason}.\nMount with presentation=v3 "
+                    "to read it as stored.\n").encode()
+        if name == ZMETADATA:
+            return _dump({"zarr_consolidated_format": 1,
+                          "metadata": await self._consolidated()})
+        return _dump(await self._doc_json(node, name))
+
+    async def _doc_json(self, node: Node, name: str) -> dict[str, Any]:
+        meta = await self.view.metadata_json(node.path)
+        if name == METADATA_KEY:  # v3-decoded: the stored document, codecs reduced
+            form = await self._form(node) if node.kind == "array" else _ArrayForm()
+            if form.chain is not None:
+                codec: dict[str, Any] = {"name": "bytes"}
+                if form.chain.dtype.itemsize > 1:
+                    codec["configuration"] = {"endian": "little"}
+                meta = {**meta, "codecs": [codec]}
+            return meta
+        if name == ZGROUP:
+            return {"zarr_format": 2}
+        if name == ZATTRS:
+            return v2_attributes(meta)
+        form = await self._form(node)
+        assert form.chain is not None
+        return v2_array_document(meta, form.chain, self.decoded)
+
+    async def _consolidated(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for path in sorted(self.view.nodes):
+            node = self.view.nodes[path]
+            if not node.stored:
+                continue
+            form = await self._form(node) if node.kind == "array" else _ArrayForm()
+            for doc_name in self._doc_names(node, form):
+                if doc_name in (UNSUPPORTED, ZMETADATA):
+                    continue
+                out[_doc_key(path, doc_name)] = await self._doc_json(node, doc_name)
+        return out
+
+    # -- chunks ---------------------------------------------------------------
+
+    async def _chunk_size(self, array: str, coords: Coords) -> int | None:
+        size = await self.view.chunk_size(array, coords)
+        if size is None or not self.decoded:
+            return size
+        form = self._forms[array]
+        assert form.chain is not None
+        return form.chain.decoded_nbytes
+
+    async def _chunk_entries(self, array: str, form: _ArrayForm,
+                             lead: Coords | None) -> list[Entry]:
+        """Chunk files and directories in the array's directory (``lead`` None) or in
+        the chunk directory whose leading coordinates are ``lead``."""
+        assert form.grid is not None and form.chain is not None
+        grid, chain = form.grid, form.chain
+        if lead is None and grid.top_dir():
+            return [Entry(grid.top_dir() or "", True)]
+        if lead is None and not grid.flat:
+            return []
+        lead = lead or ()
+        if not grid.flat and len(lead) < grid.ndim - 1:
+            return [Entry(str(i), True) for i in range(grid.grid_shape[len(lead)])]
+        stored = await self.view.stored_chunks(array, lead)
+        return [Entry(grid.key(c).rsplit("/", 1)[-1], False,
+                      chain.decoded_nbytes if self.decoded else size) for c, size in stored]
+
+    async def _decoded_chunk(self, array: str, coords: Coords) -> bytes:
+        cache_key = (array, coords)
+        data = self._decoded.get(cache_key)
+        if data is not None:
+            self._decoded.move_to_end(cache_key)
+            return data
+        form = self._forms[array]
+        assert form.chain is not None
+        stored = await self.view.read_chunk(array, coords)
+        try:
+            data = await asyncio.to_thread(form.chain.decode, stored)
+        except VchunkfsError as e:
+            assert form.stored_grid is not None
+            key = SnapshotView.chunk_key(array, form.stored_grid, coords)
+            raise type(e)(f"{key}: {e}") from e
+        self._decoded[cache_key] = data
+        self._decoded_bytes += len(data)
+        while self._decoded_bytes > DECODED_CACHE_BYTES and len(self._decoded) > 1:
+            _, old = self._decoded.popitem(last=False)
+            self._decoded_bytes -= len(old)
+        return data
+
+
+# -- Zarr v2 documents ---------------------------------------------------------
+
+
+def v2_array_document(meta: dict[str, Any], chain: CodecChain, decoded: bool) -> dict[str, Any]:
+    """The ``.zarray`` of a v3 array: same shape, chunks and fill value."""
+    if decoded:
+        dtype, filters, compressor = chain.dtype.newbyteorder("<"), None, None
+        order = "C"
+    else:
+        dtype, order = chain.dtype, chain.order
+        filters, compressor = chain.v2_filters_compressor()
+    return {
+        "zarr_format": 2,
+        "shape": list(meta["shape"]),
+        "chunks": list(chain.chunk_shape),
+        "dtype": dtype.str,
+        "fill_value": v2_fill_value(meta),
+        "order": order,
+        "filters": filters,
+        "compressor": compressor,
+        "dimension_separator": ".",
+    }
+
+
+def v2_fill_value(meta: dict[str, Any]) -> Any:
+    """The v2 ``fill_value``: the stored one, or null when it is the default zero and
+    the attributes declare no ``_FillValue`` (v2 readers such as xarray treat a
+    fill value as a missing-value mark, and zeros are data)."""
+    fill = _plain_fill(meta.get("fill_value"), meta.get("data_type", ""))
+    if fill in (0, False) and "_FillValue" not in meta.get("attributes", {}):
+        return None
+    return fill
+
+
+def v2_attributes(meta: dict[str, Any]) -> dict[str, Any]:
+    """``.zattrs``: the stored attributes, plus ``_ARRAY_DIMENSIONS`` (how xarray and
+    netCDF-C name dimensions in v2) and a plain ``_FillValue`` (how netCDF-C
+    learns the missing value)."""
+    attrs = dict(meta.get("attributes", {}))
+    if meta.get("node_type") != "array":
+        return attrs
+    dims = meta.get("dimension_names")
+    if dims and all(isinstance(d, str) for d in dims):
+        attrs["_ARRAY_DIMENSIONS"] = list(dims)
+    data_type = meta.get("data_type", "")
+    if "_FillValue" in attrs:
+        fill = _cf_fill(attrs["_FillValue"], data_type)
+    else:
+        fill = v2_fill_value(meta)
+    if fill is None or isinstance(fill, str):
+        # NaN needs no mark (it reads as missing everywhere) and strict JSON has no NaN
+        attrs.pop("_FillValue", None)
+    else:
+        attrs["_FillValue"] = fill
+    return attrs
+
+
+def _plain_fill(value: Any, data_type: str) -> Any:
+    """A v3 fill value in v2 JSON: numbers as numbers, NaN and infinities as strings."""
+    if isinstance(value, str) and value.startswith("0x") and data_type.startswith("float"):
+        size = {"float16": 2, "float32": 4, "float64": 8}[data_type]
+        fmt = {2: ">e", 4: ">f", 8: ">d"}[size]
+        value = struct.unpack(fmt, int(value, 16).to_bytes(size, "big"))[0]
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def _cf_fill(value: Any, data_type: str) -> Any:
+    """A ``_FillValue`` attribute as xarray stores it in v3 (floats base64-packed)."""
+    if isinstance(value, str) and data_type.startswith("float"):
+        try:
+            value = struct.unpack("<d", base64.standard_b64decode(value))[0]
+        except (ValueError, struct.error):
+            return None
+    return _plain_fill(value, data_type)
+
+
+def _doc_key(node_path: str, name: str) -> str:
+    return f"{node_path}/{name}" if node_path else name
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode()
