@@ -1,6 +1,6 @@
 // Read one array of a Zarr directory with zarrita.js (v2 or v3) and print it as JSON.
 // Usage (from the directory holding node_modules): node --input-type=module - STORE ARRAY < zarrita.mjs
-// Prints {"reader", "version", "dtype", "shape", "fill_value", "values"} or {"reader", "error"}.
+// Prints {"reader", "dtype", "shape", "fill_value", "values"} or {"reader", "error"}.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import FileSystemStore from "@zarrita/storage/fs";
