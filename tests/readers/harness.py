@@ -379,6 +379,15 @@ def _gdal_translate(store_dir: Path, array: str) -> ReaderResult:
         # GDAL 3.6 also lists the whole N-D array, which the classic tools cannot open
         # ("Indices of extra dimensions must be specified"): keep the 2D slices
         slices.pop((), None)
+    elif list(slices) == [()]:
+        # with several N-D arrays GDAL lists only the arrays; name the slices as a user
+        # does (ZARR:"dir":/sst:14:0), from the sizes gdalmdiminfo gives
+        mdim = _run(["gdalmdiminfo", "-array", array, "-limit", "0", root])
+        if mdim.returncode == 0:
+            sizes = [int(d["size"]) for d in json.loads(mdim.stdout)["dimensions"]]
+            if len(sizes) > 2:
+                slices = {ix: f"{prefix}:" + ":".join(map(str, ix))
+                          for ix in np.ndindex(*sizes[:-2])}
     if not slices:
         return ReaderResult(name, version, log=info.stderr,
                             error=info.failure("gdalinfo") if "ERROR" in info.stderr
