@@ -9,8 +9,9 @@ import icechunk as ic
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 from commands import cli, make_days
-from datasets import assert_reads_like_files, write_like_the_guide
+from datasets import assert_reads_like_files, read_h5, write_like_the_guide
 from mounting import mounted
 
 pytestmark = pytest.mark.timeout(300)
@@ -115,7 +116,7 @@ def test_bad_inputs_change_nothing(tmp_path):
     coarse = make_days(tmp_path / "coarse", 1, start="2024-08-03", scale=8)[0]
     outside = make_days(tmp_path / "elsewhere", 1, start="2024-08-03")[0]
     cases = [
-        ([str(files[0]), str(text)], 2, f"{text}: not netCDF/HDF5"),
+        ([str(files[0]), str(text)], 2, f"{text}: not netCDF/HDF5, netCDF3, TIFF"),
         # inputs are sorted, so .../coarse/... is the reference and day 1 the odd one out
         ([str(files[0]), str(coarse), "--container", tmp_path.as_uri() + "/"], 2,
          f"{files[0].as_uri()} does not match {coarse.as_uri()}: variable 'lat' has shape "
@@ -131,3 +132,81 @@ def test_bad_inputs_change_nothing(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == status and len(lines) == 1 and message in lines[0], (args, r)
     assert history(repo) == before
+
+
+def test_region_write_replaces_days_in_a_new_commit(tmp_path):
+    """--replace-region points existing days at other files; the old snapshot keeps its refs."""
+    files = make_days(tmp_path / "data", 4)
+    fixed = make_days(tmp_path / "fixed", 2, start="2024-08-02")  # new versions of days 2, 3
+    prefix = tmp_path.as_uri() + "/"
+    repo = tmp_path / "repo"
+    cli("init", str(repo), "--container", prefix)
+    cli("ingest", str(repo), *map(str, files), "--concat-dim", "time")
+    before = history(repo)[0]
+    cli("ingest", str(repo), *map(str, fixed), "--concat-dim", "time",
+        "--replace-region", "time=1:3", "-m", "reprocessed days 2 and 3")
+    new = store_dataset(repo, prefix, decode=False)
+    assert new.sizes["time"] == 4
+    want = [files[0], *fixed, files[3]]
+    for day, path in enumerate(want):
+        np.testing.assert_array_equal(new.sst.values[day], read_h5(path, "sst")[0])
+    old = store_dataset(repo, prefix, version=before, decode=False)
+    for day, path in enumerate(files):
+        np.testing.assert_array_equal(old.sst.values[day], read_h5(path, "sst")[0])
+    refs = json.loads(cli("show", str(repo), "sst", "--json").stdout)
+    assert refs["chunks"]["virtual"] == 4
+
+
+def test_region_outside_the_array_changes_nothing(tmp_path):
+    files = make_days(tmp_path / "data", 2)
+    prefix = (tmp_path / "data").as_uri() + "/"
+    repo = tmp_path / "repo"
+    cli("init", str(repo), "--container", prefix)
+    cli("ingest", str(repo), str(files[0]), "--concat-dim", "time")
+    before = history(repo)
+    r = cli("ingest", str(repo), str(files[1]), "--concat-dim", "time",
+            "--replace-region", "time=5:6", check=False)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert history(repo) == before
+
+
+def test_dask_scan_gives_the_same_repository(tmp_path):
+    """--dask: VirtualiZarr's open_virtual_mfdataset(parallel="dask") instead of threads."""
+    make_days(tmp_path / "data", 3)
+    prefix = (tmp_path / "data").as_uri() + "/"
+    for name, extra in (("threads", ["--workers", "2"]), ("dask", ["--dask"])):
+        cli("init", str(tmp_path / name), "--container", prefix)
+        cli("ingest", str(tmp_path / name), str(tmp_path / "data" / "*.nc"),
+            "--concat-dim", "time", *extra)
+    xr.testing.assert_identical(store_dataset(tmp_path / "dask", prefix),
+                                store_dataset(tmp_path / "threads", prefix))
+
+
+def test_tiff_images_stack_along_a_new_dimension(tmp_path):
+    """GeoTIFFs (VirtualiZarr's TIFF parser, virtual-tiff) stacked along --concat-dim, appended,
+    mounted, and read back equal to rasterio (GDAL) reading the files."""
+    import rasterio
+
+    data = tmp_path / "tiffs"
+    data.mkdir()
+    rng = np.random.default_rng(7)
+    images = []
+    for day in range(3):
+        img = (rng.normal(1500, 300, (200, 300)) + day).astype("int16")
+        with rasterio.open(data / f"img{day}.tif", "w", driver="GTiff", width=300, height=200,
+                           count=1, dtype="int16", compress="deflate", tiled=True,
+                           blockxsize=128, blockysize=128) as f:
+            f.write(img, 1)
+        with rasterio.open(data / f"img{day}.tif") as f:  # the independent reader
+            images.append(f.read(1))
+    prefix = data.as_uri() + "/"
+    repo = tmp_path / "repo"
+    cli("init", str(repo), "--container", prefix)
+    cli("ingest", str(repo), str(data / "img0.tif"), str(data / "img1.tif"),
+        "--concat-dim", "time")
+    cli("ingest", str(repo), str(data / "img2.tif"), "--concat-dim", "time", "--append")
+    with mounted(repo, tmp_path / "m", f"authorize={prefix}", "presentation=v3+v2-decoded") as m:
+        for pres, fmt in (("v3", 3), ("v2-decoded", 2)):
+            arr = zarr.open_array(m.path / pres, path="0", mode="r", zarr_format=fmt)
+            assert arr.shape == (3, 200, 300)
+            np.testing.assert_array_equal(arr[...], np.stack(images))

@@ -41,7 +41,7 @@ from vchunkfs.repository import Repo
 from vchunkfs.repository.containers import make_container
 from vchunkfs.repository.writer import Writer
 
-PARSERS = ("auto", "hdf", "netcdf3", "zarr", "kerchunk-json", "kerchunk-parquet")
+PARSERS = ("auto", "hdf", "netcdf3", "tiff", "zarr", "kerchunk-json", "kerchunk-parquet")
 
 
 @dataclass
@@ -100,7 +100,9 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
     return sorted(urls)
 
 
-_MAGIC = ((b"\x89HDF\r\n\x1a\n", "hdf"), (b"CDF\x01", "netcdf3"), (b"CDF\x02", "netcdf3"))
+_MAGIC = ((b"\x89HDF\r\n\x1a\n", "hdf"), (b"CDF\x01", "netcdf3"), (b"CDF\x02", "netcdf3"),
+          (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),  # TIFF, little and big endian
+          (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"))  # BigTIFF
 
 
 def detect_parser(url: str) -> str:
@@ -111,6 +113,8 @@ def detect_parser(url: str) -> str:
         return "kerchunk-parquet"
     if url.endswith(".zarr") or url.endswith(".zarr/"):
         return "zarr"
+    if url.lower().endswith((".tif", ".tiff")):
+        return "tiff"
     if url.startswith("file://"):
         path = Path(url[7:])
         if path.is_dir():
@@ -120,7 +124,7 @@ def detect_parser(url: str) -> str:
         for magic, name in _MAGIC:
             if head.startswith(magic):
                 return name
-        raise InvalidInputError(f"{path}: not netCDF/HDF5, netCDF3, Zarr or kerchunk "
+        raise InvalidInputError(f"{path}: not netCDF/HDF5, netCDF3, TIFF, Zarr or kerchunk "
                                 "references (pass --parser to force one)")
     return "hdf"  # remote: netCDF4/HDF5 is by far the most common; --parser overrides
 
@@ -139,6 +143,14 @@ def make_parser(name: str, group: str | None) -> Any:
             return parsers.KerchunkJSONParser(group=group)
         case "kerchunk-parquet":
             return parsers.KerchunkParquetParser(group=group)
+        case "tiff":
+            # VirtualiZarr's TIFF parser lives in its own package; --group is the IFD
+            try:
+                from virtual_tiff import VirtualTIFF
+            except ImportError as e:
+                raise UsageError("TIFF needs the virtual-tiff package "
+                                 "(pip install 'vchunkfs[tiff]')") from e
+            return VirtualTIFF(ifd=int(group) if group else 0)
     raise UsageError(f"unknown parser {name!r}: use one of {', '.join(PARSERS)}")
 
 
@@ -265,13 +277,14 @@ def check_agree(urls: Sequence[str], datasets: Sequence[xr.Dataset], concat_dim:
 
 
 def combine(datasets: Sequence[xr.Dataset], concat_dim: str | None) -> xr.Dataset:
+    """The files combined like the guide's ``xr.concat``. A ``concat_dim`` the files do
+    not have (single TIFF images, say) becomes a new leading dimension."""
+    if len(datasets) > 1 and not concat_dim:
+        raise UsageError("several files need --concat-dim (e.g. --concat-dim time)")
+    if concat_dim and concat_dim not in datasets[0].dims:
+        datasets = [ds.expand_dims(concat_dim) for ds in datasets]
     if len(datasets) == 1:
         return datasets[0]
-    if not concat_dim:
-        raise UsageError("several files need --concat-dim (e.g. --concat-dim time)")
-    if concat_dim not in datasets[0].dims:
-        raise UsageError(f"--concat-dim {concat_dim!r} is not a dimension of the files "
-                         f"(they have {', '.join(map(str, datasets[0].dims))})")
     return xr.concat(list(datasets), dim=concat_dim, coords="minimal", compat="override",
                      combine_attrs="override")
 
@@ -361,6 +374,11 @@ async def write(repo: Repo, vds: xr.Dataset, plan: IngestPlan, checksum: datetim
             raise UsageError(f"--append: branch {plan.branch} holds no dataset yet; ingest "
                              "without --append first")
     store = writer.store
+    dims = set(region) if isinstance(region, dict) else {plan.concat_dim} - {None}
+    if region is not None and dims:
+        # a region replaces slices along its dimensions; variables without them (lat, lon)
+        # are not part of any region and stay as stored, as xarray's to_zarr requires
+        vds = vds.drop_vars([k for k, v in vds.variables.items() if not dims & set(v.dims)])
 
     def to_icechunk() -> None:
         try:

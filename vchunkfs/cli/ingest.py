@@ -27,18 +27,28 @@ def register(sub: Sub) -> None:
                "--container file:///abs/data/\n"
                "  vchunkfs ingest ./oisst data/oisst-avhrr-v02r01.20240901.nc "
                "--concat-dim time --append\n"
-               "  vchunkfs ingest ./oisst refs.json --parser kerchunk-json",
+               "  vchunkfs ingest ./oisst data/reprocessed/*.nc --concat-dim time "
+               "--replace-region time=14:16\n"
+               "  vchunkfs ingest ./scenes 'tiles/*.tif' --concat-dim time   "
+               "# TIFFs: a new dimension\n"
+               "  vchunkfs ingest ./oisst refs.json --parser kerchunk-json\n\n"
+               "parsers: hdf (netCDF4/HDF5), netcdf3, tiff (needs virtual-tiff), zarr, "
+               "kerchunk-json, kerchunk-parquet; auto picks by content or name.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repo", metavar="REPO")
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB",
                    help="paths, globs (quote them) or URLs; sorted before combining")
-    p.add_argument("--concat-dim", metavar="DIM", help="dimension to combine files along")
+    p.add_argument("--concat-dim", metavar="DIM",
+                   help="dimension to combine files along (a new leading one if the files "
+                        "lack it)")
     p.add_argument("--parser", choices=PARSERS, default="auto",
                    help="how to read the files (default: by their content)")
     p.add_argument("--append", action="store_true",
                    help="append along --concat-dim to the existing arrays")
     p.add_argument("--replace-region", dest="write_region", metavar="auto|DIM=START:STOP",
-                   help="replace part of the existing arrays instead")
+                   help="point the slice START:STOP of DIM (or where the files' "
+                        "coordinates fall, with auto) at these files instead; arrays "
+                        "without DIM stay as they are")
     p.add_argument("--branch", default="main")
     p.add_argument("-m", "--message", help="commit message")
     p.add_argument("--container", metavar="PREFIX",
@@ -49,7 +59,8 @@ def register(sub: Sub) -> None:
     p.add_argument("--dask", action="store_true",
                    help="read metadata on Dask (VirtualiZarr's parallel open), for thousands "
                         "of files on a cluster")
-    p.add_argument("--group", help="the group inside the files to read")
+    p.add_argument("--group", help="the group inside the files to read (for TIFF: the IFD "
+                                   "number, default 0)")
     p.add_argument("--source-region", help="region of s3:// sources")
     p.add_argument("--source-endpoint", metavar="URL", help="S3-compatible endpoint of sources")
     p.add_argument("--source-anonymous", action="store_true", help="read sources unsigned")
