@@ -26,3 +26,14 @@ def make_days(directory: Path, days: int, start: str = "2024-08-01", scale: int 
                     "--days", str(days), "--start", start, "--scale", str(scale)], check=True,
                    capture_output=True)
     return sorted(directory.glob("*.nc"))
+
+
+def ingest_days(base: Path, days: int) -> tuple[Path, str, list[Path]]:
+    """OISST-like days in ``base/data`` ingested into a new ``base/repo`` with vchunkfs ingest:
+    (repository, container prefix, files)."""
+    files = make_days(base / "data", days)
+    prefix = (base / "data").as_uri() + "/"
+    cli("init", str(base / "repo"))
+    cli("ingest", str(base / "repo"), *map(str, files), "--concat-dim", "time",
+        "--container", prefix)
+    return base / "repo", prefix, files

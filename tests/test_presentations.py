@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from commands import cli, make_days
+from commands import ingest_days
 from datasets import assert_reads_like_files, read_h5
 from mounting import HELPER, mounted
 from zarr.codecs.numcodecs import Zlib
@@ -28,13 +28,7 @@ DECODED = ("v2-decoded", "v3-decoded")
 @pytest.fixture(scope="module")
 def month(tmp_path_factory):
     """Four OISST-like days ingested with vchunkfs ingest."""
-    base = tmp_path_factory.mktemp("month")
-    files = make_days(base / "data", 4)
-    prefix = (base / "data").as_uri() + "/"
-    cli("init", str(base / "repo"))
-    cli("ingest", str(base / "repo"), *map(str, files), "--concat-dim", "time",
-        "--container", prefix)
-    return base / "repo", prefix, files
+    return ingest_days(tmp_path_factory.mktemp("month"), 4)
 
 
 def test_every_presentation_reads_like_the_files(month, tmp_path):

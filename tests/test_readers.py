@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 import pytest
-from commands import PROJECT, cli, make_days
+from commands import PROJECT, ingest_days
 from datasets import read_h5
 from mounting import mounted
 from readers.expected import DECODES, expected_cell, require_reader
@@ -33,18 +33,14 @@ Observed = dict[tuple[str, str, str], tuple[Verdict, str]]  # (reader, form, arr
 def mounted_month(tmp_path_factory):
     """Three OISST-like days (180 x 360), ingested, mounted with every presentation."""
     base = tmp_path_factory.mktemp("readers")
-    files = make_days(base / "data", 3)
-    prefix = (base / "data").as_uri() + "/"
-    cli("init", str(base / "repo"))
-    cli("ingest", str(base / "repo"), *map(str, files), "--concat-dim", "time",
-        "--container", prefix)
+    repo, prefix, files = ingest_days(base, 3)
     truth = {
         "sst": Expected(np.concatenate([read_h5(f, "sst") for f in files]), fill_value=-999.0,
                         scale_factor=float(np.float32(0.01))),
         "time": Expected(np.concatenate([read_h5(f, "time") for f in files])),
     }
     observed: Observed = {}
-    with mounted(base / "repo", base / "m", f"authorize={prefix}", "presentation=all") as m:
+    with mounted(repo, base / "m", f"authorize={prefix}", "presentation=all") as m:
         yield m.path, truth, observed
     assert "Traceback" not in m.log_text()
     if len(observed) == len(READERS) * len(FORMS) * len(ARRAYS):

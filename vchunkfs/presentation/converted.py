@@ -84,35 +84,32 @@ class ConvertedPresentation:
         return None if size is None else Entry(name, False, size)
 
     def stat_known(self, path: str) -> Entry | Unknown | None:
-        parts = path.strip("/").split("/") if path.strip("/") else []
-        name = parts[-1] if parts else ""
-        for i in range(len(parts), -1, -1):
-            node = self.view.nodes.get("/".join(parts[:i]))
-            if node is None:
-                continue
-            rest = "/".join(parts[i:])
-            if not rest:
-                return Entry(name, True)
-            form = self._forms.get(node.path) if node.kind == "array" else _ArrayForm()
-            if form is None:
-                return UNKNOWN
-            if rest in self._doc_names(node, form):
-                doc = self._docs.get(_doc_key(node.path, rest))
-                return UNKNOWN if doc is None else Entry(name, False, len(doc))
-            if form.grid is None or form.stored_grid is None:
-                return None
-            parsed = form.grid.parse(rest)
-            if parsed is None:
-                return None
-            if not parsed.is_chunk:
-                return Entry(name, True)
-            stored = self.view.stat_known(
-                SnapshotView.chunk_key(node.path, form.stored_grid, parsed.coords))
-            if isinstance(stored, Entry) and self.decoded:
-                assert form.chain is not None
-                return Entry(name, False, form.chain.decoded_nbytes)
-            return stored if not isinstance(stored, Entry) else Entry(name, False, stored.size)
-        return None
+        found = self.view.locate(path)
+        if found is None:
+            return None
+        node, rest = found
+        name = path.strip("/").rsplit("/", 1)[-1]
+        if not rest:
+            return Entry(name, True)
+        form = self._forms.get(node.path) if node.kind == "array" else _ArrayForm()
+        if form is None:
+            return UNKNOWN
+        if rest in self._doc_names(node, form):
+            doc = self._docs.get(_doc_key(node.path, rest))
+            return UNKNOWN if doc is None else Entry(name, False, len(doc))
+        if form.grid is None or form.stored_grid is None:
+            return None
+        parsed = form.grid.parse(rest)
+        if parsed is None:
+            return None
+        if not parsed.is_chunk:
+            return Entry(name, True)
+        stored = self.view.stat_known(
+            SnapshotView.chunk_key(node.path, form.stored_grid, parsed.coords))
+        if not isinstance(stored, Entry):
+            return stored
+        assert form.chain is not None
+        return Entry(name, False, form.chain.decoded_nbytes if self.decoded else stored.size)
 
     async def list_dir(self, path: str) -> list[Entry]:
         where = await self._resolve(path)
@@ -147,25 +144,22 @@ class ConvertedPresentation:
     async def _resolve(self, path: str) -> tuple[Node, str, Any] | None:
         """(node, "dir", coords of a chunk directory or None) or (node, "doc", name) or
         (node, "chunk", coords); None when the path names nothing."""
-        parts = path.strip("/").split("/") if path.strip("/") else []
-        for i in range(len(parts), -1, -1):
-            node = self.view.nodes.get("/".join(parts[:i]))
-            if node is None:
-                continue
-            rest = "/".join(parts[i:])
-            if not rest:
-                return node, "dir", None
-            form = await self._form(node) if node.kind == "array" else _ArrayForm()
-            if rest in self._doc_names(node, form):
-                return node, "doc", rest
-            if form.grid is None:
-                return None
-            parsed = form.grid.parse(rest)
-            if parsed is None:
-                return None
-            return (node, "chunk", parsed.coords) if parsed.is_chunk else (
-                node, "dir", parsed.coords)
-        return None
+        found = self.view.locate(path)
+        if found is None:
+            return None
+        node, rest = found
+        if not rest:
+            return node, "dir", None
+        form = await self._form(node) if node.kind == "array" else _ArrayForm()
+        if rest in self._doc_names(node, form):
+            return node, "doc", rest
+        if form.grid is None:
+            return None
+        parsed = form.grid.parse(rest)
+        if parsed is None:
+            return None
+        return (node, "chunk", parsed.coords) if parsed.is_chunk else (
+            node, "dir", parsed.coords)
 
     def _doc_names(self, node: Node, form: _ArrayForm) -> tuple[str, ...]:
         if not node.stored:

@@ -230,23 +230,29 @@ class SnapshotView:
 
     async def resolve(self, key: str) -> ResolvedKey | None:
         """What ``key`` (a path relative to the root, no leading '/') names, if anything."""
-        key = key.strip("/")
-        parts = key.split("/") if key else []
+        found = self.locate(key)
+        if found is None:
+            return None
+        node, rest = found
+        if not rest:
+            return ResolvedKey(node, "node")
+        if rest == METADATA_KEY:
+            return ResolvedKey(node, "metadata") if node.stored else None
+        if node.kind != "array":
+            return None
+        parsed = (await self.grid(node.path)).parse(rest)
+        if parsed is None:
+            return None
+        return ResolvedKey(node, "chunk" if parsed.is_chunk else "chunk_dir", parsed.coords)
+
+    def locate(self, key: str) -> tuple[Node, str] | None:
+        """The deepest group or array on the way to ``key``, and the rest of the key below
+        it ("" for the node itself); None if not even the root exists."""
+        parts = key.strip("/").split("/") if key.strip("/") else []
         for i in range(len(parts), -1, -1):
             node = self.nodes.get("/".join(parts[:i]))
-            if node is None:
-                continue
-            rest = "/".join(parts[i:])
-            if not rest:
-                return ResolvedKey(node, "node")
-            if rest == METADATA_KEY:
-                return ResolvedKey(node, "metadata") if node.stored else None
-            if node.kind != "array":
-                return None
-            parsed = (await self.grid(node.path)).parse(rest)
-            if parsed is None:
-                return None
-            return ResolvedKey(node, "chunk" if parsed.is_chunk else "chunk_dir", parsed.coords)
+            if node is not None:
+                return node, "/".join(parts[i:])
         return None
 
     def stat_known(self, key: str) -> Entry | Unknown | None:
@@ -255,37 +261,33 @@ class SnapshotView:
         Safe to call from any thread: it reads only the node tree (never changed
         after open) and dicts that only gain keys, never the LRU caches.
         """
-        key = key.strip("/")
-        parts = key.split("/") if key else []
-        name = parts[-1] if parts else ""
-        for i in range(len(parts), -1, -1):
-            node = self.nodes.get("/".join(parts[:i]))
-            if node is None:
-                continue
-            rest = "/".join(parts[i:])
-            if not rest:
-                return Entry(name, True)
-            if rest == METADATA_KEY:
-                size = self._metadata_sizes.get(node.path)
-                if not node.stored:
-                    return None
-                return UNKNOWN if size is None else Entry(name, False, size)
-            if node.kind != "array":
+        found = self.locate(key)
+        if found is None:
+            return None
+        node, rest = found
+        name = key.strip("/").rsplit("/", 1)[-1]
+        if not rest:
+            return Entry(name, True)
+        if rest == METADATA_KEY:
+            size = self._metadata_sizes.get(node.path)
+            if not node.stored:
                 return None
-            grid = self._grids.get(node.path)
-            if grid is None:
-                return UNKNOWN
-            parsed = grid.parse(rest)
-            if parsed is None:
-                return None
-            if not parsed.is_chunk:
-                return Entry(name, True)
-            index = self._pinned_indexes.get(node.path)
-            if index is None:
-                return UNKNOWN
-            size = index.size(grid.linear(parsed.coords))
-            return None if size is None else Entry(name, False, size)
-        return None
+            return UNKNOWN if size is None else Entry(name, False, size)
+        if node.kind != "array":
+            return None
+        grid = self._grids.get(node.path)
+        if grid is None:
+            return UNKNOWN
+        parsed = grid.parse(rest)
+        if parsed is None:
+            return None
+        if not parsed.is_chunk:
+            return Entry(name, True)
+        index = self._pinned_indexes.get(node.path)
+        if index is None:
+            return UNKNOWN
+        size = index.size(grid.linear(parsed.coords))
+        return None if size is None else Entry(name, False, size)
 
     async def stat(self, key: str) -> Entry | None:
         """The entry ``key`` names, with its exact size, or None if there is none."""
