@@ -137,6 +137,12 @@ class ChunkIndex:
             return int(self.lengths[i])
         return None
 
+    def after(self, linear: int, n: int) -> list[tuple[int, int]]:
+        """(linear index, size) of the first ``n`` stored chunks after ``linear``."""
+        lo = int(np.searchsorted(self.linear, linear, side="right"))
+        return [(int(a), int(b)) for a, b in zip(self.linear[lo:lo + n],
+                                                  self.lengths[lo:lo + n], strict=True)]
+
     def range(self, start: int, stop: int) -> list[tuple[int, int]]:
         """(linear index, size) of every stored chunk with ``start <= linear < stop``."""
         lo = int(np.searchsorted(self.linear, start))
@@ -286,6 +292,28 @@ class SnapshotView:
             size = index.size(grid.linear(parsed.coords))
             return None if size is None else Entry(name, False, size)
         return None
+
+    def following_chunks(self, key: str, n: int) -> list[tuple[str, int]]:
+        """(key, size) of the next ``n`` stored chunks of the array after chunk ``key``,
+        in the order of their linear index; ``[]`` when that needs I/O (no pinned index).
+
+        Safe to call from any thread, like :meth:`stat_known`.
+        """
+        parts = key.strip("/").split("/")
+        for i in range(len(parts) - 1, -1, -1):
+            node = self.nodes.get("/".join(parts[:i]))
+            if node is None:
+                continue
+            grid = self._grids.get(node.path)
+            index = self._pinned_indexes.get(node.path)
+            if node.kind != "array" or grid is None or index is None:
+                return []
+            parsed = grid.parse("/".join(parts[i:]))
+            if parsed is None or not parsed.is_chunk:
+                return []
+            return [(self.chunk_key(node.path, grid, _unravel(lin, grid.grid_shape)), size)
+                    for lin, size in index.after(grid.linear(parsed.coords), n)]
+        return []
 
     async def stat(self, key: str) -> Entry | None:
         """The entry ``key`` names, with its exact size, or None if there is none."""
