@@ -60,8 +60,9 @@ SHORT_TIMEOUT = 1.0  # floating nodes follow the repository
 HISTORY_LIMIT = 10_000
 ENTRY_CACHE = 200_000
 # inodes of generation nodes the kernel forgot, kept so that the next lookup of the
-# same name (after the kernel dropped its dentries) needs no new inode
-RETIRED_INODES = 100_000
+# same name (after the kernel dropped its dentries) needs no new inode; about 1 KB
+# each with its cached reply (measured), so at most ~50 MB
+RETIRED_INODES = 50_000
 # on a cold read of a chunk file, fetch the array's next chunk files (MountConfig.prefetch
 # of them) into the block cache, through the same icechunk get as any read, with at most
 # PREFETCH_WORKERS at once: the fetches overlap the reader's requests
