@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import icechunk as ic
 import numpy as np
@@ -166,8 +167,8 @@ def test_errors_map_to_errno_and_daemon_keeps_serving(tmp_path):
             (m.path / "sst" / "c" / "1" / "0" / "0" / "0").read_bytes()
         assert e.value.errno == errno.EIO
         shutil.move(built.sources[0], tmp_path / "gone.nc")  # day00.nc disappears
-        with pytest.raises(OSError) as e:
-            (m.path / "field" / "c" / "1" / "1").read_bytes()
+        with pytest.raises(OSError) as e:  # far enough from field/c/0/0 not to be prefetched
+            (m.path / "field" / "c" / "3" / "1").read_bytes()
         assert e.value.errno == errno.EIO
         assert field.read_bytes()  # cached before: still served
         assert (m.path / "native" / "c" / "2").read_bytes()  # other reads go on
@@ -275,7 +276,7 @@ def test_one_fetch_per_chunk_however_many_readers(local_repo, tmp_path):
     """The kernel's 128 KiB pieces and 8 processes reading at once cost one fetch per chunk."""
     path, built = local_repo
     with mounted(path, tmp_path / "m", f"authorize={built.container_prefix}",
-                 "read_ahead_kb=0") as m:
+                 "read_ahead_kb=0", "prefetch=0") as m:
         def stats() -> dict:
             return json.loads(os.getxattr(m.path, "user.vchunkfs.stats"))
 
@@ -294,3 +295,28 @@ def test_one_fetch_per_chunk_however_many_readers(local_repo, tmp_path):
         s = stats()
         assert s["cache_misses"] == 1 + len(refs), s
         assert s["fetched_bytes"] == 1000 + sum(r.length for r in refs)
+
+
+def test_a_cold_read_prefetches_the_next_chunks(local_repo, tmp_path):
+    """A read that fetched a chunk file fetches the array's next ones into the cache; the
+    first read of a prefetched file moves the window on."""
+    path, built = local_repo
+    with mounted(path, tmp_path / "m", f"authorize={built.container_prefix}",
+                 "prefetch=2") as m:
+        def stats_when(done: Callable[[dict], bool]) -> dict:
+            deadline = time.monotonic() + 10
+            while True:
+                s = json.loads(os.getxattr(m.path, "user.vchunkfs.stats"))
+                if done(s) or time.monotonic() > deadline:
+                    return s
+                time.sleep(0.02)
+
+        native = np.arange(1000, dtype="<i4").tobytes()  # four 1000-byte chunks
+        assert (m.path / "native" / "c" / "0").read_bytes() == native[:1000]
+        s = stats_when(lambda s: s["fetched_bytes"] >= 3000)
+        assert (s["cache_misses"], s["prefetched"], s["fetched_bytes"]) == (1, 2, 3000), s
+        assert (m.path / "native" / "c" / "1").read_bytes() == native[1000:2000]
+        s = stats_when(lambda s: s["fetched_bytes"] >= 4000)
+        assert (s["cache_misses"], s["prefetched"], s["fetched_bytes"]) == (1, 3, 4000), s
+        assert (m.path / "native" / "c" / "3").read_bytes() == native[3000:]
+        assert stats_when(lambda s: True)["cache_misses"] == 1

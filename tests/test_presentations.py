@@ -71,6 +71,8 @@ def test_decoded_chunks_are_the_values_h5py_reads(month, tmp_path):
                 raw = (m.path / "v2" / var / f"{day}.0.0.0").read_bytes()
                 assert raw == (m.path / "v3" / var / "c" / str(day) / "0/0/0").read_bytes()
                 assert len(raw) < len(want)
+        # reading day after day, the daemon fetched (and decoded) the next chunks ahead
+        assert json.loads(os.getxattr(m.path, "user.vchunkfs.stats"))["prefetched"] > 0
 
 
 def test_small_chunks_fill_values_and_versions(local_repo, tmp_path):

@@ -51,6 +51,8 @@ mount options (-o opt[,opt...]):
   poll_interval=SEC     how often a branch view checks for a new head (default 2)
   read_ahead_kb=KB      kernel read-ahead of the mount (default 1024: one request per
                         OISST-sized chunk; 0 leaves the kernel default)
+  prefetch=N            after a cold read of a chunk file, fetch the array's next N
+                        chunk files into the daemon's cache (default 4; 0: off)
   allow_other           let other users read the mount (needs user_allow_other in
                         /etc/fuse.conf for non-root)
   uid=N, gid=N          owner shown for every file (default: the mounting user)
@@ -84,6 +86,7 @@ class MountOptions:
     show_versions: bool = False
     poll_interval: float = 2.0
     read_ahead_kb: int = 1024
+    prefetch: int = 4
     allow_other: bool = False
     uid: int | None = None
     gid: int | None = None
@@ -148,6 +151,10 @@ def parse_options(source: str, mountpoint: str, options: list[str]) -> MountOpti
                         raise ValueError
                 case "read_ahead_kb" if value:
                     opts.read_ahead_kb = int(value)
+                case "prefetch" if value:
+                    opts.prefetch = int(value)
+                    if opts.prefetch < 0:
+                        raise ValueError
                 case "allow_other" if flag:
                     opts.allow_other = True
                 case "uid" if value:

@@ -68,6 +68,7 @@ def _open_and_serve(opts: MountOptions, ready_fd: int | None) -> int:
         namespace = Namespace(repo, bridge, MountConfig(
             version=opts.version, presentation=opts.presentation, cache_bytes=opts.cache_size,
             show_versions=opts.show_versions, poll_interval=opts.poll_interval,
+            prefetch=opts.prefetch,
             control_socket=socket_path))
         invalidator = KernelInvalidator()
         ops = ControlOps(repo, bridge, namespace, invalidator, opts.mountpoint)
@@ -120,6 +121,7 @@ async def _serve(opts: MountOptions, namespace: Namespace, control: ControlServe
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals)
                 await nursery.start(namespace.run_poller, control.ops.invalidator)
+                await nursery.start(namespace.run_prefetcher)
                 await nursery.start(control.serve)
                 nursery.start_soon(announce_when_answering)
                 await pyfuse3.main(min_tasks=2, max_tasks=opts.workers)

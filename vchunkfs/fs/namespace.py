@@ -24,12 +24,14 @@ get short timeouts and uncacheable negative lookups.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 from cachetools import LRUCache
@@ -41,7 +43,7 @@ from vchunkfs.errors import (
     UnauthorizedContainerError,
     VchunkfsError,
 )
-from vchunkfs.fs.blockcache import BlockCache, read_blocks
+from vchunkfs.fs.blockcache import BLOCK_SIZE, BlockCache, read_blocks, slice_block
 from vchunkfs.presentation.base import Presentation, make_presentation
 from vchunkfs.presentation.history import render_history
 from vchunkfs.presentation.names import canonical_presentations
@@ -59,6 +61,14 @@ LONG_TIMEOUT = 24 * 3600.0  # generations never change
 SHORT_TIMEOUT = 1.0  # floating nodes follow the repository
 HISTORY_LIMIT = 10_000
 ENTRY_CACHE = 200_000
+# inodes of generation nodes the kernel forgot, kept so that the next lookup of the
+# same name (after the kernel dropped its dentries) needs no new inode; about 1 KB
+# each with its cached reply (measured), so at most ~50 MB
+RETIRED_INODES = 50_000
+# on a cold read of a chunk file, fetch the array's next chunk files (MountConfig.prefetch
+# of them) into the block cache, through the same icechunk get as any read, with at most
+# PREFETCH_WORKERS at once: the fetches overlap the reader's requests
+PREFETCH_WORKERS = 4
 XATTR_SNAPSHOT = "user.vchunkfs.snapshot"
 XATTR_VERSION = "user.vchunkfs.version"
 XATTR_STATS = "user.vchunkfs.stats"
@@ -78,13 +88,16 @@ class NodeKey:
     pres: str = ""  # TREE: the presentation; "" for a version's top directory listing several
 
 
-@dataclass
+@dataclass(slots=True)
 class Inode:
     ino: int
     key: NodeKey
     parent: int
     name: str
     lookups: int = 0
+    # a generation node's attributes (they never change), once known
+    attr: Attr | None = None
+    reply: Any = None  # the adapter's reply for ``attr``, built once by the adapter
 
 
 @dataclass(frozen=True)
@@ -111,13 +124,14 @@ class Tree:
         return self.version.snapshot_id
 
 
-@dataclass
+@dataclass(slots=True)
 class OpenFile:
     key: NodeKey
     size: int
     keep_cache: bool
     presentation: Presentation | None = None
     text: bytes | None = None
+    cache_key: Hashable = None  # the block cache's key of the file's bytes
 
 
 class Invalidator(Protocol):
@@ -156,6 +170,7 @@ class MountConfig:
     show_versions: bool = False
     poll_interval: float = 2.0
     control_socket: str | None = None
+    prefetch: int = 0  # chunk files fetched ahead of a cold read (run_prefetcher serves them)
 
 
 @dataclass
@@ -187,6 +202,13 @@ class Namespace:
         self._top_pres = self.presentations[0] if len(self.presentations) == 1 else ""
         self._inodes: dict[int, Inode] = {}
         self._by_key: dict[tuple[NodeKey, int], int] = {}
+        # (parent inode, name) -> child, for parents inside a generation (whose children
+        # never change): a lookup that hits needs no await and no new objects
+        self._known: dict[tuple[int, str], Inode] = {}
+        self._retired: OrderedDict[int, None] = OrderedDict()
+        self._prefetch_send: trio.MemorySendChannel[tuple[Hashable, Presentation, str, int]] \
+            | None = None
+        self._prefetching: set[Hashable] = set()  # queued or fetched, not yet read
         self._next_ino = ROOT + 1
         self._trees: dict[str, Tree] = {}
         self._generations: LRUCache[str, _Generation] = LRUCache(64)
@@ -267,6 +289,8 @@ class Namespace:
         """Count a reference the kernel now holds (a lookup reply or readdirplus entry)."""
         node = self._inodes.get(ino)
         if node is not None:
+            if node.lookups <= 0:
+                self._retired.pop(ino, None)
             node.lookups += n
 
     def forget(self, ino: int, n: int) -> None:
@@ -278,11 +302,34 @@ class Namespace:
         self.drop_if_unreferenced(ino)
 
     def drop_if_unreferenced(self, ino: int) -> None:
-        """Forget an inode the kernel never received (a rejected readdir entry)."""
+        """Forget an inode the kernel no longer holds (or never received: a rejected
+        readdir entry). A generation node is retired instead: kept (up to
+        RETIRED_INODES of them) so that the next lookup of its name answers the same
+        inode, and its children stay known under it."""
         node = self._inodes.get(ino)
-        if node is not None and node.lookups <= 0 and ino != ROOT:
-            del self._inodes[ino]
-            self._by_key.pop((node.key, node.parent), None)
+        if node is None or node.lookups > 0 or ino == ROOT:
+            return
+        if node.key.kind == TREE and node.key.gen:
+            self._retired[ino] = None
+            if len(self._retired) > RETIRED_INODES:
+                self._delete(self._retired.popitem(last=False)[0])
+            return
+        self._delete(ino)
+
+    def _delete(self, ino: int) -> None:
+        node = self._inodes.pop(ino, None)
+        if node is None:
+            return
+        self._by_key.pop((node.key, node.parent), None)
+        if self._known.get((node.parent, node.name)) is node:
+            del self._known[(node.parent, node.name)]
+
+    def _remember(self, pnode: Inode, name: str, ino: int, attr: Attr) -> None:
+        """Keep a generation node's attributes for :meth:`lookup_known`."""
+        if pnode.key.kind == TREE and pnode.key.gen and attr.timeout == LONG_TIMEOUT:
+            node = self._inodes[ino]
+            node.attr = attr
+            self._known[(pnode.ino, name)] = node
 
     def _node(self, ino: int) -> Inode:
         node = self._inodes.get(ino)
@@ -292,7 +339,61 @@ class Namespace:
 
     @property
     def inode_count(self) -> int:
-        return len(self._inodes)
+        """Inodes the kernel holds (or was just sent), retired ones not counted."""
+        return len(self._inodes) - len(self._retired)
+
+    # -- fast paths: synchronous, for requests answered from memory -------------------
+    # Each returns None when it cannot answer; then the adapter calls the coroutine.
+
+    def lookup_known(self, parent: int, name: str) -> Inode | None:
+        """The child ``name`` of a generation directory, if its attributes are known
+        (its ``attr``), counted as a kernel reference like :meth:`lookup`."""
+        node = self._known.get((parent, name))
+        if node is None:
+            return None
+        if node.lookups <= 0:
+            self._retired.pop(node.ino, None)
+            node.lookups = 0
+        node.lookups += 1
+        return node
+
+    def node_known(self, ino: int) -> Inode | None:
+        """The inode if its attributes are known (``attr`` is set)."""
+        node = self._inodes.get(ino)
+        return node if node is not None and node.attr is not None else None
+
+    def open_known(self, ino: int) -> tuple[int, OpenFile] | None:
+        """:meth:`open` of a generation file whose attributes are known."""
+        node = self._inodes.get(ino)
+        if node is None or node.attr is None or node.attr.is_dir:
+            return None
+        key = node.key
+        gen = self._generations.get(key.gen)
+        if gen is None:
+            return None
+        pres = gen.presentation(key.pres)
+        return self._add_file(OpenFile(key, node.attr.size, True, pres,
+                                       cache_key=(key.gen, pres.name, key.path)))
+
+    def read_cached(self, fh: int, offset: int, length: int) -> bytes | memoryview | None:
+        """:meth:`read` of a file whose block is in the cache, without copying it."""
+        f = self._files.get(fh)
+        if f is None or f.text is not None or f.size > BLOCK_SIZE:
+            return None
+        key = f.cache_key
+        if self._prefetching and key in self._prefetching:
+            return None  # the first read of a prefetched file moves the window on
+        block = self.cache.peek(key)
+        if block is None:
+            return None
+        end = min(f.size, offset + length)
+        return slice_block(block, offset, end) if offset < end else b""
+
+    def _add_file(self, f: OpenFile) -> tuple[int, OpenFile]:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._files[fh] = f
+        return fh, f
 
     # -- operations -----------------------------------------------------------
 
@@ -314,6 +415,7 @@ class Namespace:
         except BaseException:
             self.drop_if_unreferenced(ino)
             raise
+        self._remember(pnode, name, ino, attr)
         self.add_lookup(ino)
         return attr
 
@@ -333,7 +435,9 @@ class Namespace:
                 for name in self.presentations:
                     child = NodeKey(TREE, key.tree, gen_id, "", name)
                     cino = self._intern(child, ino, name)
-                    out.append((name, child, Attr(cino, True, 0, gen.mtime_ns, LONG_TIMEOUT)))
+                    attr = Attr(cino, True, 0, gen.mtime_ns, LONG_TIMEOUT)
+                    self._remember(node, name, cino, attr)
+                    out.append((name, child, attr))
             else:
                 pres = gen.presentation(key.pres)
                 entries = await self._pcall(lambda: pres.list_dir(key.path), key.path)
@@ -341,8 +445,9 @@ class Namespace:
                     child = NodeKey(TREE, key.tree, gen_id, _join(key.path, e.name), key.pres)
                     self._entries[(gen_id, key.pres, child.path)] = e
                     cino = self._intern(child, ino, e.name)
-                    out.append((e.name, child,
-                                Attr(cino, e.is_dir, e.size, gen.mtime_ns, LONG_TIMEOUT)))
+                    attr = Attr(cino, e.is_dir, e.size, gen.mtime_ns, LONG_TIMEOUT)
+                    self._remember(node, e.name, cino, attr)
+                    out.append((e.name, child, attr))
             if ino == ROOT and self.config.show_versions:
                 vkey = NodeKey(VERSIONS)
                 out.append((VERSIONS_DIR, vkey, await self._attr(
@@ -379,15 +484,14 @@ class Namespace:
                 raise FsError(errno.ENOENT)
             if entry.is_dir:
                 raise FsError(errno.EISDIR)
-            f = OpenFile(key, entry.size, keep_cache=True, presentation=pres)
+            f = OpenFile(key, entry.size, keep_cache=True, presentation=pres,
+                         cache_key=(key.gen, pres.name, key.path))
         else:
             raise FsError(errno.EISDIR)
-        fh = self._next_fh
-        self._next_fh += 1
-        self._files[fh] = f
-        return fh, f
+        return self._add_file(f)
 
-    async def read(self, fh: int, offset: int, length: int) -> bytes:
+    async def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
+        """Bytes of an open file: ``bytes``, or a ``memoryview`` of a cached block."""
         f = self._files.get(fh)
         if f is None:
             raise FsError(errno.EBADF)
@@ -398,14 +502,85 @@ class Namespace:
         path = f.key.path
 
         async def fetch(off: int, n: int) -> bytes:
-            data = await self._pcall(lambda: pres.read(path, off, n), path)
-            if len(data) != n:
-                # sizes are exact by contract; anything else is wrong bytes
-                raise FsError(errno.EIO, f"{path}: got {len(data)} bytes, expected {n}")
-            return data
+            return await self._fetch(pres, path, off, n)
 
-        cache_key = (f.key.gen, pres.name, path)
-        return await read_blocks(self.cache, cache_key, f.size, offset, length, fetch)
+        cache_key = f.cache_key
+        # read ahead when this read fetches (a cold file) or is the first of a prefetched one
+        ahead = (self._prefetch_send is not None and f.size <= BLOCK_SIZE
+                 and (cache_key not in self.cache or cache_key in self._prefetching))
+        data = await read_blocks(self.cache, cache_key, f.size, offset, length, fetch)
+        if ahead:
+            self._prefetching.discard(cache_key)
+            self._prefetch_after(pres, f.key.gen, path)
+        return data
+
+    async def _fetch(self, pres: Presentation, path: str, off: int, n: int,
+                     quiet: bool = False) -> bytes:
+        """``n`` bytes of ``path`` from ``off``, fetched through the presentation."""
+        if quiet:
+            data = await self._call(lambda: pres.read(path, off, n))
+        else:
+            data = await self._pcall(lambda: pres.read(path, off, n), path)
+        if len(data) != n:
+            # sizes are exact by contract; anything else is wrong bytes
+            raise FsError(errno.EIO, f"{path}: got {len(data)} bytes, expected {n}")
+        return data
+
+    # -- prefetching ----------------------------------------------------------
+
+    def _prefetch_after(self, pres: Presentation, gen: str, path: str) -> None:
+        """Queue the files after ``path`` that are neither cached nor on their way."""
+        send = self._prefetch_send
+        ahead = self.config.prefetch
+        if send is None or ahead <= 0:
+            return
+        if len(self._prefetching) > 4 * (ahead + PREFETCH_WORKERS):
+            # prefetched files evicted or never read: forget them
+            self._prefetching = {k for k in self._prefetching if k in self.cache}
+        for next_path, size in pres.following(path, ahead):
+            key = (gen, pres.name, next_path)
+            if size <= 0 or size > BLOCK_SIZE or key in self.cache:
+                continue
+            if size > self.cache.max_bytes // (4 * ahead):
+                return  # the cache is too small to hold a window of files this big
+            try:
+                send.send_nowait((key, pres, next_path, size))
+            except trio.WouldBlock:
+                return
+            self._prefetching.add(key)
+
+    async def run_prefetcher(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                             ) -> None:
+        """Serve prefetches with PREFETCH_WORKERS tasks until cancelled (at unmount).
+
+        A prefetch is an ordinary read through the presentation (icechunk's get,
+        with its authorization and changed-source checks) whose bytes go to the
+        block cache; its errors are dropped (a reader of that file fetches it
+        again, and sees its own error).
+        """
+        send, receive = trio.open_memory_channel[tuple[Hashable, Presentation, str, int]](
+            max(self.config.prefetch, 1) * PREFETCH_WORKERS)
+
+        async def worker() -> None:
+            async for key, pres, path, size in receive:
+                if key not in self._prefetching:
+                    continue  # read meanwhile
+                try:
+                    await self.cache.prefetch(key, functools.partial(
+                        self._fetch, pres, path, 0, size, quiet=True))
+                except Exception as e:
+                    self._prefetching.discard(key)
+                    log.debug("prefetch of %s: %s", path, _first_line(e))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(PREFETCH_WORKERS):
+                    nursery.start_soon(worker)
+                self._prefetch_send = send
+                task_status.started()
+        finally:
+            self._prefetch_send = None
+            self._prefetching.clear()
 
     def release(self, fh: int) -> None:
         self._files.pop(fh, None)
@@ -443,8 +618,9 @@ class Namespace:
         """Counters of the block cache and the inode table, for tests and operators."""
         c = self.cache.stats
         return {"cache_hits": c.hits, "cache_misses": c.misses, "cache_coalesced": c.coalesced,
+                "prefetched": c.prefetched,
                 "fetched_bytes": c.fetched_bytes, "cache_bytes": self.cache.current_bytes,
-                "inodes": len(self._inodes), "open_files": len(self._files)}
+                "inodes": self.inode_count, "open_files": len(self._files)}
 
     # -- attributes and children ----------------------------------------------
 
@@ -599,8 +775,8 @@ class Namespace:
     def _invalidate_generation(self, tree_id: str, gen: str, invalidator: Invalidator) -> None:
         for node in list(self._inodes.values()):
             k = node.key
-            if k.kind != TREE or k.tree != tree_id or k.gen != gen:
-                continue
+            if k.kind != TREE or k.tree != tree_id or k.gen != gen or node.lookups <= 0:
+                continue  # retired nodes have no kernel entry
             parent = self._inodes.get(node.parent)
             if parent is None or parent.key.tree != tree_id or parent.key.gen != gen:
                 invalidator.invalidate_entry(node.parent, node.name)

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Sequence
 
 import pyfuse3
 
-from vchunkfs.fs.namespace import Attr, FsError, Invalidator, Namespace
+from vchunkfs.fs.namespace import Attr, FsError, Inode, Invalidator, Namespace
 
 log = logging.getLogger("vchunkfs.fs")
 
@@ -46,6 +46,15 @@ class Operations(pyfuse3.Operations):
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
 
+    def _reply(self, node: Inode) -> pyfuse3.EntryAttributes:
+        """The entry of a node whose attributes never change, built once per inode
+        (pyfuse3 copies it into each reply)."""
+        e = node.reply
+        if e is None:
+            assert node.attr is not None
+            e = node.reply = self._entry(node.attr)
+        return e  # type: ignore[no-any-return]
+
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = pyfuse3.InodeT(attr.ino)
@@ -66,6 +75,9 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         text = os.fsdecode(name)
+        node = self.ns.lookup_known(parent_inode, text)
+        if node is not None:  # a generation's file or directory already looked up
+            return self._reply(node)
         if text == ".":
             return await self.getattr(parent_inode, ctx)
         if text == "..":
@@ -78,6 +90,9 @@ class Operations(pyfuse3.Operations):
 
     async def getattr(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.ns.node_known(inode)
+        if node is not None:
+            return self._reply(node)
         return self._entry(await _fs(self.ns.getattr(inode)))
 
     async def opendir(self, inode: pyfuse3.InodeT,
@@ -102,11 +117,17 @@ class Operations(pyfuse3.Operations):
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        fh, f = await _fs(self.ns.open(inode))
+        opened = self.ns.open_known(inode)
+        fh, f = opened if opened is not None else await _fs(self.ns.open(inode))
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=f.keep_cache,
                                 direct_io=f.text is not None)
 
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+    async def read(self, fh: pyfuse3.FileHandleT, off: int,  # type: ignore[override]
+                   size: int) -> bytes | memoryview:
+        # pyfuse3 takes any buffer: a cached block goes out without a copy
+        data = self.ns.read_cached(fh, off, size)
+        if data is not None:
+            return data
         return await _fs(self.ns.read(fh, off, size))
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:

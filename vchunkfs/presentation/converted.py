@@ -111,6 +111,19 @@ class ConvertedPresentation:
         assert form.chain is not None
         return Entry(name, False, form.chain.decoded_nbytes if self.decoded else stored.size)
 
+    def following(self, path: str, n: int) -> list[tuple[str, int]]:
+        found = self.view.locate(path)
+        form = self._forms.get(found[0].path) if found and found[0].kind == "array" else None
+        if found is None or form is None or form.grid is None or form.chain is None:
+            return []
+        node, rest = found
+        parsed = form.grid.parse(rest)
+        if parsed is None or not parsed.is_chunk:
+            return []
+        return [(SnapshotView.chunk_key(node.path, form.grid, coords),
+                 form.chain.decoded_nbytes if self.decoded else size)
+                for coords, size in self.view.following_coords(node.path, parsed.coords, n)]
+
     async def list_dir(self, path: str) -> list[Entry]:
         where = await self._resolve(path)
         if where is None or where[1] != "dir":

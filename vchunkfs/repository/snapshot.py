@@ -137,6 +137,12 @@ class ChunkIndex:
             return int(self.lengths[i])
         return None
 
+    def after(self, linear: int, n: int) -> list[tuple[int, int]]:
+        """(linear index, size) of the first ``n`` stored chunks after ``linear``."""
+        lo = int(np.searchsorted(self.linear, linear, side="right"))
+        return [(int(a), int(b)) for a, b in zip(self.linear[lo:lo + n],
+                                                  self.lengths[lo:lo + n], strict=True)]
+
     def range(self, start: int, stop: int) -> list[tuple[int, int]]:
         """(linear index, size) of every stored chunk with ``start <= linear < stop``."""
         lo = int(np.searchsorted(self.linear, start))
@@ -288,6 +294,33 @@ class SnapshotView:
             return UNKNOWN
         size = index.size(grid.linear(parsed.coords))
         return None if size is None else Entry(name, False, size)
+
+    def following_chunks(self, key: str, n: int) -> list[tuple[str, int]]:
+        """(key, size) of the next ``n`` stored chunks of the array after chunk ``key``,
+        in the order of their linear index; ``[]`` when that needs I/O (no pinned index).
+
+        Safe to call from any thread, like :meth:`stat_known`.
+        """
+        found = self.locate(key)
+        if found is None or found[0].kind != "array":
+            return []
+        node, rest = found
+        grid = self._grids.get(node.path)
+        parsed = grid.parse(rest) if grid is not None else None
+        if grid is None or parsed is None or not parsed.is_chunk:
+            return []
+        return [(self.chunk_key(node.path, grid, coords), size)
+                for coords, size in self.following_coords(node.path, parsed.coords, n)]
+
+    def following_coords(self, array: str, coords: Coords, n: int) -> list[tuple[Coords, int]]:
+        """(coords, size) of the next ``n`` stored chunks after ``coords`` in ``array``;
+        ``[]`` when that needs I/O. Thread-safe, like :meth:`stat_known`."""
+        grid = self._grids.get(array)
+        index = self._pinned_indexes.get(array)
+        if grid is None or index is None:
+            return []
+        return [(_unravel(lin, grid.grid_shape), size)
+                for lin, size in index.after(grid.linear(coords), n)]
 
     async def stat(self, key: str) -> Entry | None:
         """The entry ``key`` names, with its exact size, or None if there is none."""
