@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +36,8 @@ from vchunkfs.repository.writer import (
     delete_tag,
     reset_branch,
 )
+
+log = logging.getLogger("vchunkfs.control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -224,7 +228,9 @@ class ControlOps:
         w = await self.writer(args)
         lock = self._commit_locks.setdefault(w.branch, trio.Lock())
         async with lock:
+            started = time.perf_counter()
             sid = await self.call(lambda: w.commit(message, metadata))
+            log.info("committed %s on %s in %.2f s", sid, w.branch, time.perf_counter() - started)
         await self._changed()
         return {"snapshot": sid, "branch": w.branch}
 
