@@ -93,12 +93,14 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Let the daemon's threads share ``arenas`` glibc malloc arenas (default: 8 per core).
 
     Called before the daemon starts any thread. icechunk allocates with the C
-    library's malloc from tokio's threads; with an arena per thread, a commit of
-    1,000,000 virtual refs spent twice the kernel time of the same commit in a
-    plain process (page faults on freshly grown arena heaps: 1.0 s against 0.4 s
-    of system time, commit 2.1-2.4 s against 1.5 s; docs/benchmarks.md). Two
-    arenas took the daemon's commit back to 1.5 s. An explicit
-    ``MALLOC_ARENA_MAX`` in the environment wins; returns whether the limit was set.
+    library's malloc from tokio's threads; each thread gets an arena of its own,
+    whose heap grows by ``mprotect`` calls (each takes the process's memory-map
+    lock, which every page fault also takes). A commit of 1,000,000 virtual
+    refs made 57,789 ``mprotect`` calls with glibc's default arenas and 13,766
+    with two; interleaved runs took 1.54-1.67 s (0.43-0.46 s of system time)
+    against 1.32-1.58 s (0.28-0.38 s), and up to 2.4 s (1.0 s of system time)
+    in other runs; see docs/benchmarks.md. An explicit
+    ``MALLOC_ARENA_MAX`` in the environment wins. Returns whether the limit was set.
     """
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
