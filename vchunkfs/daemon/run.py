@@ -99,7 +99,8 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     refs made 57,789 ``mprotect`` calls with glibc's default arenas and 13,766
     with two; interleaved runs took 1.54-1.67 s (0.43-0.46 s of system time)
     against 1.32-1.58 s (0.28-0.38 s), and up to 2.4 s (1.0 s of system time)
-    in other runs; see docs/benchmarks.md. An explicit
+    in other runs. It does not remove all of that system time (a later run
+    with it: 0.8-1.6 s); see docs/benchmarks.md. An explicit
     ``MALLOC_ARENA_MAX`` in the environment wins. Returns whether the limit was set.
     """
     if "MALLOC_ARENA_MAX" in os.environ:
