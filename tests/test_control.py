@@ -172,6 +172,24 @@ def test_client_grid_parquet_and_msgpack(setup):
                                   read_h5(sources[0], "field"))
 
 
+def test_client_factorizes_locations_in_order_of_first_use():
+    from vchunkfs.control.client import _factorize
+    from vchunkfs.control.protocol import NO_LOCATION
+
+    table, index = _factorize(["file:///b", "", "file:///a", "file:///b", ""])
+    assert table == ["file:///b", "file:///a"]
+    assert index.dtype == np.dtype("<u4")
+    assert index.tolist() == [0, NO_LOCATION, 1, 0, NO_LOCATION]
+    assert _factorize([])[0] == [] and len(_factorize([])[1]) == 0
+
+
+def test_daemon_malloc_arena_limit_leaves_an_explicit_setting(monkeypatch):
+    from vchunkfs.daemon.run import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False
+
+
 def test_bad_requests_change_nothing(setup):
     m, sources, _prefix, _tmp = setup
     before = history(m)

@@ -10,7 +10,11 @@ local files) and commits, in one run, both ways:
 Each run uses a fresh repository. Prints medians and the ratio (target: the
 socket within 1.5x of in-process).
 
-Usage: python scripts/bench/bench_control.py [--grid 1000] [--runs 3] [--workdir DIR]
+Usage: python scripts/bench/bench_control.py [--grid 1000] [--runs 3] [--workdir DIR] [-o OPT]
+
+Each run's figures go to stderr as they come. The daemon limits glibc to two
+malloc arenas (vchunkfs.daemon.run.limit_malloc_arenas) unless MALLOC_ARENA_MAX
+is set: MALLOC_ARENA_MAX=16 (glibc's default on two cores) measures without it.
 """
 
 from __future__ import annotations
@@ -81,14 +85,16 @@ def in_process(path: Path, src: Path, grid: int) -> tuple[float, float]:
     return t1 - t0, t2 - t1
 
 
-def through_socket(path: Path, src: Path, grid: int, work: Path) -> tuple[float, float]:
+def through_socket(path: Path, src: Path, grid: int, work: Path,
+                   mount_options: list[str]) -> tuple[float, float]:
     prefix = make_repo(path, src)
     mp = work / "mnt"
     mp.mkdir(exist_ok=True)
     sock = str(work / "ctl.sock")
     env = {**os.environ, "ICECHUNK_LOG": "error"}
     subprocess.run([sys.executable, "-m", "vchunkfs.cli.mount", str(path), str(mp), "-o",
-                    f"authorize={prefix},control_socket={sock}"], check=True, env=env)
+                    ",".join([f"authorize={prefix},control_socket={sock}", *mount_options])],
+                   check=True, env=env)
     try:
         locations, offsets, lengths = refs(grid, src)
         with Client(sock) as c:
@@ -110,6 +116,9 @@ def main() -> int:
     p.add_argument("--grid", type=int, default=1000, help="grid side (grid^2 refs)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--workdir", type=Path)
+    p.add_argument("-o", action="append", default=[], metavar="OPT",
+                   help="extra mount option for the daemon, e.g. -o log_file=/tmp/d.log "
+                        "(its 'committed ... in X s' lines time the commit inside the daemon)")
     args = p.parse_args()
     ic.set_logs_filter("error")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vchunkfs-bench-control-"))
@@ -128,8 +137,10 @@ def main() -> int:
             if name == "in-process":
                 results[name].append(in_process(repo, src, args.grid))
             else:
-                results[name].append(through_socket(repo, src, args.grid, work))
+                results[name].append(through_socket(repo, src, args.grid, work, args.o))
             shutil.rmtree(repo, ignore_errors=True)
+            print(f"run {run} {name}: set refs {results[name][-1][0]:.2f} s, "
+                  f"commit {results[name][-1][1]:.2f} s", file=sys.stderr, flush=True)
     n = args.grid * args.grid
     print(f"{n:,} virtual refs, {args.runs} runs each (median seconds)\n")
     print("| path | set refs | commit | total | refs/s |")

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
+import resource
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +37,8 @@ from vchunkfs.repository.writer import (
     delete_tag,
     reset_branch,
 )
+
+log = logging.getLogger("vchunkfs.control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -224,7 +229,12 @@ class ControlOps:
         w = await self.writer(args)
         lock = self._commit_locks.setdefault(w.branch, trio.Lock())
         async with lock:
+            started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
             sid = await self.call(lambda: w.commit(message, metadata))
+            done = resource.getrusage(resource.RUSAGE_SELF)
+            log.info("committed %s on %s in %.2f s (process cpu: user %.2f s, system %.2f s)",
+                     sid, w.branch, time.perf_counter() - started, done.ru_utime - cpu.ru_utime,
+                     done.ru_stime - cpu.ru_stime)
         await self._changed()
         return {"snapshot": sid, "branch": w.branch}
 
