@@ -228,8 +228,14 @@ _HELPER_AHEAD = 2  # files handed to a helper before it returns one
 
 
 def _helper_main(urls: Sequence[str], plan: IngestPlan, parser_name: str, tasks: Any,
-                 results: Any, helper: int) -> None:
-    """A helper process: open the files whose indexes arrive on ``tasks`` until None."""
+                 results: Any, helper: int, parent: int) -> None:
+    """A helper process: open the files whose indexes arrive on ``tasks`` until None
+    (or until the main process, ``parent``, is gone)."""
+    import queue
+
+    # never wait at exit to flush results nobody will read (the main process is gone,
+    # or it has read every result already)
+    results.cancel_join_thread()
     try:
         registry = make_registry(urls, plan)
         parser = make_parser(parser_name, plan.group)
@@ -241,12 +247,18 @@ def _helper_main(urls: Sequence[str], plan: IngestPlan, parser_name: str, tasks:
         return
     results.put((helper, None, None, None))  # ready
     try:
-        while (i := tasks.get()) is not None:
+        while os.getppid() == parent:
+            try:
+                i = tasks.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if i is None:
+                return
             try:
                 results.put((helper, i, _open_one(urls[i], registry, parser), None))
             except Exception as e:
                 results.put((helper, i, None, _portable(e, urls[i])))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, EOFError, OSError):  # ^C, or the main process is gone
         return
 
 
@@ -265,9 +277,9 @@ def _scan_with_helpers(urls: Sequence[str], plan: IngestPlan, parser_name: str, 
     results = ctx.Queue()
     helpers = []
     for h in range(min(plan.workers - 1, len(urls) - 1)):
-        tasks = ctx.SimpleQueue()
+        tasks = ctx.Queue()
         proc = ctx.Process(target=_helper_main, args=(list(urls), plan, parser_name, tasks,
-                                                      results, h), daemon=True)
+                                                      results, h, os.getpid()), daemon=True)
         proc.start()
         helpers.append((proc, tasks))
     out: list[xr.Dataset | None] = [None] * len(urls)
@@ -328,6 +340,7 @@ def _scan_with_helpers(urls: Sequence[str], plan: IngestPlan, parser_name: str, 
                 receive(1.0)
     finally:
         for (proc, tasks), is_ready in zip(helpers, ready, strict=True):
+            tasks.cancel_join_thread()
             if is_ready and done == len(urls):
                 tasks.put(None)
             else:
