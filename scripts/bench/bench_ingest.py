@@ -119,6 +119,13 @@ def ensure_data(root: Path, n: int, scale: int = 1) -> Path:
     return data
 
 
+CRASHES: list[str] = []  # processes killed by a signal (icechunk 2.3 at exit), redone
+
+
+class Crashed(Exception):
+    pass
+
+
 def timed(cmd: list[str], env: dict[str, str] | None = None
           ) -> tuple[float, float, float, str]:
     """Run cmd; return (spawn time, wall seconds, child cpu seconds, stdout)."""
@@ -128,6 +135,9 @@ def timed(cmd: list[str], env: dict[str, str] | None = None
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env or child_env())
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode < 0:
+        CRASHES.append(f"{' '.join(cmd[:2])}: signal {-proc.returncode}")
+        raise Crashed
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -136,14 +146,24 @@ def timed(cmd: list[str], env: dict[str, str] | None = None
 
 def run_one(who: str, data: Path, repo: Path, baseline: Path | None = None
             ) -> dict[str, float]:
+    """One timed ingest; a process that dies of a signal is redone (up to 3 times)."""
+    for attempt in range(3):
+        try:
+            return _run_one(who, data, repo, baseline)
+        except Crashed:
+            if attempt == 2:
+                raise
+    raise AssertionError
+
+
+def _run_one(who: str, data: Path, repo: Path, baseline: Path | None) -> dict[str, float]:
     shutil.rmtree(repo, ignore_errors=True)
     if who == "guide":
         t_spawn, wall, cpu, out = timed([sys.executable, "-c", GUIDE, str(data), str(repo)])
         committed = float(out.split()[0])
         return {"wall": wall, "cpu": cpu, "to_commit": committed - t_spawn}
     env = child_env(baseline if who in BASELINE and baseline else PROJECT)
-    subprocess.run([*vchunkfs_cmd(), "init", str(repo)], check=True, capture_output=True,
-                   env=env)
+    timed([*vchunkfs_cmd(), "init", str(repo)], env)  # not timed: a crash here is redone too
     cmd = [*vchunkfs_cmd(), "ingest", str(repo), f"{data}/*.nc", "--concat-dim", "time",
            "--container", data.resolve().as_uri() + "/"]
     if who.endswith("-w2"):
@@ -289,6 +309,8 @@ def main() -> int:
             f"{c} " + ", ".join(fmt(f["wall"]) for f in results[n][c]) for c in who_all))
     for n, v in verdicts.items():
         lines.append(f"N={n} repositories: {v}")
+    lines.append(f"processes killed by a signal and redone: {len(CRASHES)}"
+                 + (f" ({'; '.join(CRASHES)})" if CRASHES else ""))
     text = "\n".join(lines)
     print(text)
     if args.out:
