@@ -23,7 +23,9 @@ exit, so both sides pay for the interpreter's start-up, every import, the
 work and the interpreter's exit. The guide's process also prints the time at
 which its commit returned: the table shows that too ("guide to commit"), to
 show what exit costs. CPU time (user + sys) of each child is recorded as
-well, which shows how much ``--workers 2`` runs in parallel.
+well, which shows how much ``--workers 2`` runs in parallel, and the CPU time
+the rest of the machine used meanwhile (``/proc/stat``), which shows when a
+figure was taken while something else ran.
 
 The order of the contestants rotates from run to run; the table gives
 medians over the runs and the ratio to the guide (below 1 is faster). Before
@@ -126,14 +128,30 @@ class Crashed(Exception):
     pass
 
 
+def busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot (/proc/stat), 0 if unknown."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+LAST_OTHER = [0.0]  # CPU seconds used by everything else during the last timed() call
+
+
 def timed(cmd: list[str], env: dict[str, str] | None = None
           ) -> tuple[float, float, float, str]:
     """Run cmd; return (spawn time, wall seconds, child cpu seconds, stdout)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0 = busy_seconds()
     t_spawn = time.time()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env or child_env())
     wall = time.perf_counter() - t0
+    busy1 = busy_seconds()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode < 0:
         CRASHES.append(f"{' '.join(cmd[:2])}: signal {-proc.returncode}")
@@ -141,6 +159,7 @@ def timed(cmd: list[str], env: dict[str, str] | None = None
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    LAST_OTHER[0] = max(busy1 - busy0 - cpu, 0.0)
     return t_spawn, wall, cpu, proc.stdout
 
 
@@ -161,7 +180,8 @@ def _run_one(who: str, data: Path, repo: Path, baseline: Path | None) -> dict[st
     if who == "guide":
         t_spawn, wall, cpu, out = timed([sys.executable, "-c", GUIDE, str(data), str(repo)])
         committed = float(out.split()[0])
-        return {"wall": wall, "cpu": cpu, "to_commit": committed - t_spawn}
+        return {"wall": wall, "cpu": cpu, "to_commit": committed - t_spawn,
+                "other": LAST_OTHER[0]}
     env = child_env(baseline if who in BASELINE and baseline else PROJECT)
     timed([*vchunkfs_cmd(), "init", str(repo)], env)  # not timed: a crash here is redone too
     cmd = [*vchunkfs_cmd(), "ingest", str(repo), f"{data}/*.nc", "--concat-dim", "time",
@@ -169,7 +189,7 @@ def _run_one(who: str, data: Path, repo: Path, baseline: Path | None) -> dict[st
     if who.endswith("-w2"):
         cmd += ["--workers", "2"]
     _, wall, cpu, _ = timed(cmd, env)
-    return {"wall": wall, "cpu": cpu}
+    return {"wall": wall, "cpu": cpu, "other": LAST_OTHER[0]}
 
 
 def check_same(data: Path, repos: list[Path], with_xarray: bool) -> str:
@@ -279,7 +299,8 @@ def main() -> int:
                 fig = run_one(who, datas[n], repos_dir / f"{who}-{n}", args.baseline_src)
                 results[n][who].append(fig)
                 print(f"run {r + 1} N={n} {who}: {fmt(fig['wall'])} s wall, "
-                      f"{fmt(fig['cpu'])} s cpu", file=sys.stderr, flush=True)
+                      f"{fmt(fig['cpu'])} s cpu, {fmt(fig['other'])} s cpu of other processes",
+                      file=sys.stderr, flush=True)
             if r == 0 and not args.no_check:
                 verdicts[n] = check_same(datas[n], [repos_dir / f"{c}-{n}" for c in who_all],
                                          with_xarray=n <= 31)
@@ -305,8 +326,9 @@ def main() -> int:
             + f" | {' / '.join(fmt(cpu[c]) for c in who_all)} s |")
     lines.append("")
     for n in sizes:
-        lines.append(f"N={n} runs (wall s): " + "; ".join(
-            f"{c} " + ", ".join(fmt(f["wall"]) for f in results[n][c]) for c in who_all))
+        lines.append(f"N={n} runs (wall s [cpu of other processes meanwhile]): " + "; ".join(
+            f"{c} " + ", ".join(f"{fmt(f['wall'])} [{f['other']:.1f}]" for f in results[n][c])
+            for c in who_all))
     for n, v in verdicts.items():
         lines.append(f"N={n} repositories: {v}")
     lines.append(f"processes killed by a signal and redone: {len(CRASHES)}"
