@@ -210,3 +210,40 @@ def test_tiff_images_stack_along_a_new_dimension(tmp_path):
             arr = zarr.open_array(m.path / pres, path="0", mode="r", zarr_format=fmt)
             assert arr.shape == (3, 200, 300)
             np.testing.assert_array_equal(arr[...], np.stack(images))
+
+
+def test_helper_processes_read_the_same(tmp_path, monkeypatch):
+    """--workers 2 with its helper process: the same datasets, in order; errors name the file."""
+    import time
+
+    from vchunkfs import ingest
+    from vchunkfs.errors import InvalidInputError
+
+    files = make_days(tmp_path / "data", 8)
+    urls = ingest.expand_inputs([str(f) for f in files])
+    alone = ingest.scan(urls, ingest.IngestPlan(inputs=urls))
+    # this process reads slowly (the spawned helper reads at full speed), so the helper,
+    # once started, reads some of the files: from the back of the list
+    here: list[str] = []
+    open_one = ingest._open_one
+
+    def slow(url, registry, parser):
+        here.append(url)
+        time.sleep(1.0)
+        return open_one(url, registry, parser)
+
+    monkeypatch.setattr(ingest, "_open_one", slow)
+    seen: list[tuple[int, int]] = []
+    helped = ingest.scan(urls, ingest.IngestPlan(inputs=urls, workers=2),
+                         lambda done, total: seen.append((done, total)))
+    assert len(helped) == len(alone)
+    for a, b in zip(alone, helped, strict=True):
+        xr.testing.assert_identical(a, b)
+    assert sorted(seen) == [(i, 8) for i in range(1, 9)]
+    assert urls[-1] not in here and here == urls[:len(here)]
+    # a broken file read by the helper: the error names it
+    files[-1].write_bytes(files[-1].read_bytes()[:2000])
+    here.clear()
+    with pytest.raises(InvalidInputError, match=files[-1].name):
+        ingest.scan(urls, ingest.IngestPlan(inputs=urls, workers=2))
+    assert urls[-1] not in here

@@ -22,7 +22,6 @@ branch as it was.
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
 import glob
 import math
@@ -200,29 +199,168 @@ def _open_one(url: str, registry: Any, parser: Any) -> xr.Dataset:
 
 def scan(urls: Sequence[str], plan: IngestPlan, progress: Progress | None = None
          ) -> list[xr.Dataset]:
-    """Open every file's metadata (in order), with ``plan.workers`` threads."""
+    """Open every file's metadata (in order); with ``plan.workers`` > 1, in that many processes.
+
+    Processes, not threads: VirtualiZarr's HDF parser runs h5py, whose global lock
+    (and the GIL) let only one thread parse at a time, so threads only add
+    contention. A helper process costs about a second and a half to start (its
+    imports), so helpers start only when the files left would take longer than
+    ``_HELPERS_PAY_OFF`` seconds here, judged by the second file's time (the
+    first pays for imports). Then this process goes on reading files from the
+    front of the list while ``plan.workers - 1`` helpers start up and take
+    files from the back.
+    """
     registry = make_registry(urls, plan)
     names = {plan.parser} if plan.parser != "auto" else {detect_parser(u) for u in urls}
     if len(names) > 1:
         raise InvalidInputError(f"the inputs need different parsers ({', '.join(sorted(names))});"
                                 " ingest them separately")
-    parser = make_parser(names.pop(), plan.group)
+    name = names.pop()
+    parser = make_parser(name, plan.group)
     if plan.dask:
         return [_open_many_dask(urls, registry, parser, plan)]
-    out: list[xr.Dataset | None] = [None] * len(urls)
-    done = 0
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(plan.workers, 1)) as pool:
-        futures = {pool.submit(_open_one, u, registry, parser): i for i, u in enumerate(urls)}
-        try:
-            for fut in concurrent.futures.as_completed(futures):
-                out[futures[fut]] = fut.result()
-                done += 1
+    out: list[xr.Dataset] = []
+    for i, url in enumerate(urls):
+        t = time.monotonic()
+        out.append(_open_one(url, registry, parser))
+        if progress:
+            progress(len(out), len(urls))
+        left = len(urls) - len(out)
+        if i == 1 and plan.workers > 1 and (time.monotonic() - t) * left > _HELPERS_PAY_OFF:
+            def later(done: int, total: int) -> None:
                 if progress:
-                    progress(done, len(urls))
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+                    progress(done + 2, total + 2)
+
+            return out + _scan_with_helpers(urls[2:], plan, name, registry, parser, later)
+    return out
+
+
+_HELPERS_PAY_OFF = 2.0  # seconds of files left (helper start-up is ~1.5 s of imports)
+_HELPER_AHEAD = 2  # files handed to a helper before it returns one
+
+
+def _helper_main(urls: Sequence[str], plan: IngestPlan, parser_name: str, tasks: Any,
+                 results: Any, helper: int, parent: int) -> None:
+    """A helper process: open the files whose indexes arrive on ``tasks`` until None
+    (or until the main process, ``parent``, is gone)."""
+    import queue
+
+    # never wait at exit to flush results nobody will read (the main process is gone,
+    # or it has read every result already)
+    results.cancel_join_thread()
+    try:
+        registry = make_registry(urls, plan)
+        parser = make_parser(parser_name, plan.group)
+        import virtualizarr  # noqa: F401 -- imported before saying "ready"
+    except Exception as e:
+        results.put((helper, None, None, _portable(e, "starting a helper process")))
+        return
+    except KeyboardInterrupt:
+        return
+    results.put((helper, None, None, None))  # ready
+    try:
+        while os.getppid() == parent:
+            try:
+                i = tasks.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if i is None:
+                return
+            try:
+                results.put((helper, i, _open_one(urls[i], registry, parser), None))
+            except Exception as e:
+                results.put((helper, i, None, _portable(e, urls[i])))
+    except (KeyboardInterrupt, EOFError, OSError):  # ^C, or the main process is gone
+        return
+
+
+def _portable(e: Exception, what: str) -> VchunkfsError:
+    """An error that survives pickling back to the main process."""
+    return e if isinstance(e, VchunkfsError) else InvalidInputError(f"{what}: {_first_line(e)}")
+
+
+def _scan_with_helpers(urls: Sequence[str], plan: IngestPlan, parser_name: str, registry: Any,
+                       parser: Any, progress: Progress | None) -> list[xr.Dataset]:
+    import multiprocessing
+    import queue
+
+    # spawn, not fork: this process runs threads (the asyncio bridge, icechunk's runtime)
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    helpers = []
+    for h in range(min(plan.workers - 1, len(urls) - 1)):
+        tasks = ctx.Queue()
+        proc = ctx.Process(target=_helper_main, args=(list(urls), plan, parser_name, tasks,
+                                                      results, h, os.getpid()), daemon=True)
+        proc.start()
+        helpers.append((proc, tasks))
+    out: list[xr.Dataset | None] = [None] * len(urls)
+    owed: list[list[int]] = [[] for _ in helpers]  # indexes handed to each helper, not back
+    ready = [False] * len(helpers)
+    front, back, done = 0, len(urls), 0
+
+    def store(i: int, ds: xr.Dataset) -> None:
+        nonlocal done
+        out[i] = ds
+        done += 1
+        if progress:
+            progress(done, len(urls))
+
+    def hand_out(h: int) -> None:
+        nonlocal back
+        while back > front and len(owed[h]) < _HELPER_AHEAD:
+            back -= 1
+            owed[h].append(back)
+            helpers[h][1].put(back)
+
+    def reclaim() -> None:
+        """Open here the files owed by helpers that died."""
+        for k, (proc, _) in enumerate(helpers):
+            if not proc.is_alive():
+                for j in owed[k]:
+                    store(j, _open_one(urls[j], registry, parser))
+                owed[k] = []
+
+    def receive(timeout: float | None) -> None:
+        """Take every message waiting, or with ``timeout``, wait that long for one."""
+        while True:
+            try:
+                h, i, ds, err = (results.get(timeout=timeout) if timeout is not None
+                                 else results.get_nowait())
+            except queue.Empty:
+                if timeout is not None:
+                    reclaim()
+                return
+            timeout = None
+            if i is None:  # a helper started, or could not: then go on without it
+                ready[h] = err is None
+            elif err is not None:
+                raise err
+            elif i in owed[h]:
+                owed[h].remove(i)
+                store(i, ds)
+            if ready[h]:
+                hand_out(h)
+
+    try:
+        while done < len(urls):
+            receive(None)
+            if front < back:
+                front += 1
+                store(front - 1, _open_one(urls[front - 1], registry, parser))
+            elif done < len(urls):
+                receive(1.0)
+    finally:
+        for (proc, tasks), is_ready in zip(helpers, ready, strict=True):
+            tasks.cancel_join_thread()
+            if is_ready and done == len(urls):
+                tasks.put(None)
+            else:
+                proc.terminate()  # still starting up, or the scan failed
+        for proc, _ in helpers:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
     return [d for d in out if d is not None]
 
 

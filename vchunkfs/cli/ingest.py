@@ -55,7 +55,8 @@ def register(sub: Sub) -> None:
                    help="add this virtual chunk container (url prefix ending in /) if the "
                         "repository has none covering the files")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="read file metadata with N threads")
+                   help="read file metadata in N processes (this one and N-1 helpers, "
+                        "which start up while this one reads)")
     p.add_argument("--dask", action="store_true",
                    help="read metadata on Dask (VirtualiZarr's parallel open), for thousands "
                         "of files on a cluster")

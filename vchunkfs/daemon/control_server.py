@@ -98,6 +98,13 @@ class ControlServer:
                 await stream.send_all(protocol.encode(protocol.error(
                     None, "permission", f"uid {uid} may not control this mount; only its "
                     f"owner (uid {self.owner_uid}) and root may")))
+                # let the peer finish sending its request (discarded) and read the refusal:
+                # closing now would fail its send with EPIPE before it sees why
+                await stream.send_eof()
+                with trio.move_on_after(1.0):
+                    received = 0
+                    while received < protocol.MAX_FRAME and (chunk := await stream.receive_some()):
+                        received += len(chunk)
                 return
             buffer = bytearray()
             while True:

@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""``vchunkfs ingest`` against the Icechunk guide's Python, on OISST-like netCDF files.
+
+For each number of files N (31 and 365 daily files, 720 x 1440, see
+``scripts/make_oisst.py``), each run times three contestants, each in a fresh
+process writing a fresh repository:
+
+``guide``
+    the guide's Python (``tests/datasets.py: write_like_the_guide``) as
+    ``python -c``: ``open_virtual_dataset`` per file with ``HDFParser`` and an
+    ``ObjectStoreRegistry`` over ``LocalStore``, ``xr.concat(dim="time",
+    coords="minimal", compat="override", combine_attrs="override")``, a
+    ``RepositoryConfig`` with a ``file://`` ``VirtualChunkContainer``,
+    ``Repository.create``, ``save_config``, ``to_icechunk``, ``commit``;
+``vchunkfs``
+    ``vchunkfs ingest REPO 'DIR/*.nc' --concat-dim time --container file://DIR/``
+    on a repository made beforehand (untimed) by ``vchunkfs init REPO``;
+``vchunkfs-w2``
+    the same with ``--workers 2``.
+
+Every figure is wall time from just before the process is spawned to its
+exit, so both sides pay for the interpreter's start-up, every import, the
+work and the interpreter's exit. The guide's process also prints the time at
+which its commit returned: the table shows that too ("guide to commit"), to
+show what exit costs. CPU time (user + sys) of each child is recorded as
+well, which shows how much ``--workers 2`` runs in parallel, and the CPU time
+the rest of the machine used meanwhile (``/proc/stat``), which shows when a
+figure was taken while something else ran.
+
+The order of the contestants rotates from run to run; the table gives
+medians over the runs and the ratio to the guide (below 1 is faster). Before
+the timed runs, one untimed run of the guide and one of vchunkfs per N warm
+the page cache and the bytecode caches. After the first run, the three repositories of each N are
+compared: same nodes and metadata documents, same chunk keys, same bytes for
+every chunk (read through each repository's virtual refs), same set of
+virtual chunk locations; for N <= 31 also ``xarray.open_zarr`` of each
+store, ``identical``.
+
+With ``--baseline-src DIR`` (a copy of another version's ``vchunkfs``
+package, e.g. from ``git archive``), two more contestants, ``base`` and
+``base-w2``, run that version's ``vchunkfs ingest`` the same ways.
+
+On a shared machine, run it under the benchmarks' lock::
+
+    flock /tmp/vchunkfs-bench.lock python scripts/bench/bench_ingest.py \
+        [ROOT] [--sizes 31,365] [--runs 3] [--out results.md]
+
+ROOT (default /tmp/vchunkfs-bench-ingest) holds the data, built there on first
+use (``d31``: 31 days from 2024-08-01; ``d365``: 365 days from 2024-01-01),
+and the repositories, which are removed after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent.parent
+CONTESTANTS = ("guide", "vchunkfs", "vchunkfs-w2")
+BASELINE = ("base", "base-w2")  # with --baseline-src: vchunkfs from another source tree
+
+GUIDE = """\
+import sys, time
+from pathlib import Path
+import icechunk as ic
+import xarray as xr
+from obspec_utils.registry import ObjectStoreRegistry
+from obstore.store import LocalStore
+from virtualizarr import open_virtual_dataset
+from virtualizarr.parsers import HDFParser
+
+data, repo_path = Path(sys.argv[1]).resolve(), sys.argv[2]
+files = sorted(data.glob("*.nc"))
+registry = ObjectStoreRegistry({"file://": LocalStore()})
+vds = xr.concat([open_virtual_dataset(f.as_uri(), registry=registry, parser=HDFParser())
+                 for f in files], dim="time", coords="minimal", compat="override",
+                combine_attrs="override")
+config = ic.RepositoryConfig.default()
+config.set_virtual_chunk_container(ic.VirtualChunkContainer(
+    data.as_uri() + "/", ic.local_filesystem_store(str(data))))
+repo = ic.Repository.create(ic.local_filesystem_storage(repo_path), config)
+repo.save_config()
+session = repo.writable_session("main")
+vds.vz.to_icechunk(session.store)
+sid = session.commit("ingest %d files" % len(files))
+print(time.time(), sid, flush=True)
+"""
+
+
+def vchunkfs_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("vchunkfs")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "vchunkfs.cli.main"]
+
+
+def child_env(src: Path = PROJECT) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(src), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("ICECHUNK_LOG", "error")
+    return env
+
+
+def ensure_data(root: Path, n: int, scale: int = 1) -> Path:
+    data = root / (f"d{n}" if scale == 1 else f"d{n}-scale{scale}")
+    if data.is_dir() and len(list(data.glob("*.nc"))) == n:
+        return data
+    start = "2024-08-01" if n <= 31 else "2024-01-01"
+    print(f"writing {n} files to {data} ...", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, str(PROJECT / "scripts" / "make_oisst.py"), str(data),
+                    "--days", str(n), "--start", start, "--scale", str(scale)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return data
+
+
+CRASHES: list[str] = []  # processes killed by a signal (icechunk 2.3 at exit), redone
+
+
+class Crashed(Exception):
+    pass
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot (/proc/stat), 0 if unknown."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+LAST_OTHER = [0.0]  # CPU seconds used by everything else during the last timed() call
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None
+          ) -> tuple[float, float, float, str]:
+    """Run cmd; return (spawn time, wall seconds, child cpu seconds, stdout)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0 = busy_seconds()
+    t_spawn = time.time()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env or child_env())
+    wall = time.perf_counter() - t0
+    busy1 = busy_seconds()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode < 0:
+        CRASHES.append(f"{' '.join(cmd[:2])}: signal {-proc.returncode}")
+        raise Crashed
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    LAST_OTHER[0] = max(busy1 - busy0 - cpu, 0.0)
+    return t_spawn, wall, cpu, proc.stdout
+
+
+def run_one(who: str, data: Path, repo: Path, baseline: Path | None = None
+            ) -> dict[str, float]:
+    """One timed ingest; a process that dies of a signal is redone (up to 3 times)."""
+    for attempt in range(3):
+        try:
+            return _run_one(who, data, repo, baseline)
+        except Crashed:
+            if attempt == 2:
+                raise
+    raise AssertionError
+
+
+def _run_one(who: str, data: Path, repo: Path, baseline: Path | None) -> dict[str, float]:
+    shutil.rmtree(repo, ignore_errors=True)
+    if who == "guide":
+        t_spawn, wall, cpu, out = timed([sys.executable, "-c", GUIDE, str(data), str(repo)])
+        committed = float(out.split()[0])
+        return {"wall": wall, "cpu": cpu, "to_commit": committed - t_spawn,
+                "other": LAST_OTHER[0]}
+    env = child_env(baseline if who in BASELINE and baseline else PROJECT)
+    timed([*vchunkfs_cmd(), "init", str(repo)], env)  # not timed: a crash here is redone too
+    cmd = [*vchunkfs_cmd(), "ingest", str(repo), f"{data}/*.nc", "--concat-dim", "time",
+           "--container", data.resolve().as_uri() + "/"]
+    if who.endswith("-w2"):
+        cmd += ["--workers", "2"]
+    _, wall, cpu, _ = timed(cmd, env)
+    return {"wall": wall, "cpu": cpu, "other": LAST_OTHER[0]}
+
+
+def check_same(data: Path, repos: list[Path], with_xarray: bool) -> str:
+    """Compare the repositories in a child process; return its one-line verdict."""
+    proc = subprocess.run([sys.executable, __file__, "--check", str(data), *map(str, repos),
+                           *(["--xarray"] if with_xarray else [])],
+                          capture_output=True, text=True, env=child_env())
+    if proc.returncode != 0:
+        sys.exit(f"the repositories differ:\n{proc.stdout}{proc.stderr}")
+    return proc.stdout.strip()
+
+
+def check_main(data: str, repos: list[str], with_xarray: bool) -> int:
+    import asyncio
+
+    import icechunk as ic
+    from zarr.core.buffer import default_buffer_prototype
+
+    prefix = Path(data).resolve().as_uri() + "/"
+    sessions = [ic.Repository.open(ic.local_filesystem_storage(r),
+                                   authorize_virtual_chunk_access={prefix: None}
+                                   ).readonly_session("main") for r in repos]
+
+    async def contents(store: ic.IcechunkStore) -> dict[str, object]:
+        out: dict[str, object] = {}
+        keys = sorted([k async for k in store.list()])
+        for key in keys:
+            buf = await store.get(key, prototype=default_buffer_prototype())
+            assert buf is not None, key
+            raw = buf.to_bytes()
+            out[key] = json.loads(raw) if key.endswith("zarr.json") else raw
+        return out
+
+    first = asyncio.run(contents(sessions[0].store))
+    locations = sorted(sessions[0].all_virtual_chunk_locations())
+    for repo, session in zip(repos[1:], sessions[1:], strict=True):
+        other = asyncio.run(contents(session.store))
+        if set(other) != set(first):
+            print(f"{repo}: keys differ: {sorted(set(other) ^ set(first))[:5]}")
+            return 1
+        for key in first:
+            if other[key] != first[key]:
+                print(f"{repo}: {key} differs")
+                return 1
+        if sorted(session.all_virtual_chunk_locations()) != locations:
+            print(f"{repo}: virtual chunk locations differ")
+            return 1
+    chunks = sum(1 for k in first if not k.endswith("zarr.json"))
+    verdict = (f"same: {len(first) - chunks} metadata documents, {chunks} chunks (bytes "
+               f"read through the refs), {len(set(locations))} source files")
+    if with_xarray:
+        import xarray as xr
+
+        dss = [xr.open_zarr(s.store, consolidated=False, zarr_format=3) for s in sessions]
+        for repo, ds in zip(repos[1:], dss[1:], strict=True):
+            if not ds.identical(dss[0]):
+                print(f"{repo}: xarray datasets differ")
+                return 1
+        verdict += "; xarray.open_zarr identical"
+    print(verdict)
+    return 0
+
+
+def fmt(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--check":
+        rest = sys.argv[2:]
+        xa = "--xarray" in rest
+        rest = [r for r in rest if r != "--xarray"]
+        return check_main(rest[0], rest[1:], xa)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("root", nargs="?", default="/tmp/vchunkfs-bench-ingest", type=Path)
+    ap.add_argument("--sizes", default="31,365", help="numbers of files (default 31,365)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--scale", type=int, default=1,
+                    help="grid coarsened by this factor (4: 180 x 360), to try the script")
+    ap.add_argument("--no-check", action="store_true", help="skip the equality check")
+    ap.add_argument("--baseline-src", type=Path, metavar="DIR",
+                    help="also time vchunkfs from this source tree (contestants base, base-w2)")
+    ap.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    root = args.root.resolve()
+    repos_dir = root / "repos"
+    repos_dir.mkdir(parents=True, exist_ok=True)
+    datas = {n: ensure_data(root, n, args.scale) for n in sizes}
+
+    who_all = CONTESTANTS + (BASELINE if args.baseline_src else ())
+    results: dict[int, dict[str, list[dict[str, float]]]] = {
+        n: {c: [] for c in who_all} for n in sizes}
+    verdicts: dict[int, str] = {}
+    for n in sizes:  # warm-up: page cache, .pyc files
+        for who in CONTESTANTS[:2]:
+            run_one(who, datas[n], repos_dir / "warmup")
+        shutil.rmtree(repos_dir / "warmup", ignore_errors=True)
+    if args.baseline_src:
+        for n in sizes:
+            run_one("base", datas[n], repos_dir / "warmup", args.baseline_src)
+    k = len(who_all)
+    for r in range(args.runs):
+        order = who_all[r % k:] + who_all[:r % k]
+        for n in sizes:
+            for who in order:
+                fig = run_one(who, datas[n], repos_dir / f"{who}-{n}", args.baseline_src)
+                results[n][who].append(fig)
+                print(f"run {r + 1} N={n} {who}: {fmt(fig['wall'])} s wall, "
+                      f"{fmt(fig['cpu'])} s cpu, {fmt(fig['other'])} s cpu of other processes",
+                      file=sys.stderr, flush=True)
+            if r == 0 and not args.no_check:
+                verdicts[n] = check_same(datas[n], [repos_dir / f"{c}-{n}" for c in who_all],
+                                         with_xarray=n <= 31)
+                print(f"N={n}: {verdicts[n]}", file=sys.stderr, flush=True)
+            for who in who_all:
+                shutil.rmtree(repos_dir / f"{who}-{n}", ignore_errors=True)
+
+    lines = [f"{args.runs} runs, medians; wall = spawn to exit (interpreter start-up, imports, "
+             "work, exit); (xR) = ratio to the guide",
+             "",
+             "| files | guide (to commit) | " + " | ".join(
+                 {"vchunkfs": "vchunkfs ingest", "vchunkfs-w2": "--workers 2",
+                  "base": "baseline", "base-w2": "baseline --workers 2"}[c]
+                 for c in who_all[1:]) + " | cpu " + " / ".join(who_all) + " |",
+             "|---:|---:|" + "---:|" * len(who_all)]
+    for n in sizes:
+        med = {c: statistics.median(f["wall"] for f in results[n][c]) for c in who_all}
+        cpu = {c: statistics.median(f["cpu"] for f in results[n][c]) for c in who_all}
+        to_commit = statistics.median(f["to_commit"] for f in results[n]["guide"])
+        g = med["guide"]
+        lines.append(f"| {n} | {fmt(g)} s ({fmt(to_commit)}) | " + " | ".join(
+            f"{fmt(med[c])} s (x{med[c] / g:.2f})" for c in who_all[1:])
+            + f" | {' / '.join(fmt(cpu[c]) for c in who_all)} s |")
+    lines.append("")
+    for n in sizes:
+        lines.append(f"N={n} runs (wall s [cpu of other processes meanwhile]): " + "; ".join(
+            f"{c} " + ", ".join(f"{fmt(f['wall'])} [{f['other']:.1f}]" for f in results[n][c])
+            for c in who_all))
+    for n, v in verdicts.items():
+        lines.append(f"N={n} repositories: {v}")
+    lines.append(f"processes killed by a signal and redone: {len(CRASHES)}"
+                 + (f" ({'; '.join(CRASHES)})" if CRASHES else ""))
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+        (args.out.with_suffix(".json")).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
