@@ -28,8 +28,6 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import trio
-
 T = TypeVar("T")
 
 
@@ -73,6 +71,8 @@ class AsyncioBridge:
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Await ``fn()`` from trio without occupying a trio worker thread."""
+        import trio  # here, not at the top: commands that never run trio skip its 0.1 s import
+
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         future = self.submit(fn)
