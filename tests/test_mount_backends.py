@@ -45,8 +45,9 @@ def test_s3_mount_and_backend_down(tmp_path):
         built = build_repo(storage, tmp_path / "src", container=container, publish=publish)
         env = {"AWS_ACCESS_KEY_ID": s3.access_key_id,
                "AWS_SECRET_ACCESS_KEY": s3.secret_access_key, "AWS_REGION": s3.region}
+        # prefetch=0: the last chunk must still be unfetched when the backend goes down
         with mounted("s3://repos/r", tmp_path / "m", f"endpoint_url={s3.endpoint_url}",
-                     "authorize=s3://archive/nc/=env", env=env) as m:
+                     "authorize=s3://archive/nc/=env", "prefetch=0", env=env) as m:
             local = {p.name: p for p in built.sources}
             refs = built.refs["day1"]
             for ref in refs[:-1]:
