@@ -72,6 +72,8 @@ from pathlib import Path
 from types import FrameType
 from xml.sax.saxutils import escape
 
+from bench_mount import drop_and_settle, unmount  # same directory: the mount benchmark's helpers
+
 HERE = Path(__file__).resolve().parent
 SCRIPTS = HERE.parent
 DATA = Path("/tmp/vchunkfs-bench-readers")
@@ -82,7 +84,6 @@ OUT = Path("/dev/shm/vchunkfs-bench-readers")
 DAYS = 31
 VAR = "sst"
 PRESENTATION = "v2-decoded"
-SETTLE = 0.3  # seconds after drop_caches (the daemon answers the kernel's FORGETs)
 TARGET = 1.5  # the mount within 1.5x of the same tool on the netCDF files
 GDAL_DIRECT = ["--config", "GDAL_NETCDF_BOTTOMUP", "NO"]
 
@@ -112,22 +113,6 @@ def build() -> None:
 
 
 # -- system -------------------------------------------------------------------------
-
-
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-    time.sleep(SETTLE)
-
-
-def unmount(mountpoint: Path) -> None:
-    for args in (["fusermount3", "-u"], ["fusermount3", "-u"], ["fusermount3", "-u", "-z"]):
-        if not os.path.ismount(mountpoint):
-            return
-        subprocess.run([*args, str(mountpoint)], capture_output=True)
-        if os.path.ismount(mountpoint):
-            time.sleep(0.3)
 
 
 class Mount:
@@ -355,7 +340,7 @@ def sample(c: Contestant, mount: Mount) -> None:
     """One cold then one warm pass of ``c``."""
     if c.side == "mount":
         mount.restart()
-    drop_caches()
+    drop_and_settle()
     subprocess.run(c.warm_up, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     daemon = mount.pid if c.side == "mount" else None
     c.run("cold", daemon)
@@ -380,7 +365,7 @@ def profile(rows: list[tuple[Contestant, Contestant]], mount: Mount) -> list[str
     out = []
     for i, (_direct, c) in enumerate(rows):
         mount.restart()
-        drop_caches()
+        drop_and_settle()
         subprocess.run(c.warm_up, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         path = DATA / f"profile-{i}.txt"
         spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p",
