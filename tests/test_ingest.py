@@ -131,6 +131,10 @@ def test_bad_inputs_change_nothing(tmp_path):
         r = cli("ingest", str(repo), *args, "--concat-dim", "time", check=False)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == status and len(lines) == 1 and message in lines[0], (args, r)
+    # a misspelt dimension is an error, not a new dimension
+    r = cli("ingest", str(repo), *map(str, files), "--concat-dim", "tme", check=False)
+    assert r.returncode == 2 and "--concat-dim 'tme' is not a dimension of the files (they " \
+        "have time, zlev, lat, lon); pass --new-dim" in r.stderr, r.stderr
     assert history(repo) == before
 
 

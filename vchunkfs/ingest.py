@@ -57,6 +57,7 @@ class IngestPlan:
     container: str | None = None
     workers: int = 1
     dask: bool = False
+    new_dim: bool = False  # concat_dim may be a dimension the files lack (always for TIFF)
     source_region: str | None = None
     source_endpoint: str | None = None
     source_anonymous: bool = False
@@ -126,6 +127,15 @@ def detect_parser(url: str) -> str:
         raise InvalidInputError(f"{path}: not netCDF/HDF5, netCDF3, TIFF, Zarr or kerchunk "
                                 "references (pass --parser to force one)")
     return "hdf"  # remote: netCDF4/HDF5 is by far the most common; --parser overrides
+
+
+def parser_name(urls: Sequence[str], plan: IngestPlan) -> str:
+    """The one parser every input needs; raises if they need different ones."""
+    names = {plan.parser} if plan.parser != "auto" else {detect_parser(u) for u in urls}
+    if len(names) > 1:
+        raise InvalidInputError(f"the inputs need different parsers ({', '.join(sorted(names))});"
+                                " ingest them separately")
+    return names.pop()
 
 
 def make_parser(name: str, group: str | None) -> Any:
@@ -211,11 +221,7 @@ def scan(urls: Sequence[str], plan: IngestPlan, progress: Progress | None = None
     files from the back.
     """
     registry = make_registry(urls, plan)
-    names = {plan.parser} if plan.parser != "auto" else {detect_parser(u) for u in urls}
-    if len(names) > 1:
-        raise InvalidInputError(f"the inputs need different parsers ({', '.join(sorted(names))});"
-                                " ingest them separately")
-    name = names.pop()
+    name = parser_name(urls, plan)
     parser = make_parser(name, plan.group)
     if plan.dask:
         return [_open_many_dask(urls, registry, parser, plan)]
@@ -414,12 +420,18 @@ def check_agree(urls: Sequence[str], datasets: Sequence[xr.Dataset], concat_dim:
                         f"{got[name][what]} instead of {want[name][what]}")
 
 
-def combine(datasets: Sequence[xr.Dataset], concat_dim: str | None) -> xr.Dataset:
-    """The files combined like the guide's ``xr.concat``. A ``concat_dim`` the files do
-    not have (single TIFF images, say) becomes a new leading dimension."""
+def combine(datasets: Sequence[xr.Dataset], concat_dim: str | None,
+            new_dim: bool = False) -> xr.Dataset:
+    """The files combined like the guide's ``xr.concat``. With ``new_dim``, a
+    ``concat_dim`` the files lack becomes a new leading dimension (single images);
+    without, it is an error, since it is most often a misspelt name."""
     if len(datasets) > 1 and not concat_dim:
         raise UsageError("several files need --concat-dim (e.g. --concat-dim time)")
     if concat_dim and concat_dim not in datasets[0].dims:
+        if not new_dim:
+            raise UsageError(f"--concat-dim {concat_dim!r} is not a dimension of the files "
+                             f"(they have {', '.join(map(str, datasets[0].dims))}); pass "
+                             "--new-dim to stack them along a new one")
         datasets = [ds.expand_dims(concat_dim) for ds in datasets]
     if len(datasets) == 1:
         return datasets[0]
@@ -552,7 +564,9 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
     t1 = time.monotonic()
     if not plan.dask:
         check_agree(urls, datasets, plan.concat_dim)
-    vds = combine(datasets, plan.concat_dim)
+    # TIFF files are single images: they stack along a new dimension by nature
+    vds = combine(datasets, plan.concat_dim,
+                  new_dim=plan.new_dim or parser_name(urls, plan) == "tiff")
     # the files the refs point into: the inputs, or what kerchunk references name
     sources = source_urls(vds)
     container = ensure_container(repo, sources, plan)

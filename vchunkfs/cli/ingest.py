@@ -38,9 +38,10 @@ def register(sub: Sub) -> None:
     p.add_argument("repo", metavar="REPO")
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB",
                    help="paths, globs (quote them) or URLs; sorted before combining")
-    p.add_argument("--concat-dim", metavar="DIM",
-                   help="dimension to combine files along (a new leading one if the files "
-                        "lack it)")
+    p.add_argument("--concat-dim", metavar="DIM", help="dimension to combine files along")
+    p.add_argument("--new-dim", action="store_true",
+                   help="--concat-dim is a new leading dimension the files lack (implied "
+                        "for TIFF images)")
     p.add_argument("--parser", choices=PARSERS, default="auto",
                    help="how to read the files (default: by their content)")
     p.add_argument("--append", action="store_true",
@@ -74,7 +75,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     plan = IngestPlan(inputs=args.inputs, concat_dim=args.concat_dim, parser=args.parser,
                       branch=args.branch, message=args.message, append=args.append,
                       region=args.write_region, container=args.container, workers=args.workers,
-                      dask=args.dask, source_region=args.source_region,
+                      dask=args.dask, new_dim=args.new_dim, source_region=args.source_region,
                       source_endpoint=args.source_endpoint,
                       source_anonymous=args.source_anonymous, group=args.group)
     repo = open_repo(args, args.repo)
