@@ -133,6 +133,22 @@ def test_array_without_a_v2_form_is_reported(tmp_path):
     assert "cannot show array sharded" in m.log_text()
 
 
+def test_decoded_chunk_larger_than_a_block(tmp_path):
+    """A 9 MB decoded chunk is read in two 8 MiB blocks: both parts are right."""
+    repo = ic.Repository.create(ic.local_filesystem_storage(str(tmp_path / "repo")))
+    s = repo.writable_session("main")
+    values = np.random.default_rng(3).normal(size=(1100, 1024))
+    zarr.create_array(s.store, name="big", shape=values.shape, chunks=values.shape,
+                      dtype="<f8", fill_value=0.0, compressors=[Zlib(level=1)])[...] = values
+    s.commit("one 9 MB chunk")
+    with mounted(tmp_path / "repo", tmp_path / "m", "presentation=v2-decoded") as m:
+        path = m.path / "big" / "0.0"
+        assert path.stat().st_size == values.nbytes
+        assert path.read_bytes() == values.tobytes()  # zarr-python wrote these values
+        stats = json.loads(os.getxattr(m.path, "user.vchunkfs.stats"))
+        assert stats["cache_misses"] == 2  # two blocks, each a read of part of the chunk
+
+
 def test_chunk_that_fails_to_decode_gives_eio(tmp_path):
     """A ref to bytes that are not zlib data: EIO and a log line, never garbage."""
     data = tmp_path / "data"

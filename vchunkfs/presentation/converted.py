@@ -29,6 +29,7 @@ import logging
 import math
 import struct
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ log = logging.getLogger("vchunkfs.presentation")
 
 ZGROUP, ZARRAY, ZATTRS, ZMETADATA = ".zgroup", ".zarray", ".zattrs", ".zmetadata"
 UNSUPPORTED = "UNSUPPORTED"
-DECODED_CACHE_BYTES = 64 * 1024 * 1024  # decoded chunks kept for reads of several blocks
+DECODED_CACHE_BYTES = 64 * 1024 * 1024  # decoded chunks kept for reads of several parts
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,6 @@ class ConvertedPresentation:
         # dicts that only gain keys, so stat_known may read them from any thread
         self._docs: dict[str, bytes] = {}
         self._forms: dict[str, _ArrayForm] = {}
-        self._decoded: OrderedDict[tuple[str, Coords], bytes] = OrderedDict()
-        self._decoded_bytes = 0
 
     # -- the contract ---------------------------------------------------------
 
@@ -150,7 +149,11 @@ class ConvertedPresentation:
             return (await self._doc(node, detail))[offset:offset + length]
         if not self.decoded:
             return await self.view.read_chunk(node.path, detail, offset, length)
-        return (await self._decoded_chunk(node.path, detail))[offset:offset + length]
+        form = self._forms[node.path]
+        assert form.chain is not None
+        whole = offset == 0 and length >= form.chain.decoded_nbytes  # nothing left to read
+        return (await self._decoded_chunk(node.path, detail, keep=not whole))[
+            offset:offset + length]
 
     # -- names ----------------------------------------------------------------
 
@@ -284,11 +287,11 @@ class ConvertedPresentation:
         return [Entry(grid.key(c).rsplit("/", 1)[-1], False,
                       chain.decoded_nbytes if self.decoded else size) for c, size in stored]
 
-    async def _decoded_chunk(self, array: str, coords: Coords) -> bytes:
-        cache_key = (array, coords)
-        data = self._decoded.get(cache_key)
+    async def _decoded_chunk(self, array: str, coords: Coords, keep: bool) -> bytes:
+        """The decoded chunk; ``keep`` it for the reads of its other parts that follow."""
+        cache_key = (self.view.snapshot_id, self.name, array, coords)
+        data = _DECODED.get(cache_key)
         if data is not None:
-            self._decoded.move_to_end(cache_key)
             return data
         form = self._forms[array]
         assert form.chain is not None
@@ -299,12 +302,41 @@ class ConvertedPresentation:
             assert form.stored_grid is not None
             key = SnapshotView.chunk_key(array, form.stored_grid, coords)
             raise type(e)(f"{key}: {e}") from e
-        self._decoded[cache_key] = data
-        self._decoded_bytes += len(data)
-        while self._decoded_bytes > DECODED_CACHE_BYTES and len(self._decoded) > 1:
-            _, old = self._decoded.popitem(last=False)
-            self._decoded_bytes -= len(old)
+        if keep:
+            _DECODED.put(cache_key, data)
         return data
+
+
+class _DecodedCache:
+    """Decoded chunks read in parts (larger than the caller's blocks), LRU by bytes.
+
+    One for the process, used only on the bridge's asyncio loop (every presentation
+    coroutine runs there), so that the bound holds whatever the number of
+    presentations and snapshots open.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: Hashable) -> bytes | None:
+        data = self._items.get(key)
+        if data is not None:
+            self._items.move_to_end(key)
+        return data
+
+    def put(self, key: Hashable, data: bytes) -> None:
+        if key in self._items or len(data) > self.max_bytes:
+            return
+        self._items[key] = data
+        self._bytes += len(data)
+        while self._bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= len(old)
+
+
+_DECODED = _DecodedCache(DECODED_CACHE_BYTES)
 
 
 # -- Zarr v2 documents ---------------------------------------------------------
