@@ -101,3 +101,17 @@ class InvalidInputError(UsageError):
     """A write request that is well-formed but not acceptable (bad prefix, bad key)."""
 
     code = "invalid_input"
+
+
+class SourceOutsideContainerError(UnauthorizedContainerError):
+    """A local source that resolves outside every authorized ``file://`` prefix (a
+    symbolic link leading out, or not a regular file): refused like an unauthorized
+    container (``EACCES``)."""
+
+    def __init__(self, url: str, key: str | None, why: str) -> None:
+        where = f"chunk {key}: " if key else ""
+        VchunkfsError.__init__(
+            self, f"{where}refusing its source {url}: {why}; only files below an authorized "
+            "file:// prefix are read (symbolic links are followed only while they stay below it)")
+        self.prefix = url[:url.rfind("/") + 1]
+        self.key = key

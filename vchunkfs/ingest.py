@@ -35,9 +35,16 @@ from urllib.parse import urlsplit
 
 import xarray as xr
 
-from vchunkfs.errors import InvalidInputError, NotFoundError, UsageError, VchunkfsError
+from vchunkfs.errors import (
+    InvalidInputError,
+    NotFoundError,
+    SourceChangedError,
+    UsageError,
+    VchunkfsError,
+)
 from vchunkfs.repository import Repo
 from vchunkfs.repository.containers import make_container
+from vchunkfs.repository.sources import RECORDS_KEY, record_local_sources
 from vchunkfs.repository.writer import Writer
 
 PARSERS = ("auto", "hdf", "netcdf3", "tiff", "zarr", "kerchunk-json", "kerchunk-parquet")
@@ -473,13 +480,18 @@ def _common_prefix(urls: Sequence[str]) -> str:
     return common[:common.rfind("/") + 1]
 
 
-def last_updated(urls: Sequence[str], registry: Any) -> datetime.datetime:
-    """The newest modification time among the sources, rounded up to whole seconds.
+def last_updated(urls: Sequence[str], registry: Any
+                 ) -> tuple[datetime.datetime, dict[str, str]]:
+    """The newest modification time among the sources, rounded up to whole seconds, and
+    the ETag of every object-store source that has one.
 
-    Recorded with every ref (VirtualiZarr's last_updated_at): a source changed
-    after this time is refused on read.
+    The time is recorded with every ref (VirtualiZarr's last_updated_at); refs into an
+    object-store source then get its ETag instead (:func:`stamp_etags`): Icechunk
+    sends it as ``If-Match`` on every read, so a rewritten object is refused even when
+    it was rewritten within the same second (Last-Modified has one-second precision).
     """
     newest = 0.0
+    etags: dict[str, str] = {}
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme == "file":
@@ -490,7 +502,44 @@ def last_updated(urls: Sequence[str], registry: Any) -> datetime.datetime:
             store, path = registry.resolve(url)
             meta = obstore.head(store, path)
             newest = max(newest, meta["last_modified"].timestamp())
-    return datetime.datetime.fromtimestamp(math.ceil(newest), datetime.UTC)
+            if meta.get("e_tag"):
+                etags[url] = str(meta["e_tag"])
+    return datetime.datetime.fromtimestamp(math.ceil(newest), datetime.UTC), etags
+
+
+async def stamp_etags(store: Any, vds: xr.Dataset, etags: dict[str, str]) -> int:
+    """Give the refs this ingest wrote into object-store sources their source's ETag.
+
+    Only refs whose (url, offset, length) the parsed files produced are touched, so
+    refs of earlier ingests keep the checksum they were written with. Returns the
+    number of refs stamped.
+    """
+    import icechunk as ic
+    import numpy as np
+
+    stamped = 0
+    for name, var in vds.variables.items():
+        manifest = getattr(var.data, "manifest", None)
+        if manifest is None:
+            continue
+        ours = {(str(p), int(o), int(n)) for p, o, n in zip(
+            np.ravel(manifest._paths), np.ravel(manifest._offsets), np.ravel(manifest._lengths),
+            strict=True) if str(p) in etags}
+        if not ours:
+            continue
+        specs = []
+        async for coords, kinds, paths, offsets, lengths, _i in store.array_chunk_iterator(
+                str(name), 100_000):
+            for i, path in enumerate(paths):
+                if kinds[i] == 2 and (path, int(offsets[i]), int(lengths[i])) in ours:
+                    specs.append(ic.VirtualChunkSpec(
+                        [int(c) for c in coords[i]], path, int(offsets[i]), int(lengths[i]),
+                        etag_checksum=etags[path]))
+        failed = await store.set_virtual_refs_async(str(name), specs)
+        if failed:
+            raise InvalidInputError(f"recording the ETags of {name} failed at chunks {failed[:3]}")
+        stamped += len(specs)
+    return stamped
 
 
 def _region(plan: IngestPlan) -> Any:
@@ -506,7 +555,8 @@ def _region(plan: IngestPlan) -> Any:
 
 
 async def write(repo: Repo, vds: xr.Dataset, plan: IngestPlan, checksum: datetime.datetime,
-                container: str | None) -> str:
+                container: str | None, records: dict[str, list[int]] | None = None,
+                etags: dict[str, str] | None = None) -> str:
     """Write the combined dataset with VirtualiZarr's to_icechunk and commit (asyncio side)."""
     import asyncio
 
@@ -541,12 +591,22 @@ async def write(repo: Repo, vds: xr.Dataset, plan: IngestPlan, checksum: datetim
 
     # to_icechunk is synchronous and runs its own event loop: keep it off the bridge's loop
     await asyncio.to_thread(to_icechunk)
+    if etags:
+        await stamp_etags(store, vds, etags)
     writer.mark_changed()
     n = len(plan.inputs)
     message = plan.message or ("append" if plan.append else "ingest") + f" {n} file" \
         + ("s" if n != 1 else "")
-    return await writer.commit(message, {"vchunkfs": {"ingest": {
-        "files": n, "append": plan.append, "concat_dim": plan.concat_dim}}})
+    records = records or {}
+    # the records must describe the files the refs were made from: a file that changed
+    # while it was scanned would be recorded as its new self
+    changed = [u for u, r in record_local_sources(records).items() if r != records[u]]
+    if changed:
+        raise SourceChangedError(f"{changed[0]} changed while it was ingested; nothing was "
+                                 "committed (run the ingest again)")
+    return await writer.commit(message, {"vchunkfs": {
+        "ingest": {"files": n, "append": plan.append, "concat_dim": plan.concat_dim},
+        RECORDS_KEY: records}})
 
 
 def _first_line(e: BaseException) -> str:
@@ -570,10 +630,13 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
     # the files the refs point into: the inputs, or what kerchunk references name
     sources = source_urls(vds)
     container = ensure_container(repo, sources, plan)
-    checksum = last_updated(sources, make_registry(sources, plan))
+    # what each local source is now, in the commit's metadata: the mount's check of
+    # local sources (vchunkfs.repository.sources) compares every read with it
+    records = record_local_sources(sources)
+    checksum, etags = last_updated(sources, make_registry(sources, plan))
     refs = sum(len(v.data.manifest.dict()) for v in vds.variables.values()
                if hasattr(v.data, "manifest"))
-    sid = run(lambda: write(repo, vds, plan, checksum, container))
+    sid = run(lambda: write(repo, vds, plan, checksum, container, records, etags))
     t2 = time.monotonic()
     return IngestResult(sid, len(urls), sorted(map(str, vds.data_vars)), refs, container,
                         {"scan": t1 - t0, "write_commit": t2 - t1})

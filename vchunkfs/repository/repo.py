@@ -25,6 +25,7 @@ from vchunkfs.errors import (
 from vchunkfs.repository.authorization import Authorization, validate_prefix
 from vchunkfs.repository.location import RepoLocation, StorageOptions, make_storage
 from vchunkfs.repository.snapshot import SnapshotView, ViewCaches
+from vchunkfs.repository.sources import LocalSources, SourceRecords
 
 SNAPSHOT_ID_LEN = 20
 
@@ -105,6 +106,13 @@ class Repo:
         self.authorization = authorization
         self.storage_options = storage_options
         self.caches = ViewCaches()
+        # local virtual chunks are read by vchunkfs itself (contained below the authorized
+        # file:// prefixes, checked against their ingest records): see sources.py
+        file_prefixes = [g.prefix for g in authorization.grants if g.backend == "file"]
+        self.local = LocalSources(
+            file_prefixes, lambda: [c.url_prefix for c in self.containers()],
+            SourceRecords(lambda sid: self.ic.async_ancestry(snapshot_id=sid)),
+        ) if file_prefixes else None
 
     @classmethod
     async def open(cls, location: RepoLocation, *, authorization: Authorization | None = None,
@@ -240,7 +248,7 @@ class Repo:
 
     async def view_of(self, snapshot_id: str) -> SnapshotView:
         with engine_errors(f"opening snapshot {snapshot_id}"):
-            return await SnapshotView.open(self.ic, snapshot_id, self.caches)
+            return await SnapshotView.open(self.ic, snapshot_id, self.caches, self.local)
 
     # -- containers ---------------------------------------------------------
 

@@ -52,6 +52,7 @@ from vchunkfs.errors import (
 )
 from vchunkfs.repository.authorization import raise_if_unauthorized
 from vchunkfs.repository.chunkgrid import ChunkGrid, Coords
+from vchunkfs.repository.sources import LocalSources
 
 METADATA_KEY = "zarr.json"
 
@@ -119,17 +120,43 @@ class ChunkStats:
 
 
 class ChunkIndex:
-    """Which chunks of one array exist, and their sizes, sorted by linear index."""
+    """Which chunks of one array exist, and their sizes, sorted by linear index.
+
+    With ``offsets`` and ``locations`` (built for views that read local sources
+    themselves) it also says where each virtual chunk lives: ``location_ids``
+    index ``locations``, -1 for a native or inline chunk. 16 bytes a chunk, 28
+    with the refs.
+    """
 
     def __init__(self, linear: np.ndarray[Any, np.dtype[np.int64]],
-                 lengths: np.ndarray[Any, np.dtype[np.uint64]]) -> None:
+                 lengths: np.ndarray[Any, np.dtype[np.uint64]],
+                 offsets: np.ndarray[Any, np.dtype[np.uint64]] | None = None,
+                 location_ids: np.ndarray[Any, np.dtype[np.int32]] | None = None,
+                 locations: list[str] | None = None) -> None:
         order = np.argsort(linear, kind="stable")
         self.linear = linear[order]
         self.lengths = lengths[order]
+        self.offsets = offsets[order] if offsets is not None else None
+        self.location_ids = location_ids[order] if location_ids is not None else None
+        self.locations = locations
+
+    def ref(self, linear: int) -> tuple[str, int, int] | None:
+        """(location, offset, length) of a stored chunk; location "" unless virtual.
+        None when the chunk is not stored. Needs an index built with refs."""
+        assert self.offsets is not None and self.location_ids is not None
+        assert self.locations is not None
+        i = int(np.searchsorted(self.linear, linear))
+        if i >= len(self.linear) or int(self.linear[i]) != linear:
+            return None
+        loc = int(self.location_ids[i])
+        return (self.locations[loc] if loc >= 0 else "", int(self.offsets[i]),
+                int(self.lengths[i]))
 
     @property
     def nbytes(self) -> int:
-        return int(self.linear.nbytes + self.lengths.nbytes)
+        extra = (self.offsets.nbytes + self.location_ids.nbytes
+                 if self.offsets is not None and self.location_ids is not None else 0)
+        return int(self.linear.nbytes + self.lengths.nbytes + extra)
 
     def size(self, linear: int) -> int | None:
         i = int(np.searchsorted(self.linear, linear))
@@ -173,9 +200,15 @@ class SnapshotView:
     """Zarr keys of one snapshot. Create with :meth:`open` on the bridge's loop."""
 
     def __init__(self, repo: ic.Repository, snapshot_id: str, session: ic.Session,
-                 nodes: dict[str, Node], caches: ViewCaches) -> None:
+                 nodes: dict[str, Node], caches: ViewCaches, local: LocalSources | None = None,
+                 records_snapshot: str | None = None) -> None:
         self.repo = repo
         self.snapshot_id = snapshot_id
+        # local virtual chunks are read through ``local`` (containment and the recorded
+        # source check, see vchunkfs.repository.sources); None when the reader authorized
+        # no file:// prefix. Source records are those of ``records_snapshot``'s ancestry.
+        self.local = local
+        self.records_snapshot = records_snapshot or snapshot_id
         self.session = session
         self.store = session.store
         self.nodes = nodes
@@ -190,10 +223,12 @@ class SnapshotView:
 
     @classmethod
     async def open(cls, repo: ic.Repository, snapshot_id: str,
-                   caches: ViewCaches | None = None) -> SnapshotView:
+                   caches: ViewCaches | None = None,
+                   local: LocalSources | None = None) -> SnapshotView:
         session = await repo.readonly_session_async(snapshot_id=snapshot_id)
         info = await repo.inspect_snapshot_async(snapshot_id)
-        return cls(repo, snapshot_id, session, node_tree(info["nodes"]), caches or ViewCaches())
+        return cls(repo, snapshot_id, session, node_tree(info["nodes"]), caches or ViewCaches(),
+                   local)
 
     # -- nodes and metadata -------------------------------------------------
 
@@ -430,8 +465,21 @@ class SnapshotView:
     async def read_chunk(self, array: str, coords: Coords, offset: int = 0,
                          length: int | None = None) -> bytes:
         """Stored bytes of one chunk (or ``length`` of them from ``offset``), fetched
-        through icechunk so that authorization and the changed-source check hold."""
-        key = self.chunk_key(array, await self.grid(array), coords)
+        through icechunk so that authorization and the changed-source check hold; a
+        local virtual chunk is read through :attr:`local` (contained, checked)."""
+        grid = await self.grid(array)
+        key = self.chunk_key(array, grid, coords)
+        if self.local is not None:
+            index = await self._index_if_small(array, grid, force=True)
+            ref = index.ref(grid.linear(coords)) if index is not None else None
+            if ref is None:
+                raise NotFoundError(f"chunk {key} is not stored in snapshot {self.snapshot_id}")
+            root = self.local.root(ref[0]) if ref[0].startswith("file://") else None
+            if root is not None:
+                return await self._read_local(key, ref, root, offset, length)
+        return await self._icechunk_get(key, offset, length)
+
+    async def _icechunk_get(self, key: str, offset: int, length: int | None) -> bytes:
         byte_range = None
         if offset or length is not None:
             end = offset + length if length is not None else None
@@ -442,6 +490,25 @@ class SnapshotView:
         if buf is None:
             raise NotFoundError(f"chunk {key} is not stored in snapshot {self.snapshot_id}")
         return buf.to_bytes()
+
+    async def _read_local(self, key: str, ref: tuple[str, int, int], root: str, offset: int,
+                          length: int | None) -> bytes:
+        """A local virtual chunk, read contained below ``root`` and checked against the
+        source's record; without a record (refs not written by vchunkfs ingest) the bytes
+        must also equal what Icechunk's get returns (its own recorded check)."""
+        local = self.local
+        assert local is not None
+        url, start, size = ref
+        offset = min(offset, size)
+        n = size - offset if length is None else max(0, min(length, size - offset))
+        records = await self._call(key, lambda: local.records.of(self.records_snapshot))
+        record = records.get(url)
+        data = await asyncio.to_thread(local.read, url, root, start + offset, n, record, key)
+        if record is None and await self._icechunk_get(key, offset, n) != data:
+            raise SourceChangedError(
+                f"chunk {key}: its source {url} changed while it was read; refusing to "
+                "return bytes that may be wrong")
+        return data
 
     async def chunk_stats(self, array: str, container_prefixes: list[str]) -> ChunkStats:
         """One pass over the array's chunk refs (cost grows with the array)."""
@@ -486,19 +553,33 @@ class SnapshotView:
     async def _build_index(self, array: str, grid: ChunkGrid) -> ChunkIndex:
         strides = np.array([int(np.prod(grid.grid_shape[i + 1:])) for i in range(grid.ndim)],
                            dtype=np.int64)
+        with_refs = self.local is not None
         linear: list[np.ndarray[Any, np.dtype[np.int64]]] = []
         lengths: list[np.ndarray[Any, np.dtype[np.uint64]]] = []
+        offsets: list[np.ndarray[Any, np.dtype[np.uint64]]] = []
+        location_ids: list[np.ndarray[Any, np.dtype[np.int32]]] = []
+        ids: dict[str, int] = {}
         try:
-            async for coords, _k, _p, _o, lens, _i in self.store.array_chunk_iterator(
+            async for coords, kinds, paths, offs, lens, _i in self.store.array_chunk_iterator(
                     array or "/", 100_000):
                 linear.append(coords.astype(np.int64) @ strides if grid.ndim
                               else np.zeros(len(lens), dtype=np.int64))
                 lengths.append(lens.astype(np.uint64))
+                if with_refs:
+                    offsets.append(offs.astype(np.uint64))
+                    virtual = (kinds == _VIRTUAL).tolist()
+                    location_ids.append(np.array(
+                        [ids.setdefault(p, len(ids)) if v else -1
+                         for p, v in zip(paths, virtual, strict=True)], dtype=np.int32))
         except Exception as e:
             raise _translate(e, array) from e
         if not linear:
-            return ChunkIndex(np.zeros(0, np.int64), np.zeros(0, np.uint64))
-        return ChunkIndex(np.concatenate(linear), np.concatenate(lengths))
+            linear, lengths = [np.zeros(0, np.int64)], [np.zeros(0, np.uint64)]
+            offsets, location_ids = [np.zeros(0, np.uint64)], [np.zeros(0, np.int32)]
+        if not with_refs:
+            return ChunkIndex(np.concatenate(linear), np.concatenate(lengths))
+        return ChunkIndex(np.concatenate(linear), np.concatenate(lengths),
+                          np.concatenate(offsets), np.concatenate(location_ids), list(ids))
 
     async def _call[T](self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:

@@ -274,7 +274,7 @@ class Writer:
                 kinds[path] = kind
         raw = [{"path": "/" + p, "node_type": k} for p, k in kinds.items()]
         return SnapshotView(self.repo.ic, self.staged_id, self.session, node_tree(raw),
-                            ViewCaches())
+                            ViewCaches(), self.repo.local, records_snapshot=self.base_snapshot)
 
     async def _write(self, key: str, fn: Any) -> Any:
         """Run one icechunk write (a zero-argument coroutine function); count it as a change."""

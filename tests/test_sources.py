@@ -1,0 +1,257 @@
+"""Local sources: never a byte from outside the authorized prefix, never a changed file's bytes.
+
+Every read through the mount is compared with the bytes of the source file as it
+was ingested (read with h5py's chunk table from a pristine copy): each read is
+either exactly those bytes or the documented errno, never anything else.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import icechunk as ic
+import pytest
+import servers
+from commands import cli, ingest_days, make_days
+from datasets import chunk_refs
+from mounting import mounted
+
+from vchunkfs.errors import SourceChangedError, SourceOutsideContainerError
+from vchunkfs.repository.sources import (
+    LocalSources,
+    SourceRecord,
+    SourceRecords,
+    records_in_metadata,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _sources(tmp_path: Path) -> LocalSources:
+    async def no_ancestry(_sid: str):  # type: ignore[no-untyped-def]
+        return
+        yield
+
+    prefix = (tmp_path / "data").as_uri() + "/"
+    return LocalSources([prefix], lambda: [prefix], SourceRecords(no_ancestry))
+
+
+def test_symlinks_leaving_the_prefix_are_refused_and_staying_inside_followed(tmp_path):
+    data, secret = tmp_path / "data", tmp_path / "secret"
+    (data / "sub").mkdir(parents=True)
+    secret.mkdir()
+    (secret / "s.txt").write_bytes(b"SECRET" * 10)
+    (secret / "s.txt").chmod(0o600)
+    (data / "sub" / "a.bin").write_bytes(bytes(range(256)))
+    (data / "out.bin").symlink_to(secret / "s.txt")  # absolute, leaving
+    (data / "rel.bin").symlink_to("../secret/s.txt")  # relative, leaving
+    (data / "in.bin").symlink_to(data / "sub" / "a.bin")  # absolute, staying inside
+    (data / "dir").symlink_to(secret)  # a directory link leaving
+    os.mkfifo(data / "fifo")
+    local = _sources(tmp_path)
+    url = (data).as_uri() + "/"
+    root = local.root(url + "in.bin")
+    assert root == str(data.resolve()) + "/"
+    assert local.read(url + "in.bin", root, 10, 4, None, "k") == bytes([10, 11, 12, 13])
+    refused = 0
+    for name in ("out.bin", "rel.bin", "dir/s.txt", "fifo"):  # a FIFO must not hang the read
+        with pytest.raises(SourceOutsideContainerError) as e:
+            local.read(url + name, root, 0, 6, None, "k")
+        assert "outside" in str(e.value) or "not a regular file" in str(e.value)
+        refused += 1
+    assert refused == 4
+    # urls outside every authorized prefix are not this reader's to read at all
+    assert local.root("file:///etc/passwd") is None
+    assert local.root((tmp_path / "database").as_uri() + "/x") is None
+
+
+def test_records_catch_what_modification_times_miss(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    f = data / "a.bin"
+    f.write_bytes(bytes(1000))
+    st = f.stat()
+    record = SourceRecord.from_stat(st)
+    local = _sources(tmp_path)
+    url = f.as_uri()
+    root = local.root(url)
+    assert root is not None
+    assert local.read(url, root, 0, 10, record, "k") == bytes(10)
+    with open(f, "r+b") as fh:  # same size, bytes flipped, modification time restored
+        fh.write(b"\xff")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(SourceChangedError, match="change time"):
+        local.read(url, root, 0, 10, record, "k")
+    with pytest.raises(SourceChangedError, match="too short"):
+        local.read(url, root, 990, 20, None, "k")
+
+
+def test_records_in_metadata_ignore_malformed_entries():
+    md = {"vchunkfs": {"sources": {"file:///a": [1, 2, 3, 4], "file:///b": [1, 2],
+                                   "file:///c": "x", "file:///d": [1, 2, 3, True]}}}
+    assert records_in_metadata(md) == {"file:///a": SourceRecord(1, 2, 3, 4)}
+    assert records_in_metadata({"vchunkfs": "x"}) == {}
+    assert records_in_metadata(None) == {}
+
+
+# -- through the mount ----------------------------------------------------------
+
+
+def _flipped_copy(src: Path, dest: Path, offset: int) -> None:
+    """A same-size copy of ``src`` with bytes flipped at ``offset``, back-dated to its mtime."""
+    data = bytearray(src.read_bytes())
+    for i in range(offset, offset + 16):
+        data[i] ^= 0xFF
+    dest.write_bytes(bytes(data))
+    st = src.stat()
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _inplace_mtime_restored(f: Path, off: int, spare: Path) -> None:
+    st = f.stat()
+    with open(f, "r+b") as fh:
+        fh.seek(off)
+        fh.write(bytes(b ^ 0xFF for b in fh.read(16)))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _replaced_backdated(f: Path, off: int, spare: Path) -> None:
+    _flipped_copy(f, spare, off)
+    os.replace(spare, f)
+
+
+def _truncated(f: Path, off: int, spare: Path) -> None:
+    os.truncate(f, off + 8)
+
+
+def _deleted(f: Path, off: int, spare: Path) -> None:
+    f.unlink()
+
+
+def _rsync_a(f: Path, off: int, spare: Path) -> None:
+    _flipped_copy(f, spare, off)
+    if shutil.which("rsync"):
+        subprocess.run(["rsync", "-a", str(spare), str(f)], check=True)
+    else:  # what rsync -a does: a temporary file renamed over, times preserved
+        tmp = f.with_name("." + f.name + ".tmp")
+        shutil.copy2(spare, tmp)
+        os.replace(tmp, f)
+
+
+def _cp_p(f: Path, off: int, spare: Path) -> None:
+    _flipped_copy(f, spare, off)
+    subprocess.run(["cp", "-p", str(spare), str(f)], check=True)
+
+
+MUTATIONS: dict[str, Callable[[Path, int, Path], None]] = {
+    "in place, mtime restored": _inplace_mtime_restored,
+    "replaced and back-dated": _replaced_backdated,
+    "truncated": _truncated,
+    "deleted": _deleted,
+    "rsync -a of another file": _rsync_a,
+    "cp -p of another file": _cp_p,
+}
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_a_changed_local_source_is_an_error_never_wrong_bytes(tmp_path, mutation):
+    repo, prefix, files = ingest_days(tmp_path, 2)
+    # what each chunk file must hold: the bytes of the files as they were ingested
+    expected: dict[str, tuple[int, bytes]] = {}
+    for day, f in enumerate(files):
+        raw = f.read_bytes()
+        for r in chunk_refs(f, "sst", "sst"):
+            coords = r.key.split("/")[2:]
+            key = "/".join(["sst", "c", str(day), *coords[1:]])
+            expected[key] = (day, raw[r.offset:r.offset + r.length])
+    target = files[1]
+    first = min(r.offset for r in chunk_refs(target, "sst", "sst"))
+    MUTATIONS[mutation](target, first, tmp_path / "spare.nc")
+    right = refused = wrong = 0
+    with mounted(repo, tmp_path / "m", f"authorize={prefix}", "prefetch=0") as m:
+        for _ in range(2):  # a second pass: nothing wrong was cached either
+            for key, (day, want) in expected.items():
+                try:
+                    got = (m.path / key).read_bytes()
+                except OSError as e:
+                    assert e.errno == errno.EIO, (key, e)
+                    assert day == 1, f"{key} of the unchanged file refused"
+                    refused += 1
+                    continue
+                if got == want:
+                    right += 1
+                else:
+                    wrong += 1
+        log = m.log_text()
+    print(f"{mutation}: {right} right, {refused} refused, {wrong} wrong")
+    assert wrong == 0
+    assert refused == 2 * sum(1 for d, _ in expected.values() if d == 1)
+    assert right == 2 * sum(1 for d, _ in expected.values() if d == 0)
+    assert target.as_uri() in log
+
+
+def test_ingest_records_its_local_sources_in_the_commit(tmp_path):
+    repo, _prefix, files = ingest_days(tmp_path, 2)
+    r = ic.Repository.open(ic.local_filesystem_storage(str(repo)))
+    head = r.lookup_snapshot(r.lookup_branch("main"))
+    records = records_in_metadata(head.metadata)
+    assert set(records) == {f.as_uri() for f in files}
+    for f in files:
+        assert records[f.as_uri()] == SourceRecord.from_stat(f.stat())
+
+
+# -- object-store sources: ingest records each object's ETag --------------------
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with servers.moto_s3_server() as endpoint:
+        yield endpoint
+
+
+def test_a_rewritten_object_of_the_same_size_is_an_error(s3, tmp_path, monkeypatch):
+    """An object rewritten with the same size within the same second as its ingest:
+    Last-Modified cannot tell, the ETag recorded by ingest does."""
+    for k, v in {"AWS_ACCESS_KEY_ID": s3.access_key_id,
+                 "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+                 "AWS_REGION": s3.region}.items():
+        monkeypatch.setenv(k, v)
+    files = make_days(tmp_path / "data", 2)
+    bucket = "src-" + os.urandom(4).hex()
+    s3.create_bucket(bucket)
+    urls = []
+    for f in files:
+        s3.put_object(bucket, f"data/{f.name}", f.read_bytes())
+        urls.append(f"s3://{bucket}/data/{f.name}")
+    prefix = f"s3://{bucket}/data/"
+    repo = tmp_path / "repo"
+    cli("init", str(repo))
+    cli("ingest", str(repo), *urls, "--concat-dim", "time", "--container", prefix,
+        "--source-endpoint", s3.endpoint_url, "--source-region", s3.region)
+    raw = files[1].read_bytes()
+    refs = chunk_refs(files[1], "sst", "sst")
+    flipped = bytearray(raw)
+    for r in refs:
+        flipped[r.offset] ^= 0xFF
+    s3.put_object(bucket, f"data/{files[1].name}", bytes(flipped))  # same size, new bytes
+    day0 = {"/".join(["sst", "c", "0", *r.key.split("/")[3:]]):
+            files[0].read_bytes()[r.offset:r.offset + r.length]
+            for r in chunk_refs(files[0], "sst", "sst")}
+    with mounted(repo, tmp_path / "m", f"authorize={prefix}", "prefetch=0") as m:
+        for key, want in day0.items():
+            assert (m.path / key).read_bytes() == want
+        refused = 0
+        for r in refs:
+            key = "/".join(["sst", "c", "1", *r.key.split("/")[3:]])
+            with pytest.raises(OSError) as e:
+                (m.path / key).read_bytes()
+            assert e.value.errno == errno.EIO
+            refused += 1
+        assert refused == len(refs) > 0
+        assert "changed after the virtual ref was written" in m.log_text()
