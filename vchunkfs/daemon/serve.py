@@ -103,9 +103,13 @@ async def _serve(opts: MountOptions, namespace: Namespace, control: ControlServe
                 # A stat of the mountpoint returns once the kernel's handshake (FUSE_INIT)
                 # is answered; only then does the kernel keep a read-ahead written to
                 # sysfs (before it, it clamps the value back to 128 KiB). The stat runs
-                # in a thread: the trio thread must never touch its own mount.
+                # in a thread: the trio thread must never touch its own mount. A signal
+                # before the handshake ends pyfuse3.main with the stat still waiting for
+                # an answer nobody will give: the thread is abandoned (the unmount that
+                # follows ends its request), else the nursery would wait for it forever.
                 try:
-                    await trio.to_thread.run_sync(os.stat, opts.mountpoint)
+                    await trio.to_thread.run_sync(os.stat, opts.mountpoint,
+                                                  abandon_on_cancel=True)
                 except OSError as e:
                     _fail(ready_fd, MountError(f"the mount at {opts.mountpoint} does not answer: "
                                                f"{e.strerror or e}"))
