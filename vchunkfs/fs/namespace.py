@@ -715,11 +715,10 @@ class Namespace:
         """Call the presentation through the bridge; map errors to errnos, log once."""
         try:
             return await self._call(fn)
-        except NotFoundError as e:
-            raise FsError(errno.ENOENT, str(e)) from e
         except VchunkfsError as e:
             err = errno_for(e)
-            log.warning("%s: %s", path or "/", e)
+            if err != errno.ENOENT:  # absence is an answer, not a failure: not logged
+                log.warning("%s: %s", path or "/", e)
             raise FsError(err, str(e)) from e
         except Exception as e:
             log.warning("%s: %s", path or "/", _first_line(e))
@@ -796,10 +795,15 @@ def errno_for(e: VchunkfsError) -> int:
     if isinstance(e, UnauthorizedContainerError):
         return errno.EACCES
     if isinstance(e, NotFoundError):
-        return errno.ENOENT
+        # ENOENT only where the repository answered "no such thing"; an absence that
+        # comes from a failure (an engine error under it) would hide stored data: EIO
+        cause = e.__cause__
+        return errno.ENOENT if cause is None or isinstance(cause, VchunkfsError) else errno.EIO
     if isinstance(e, ReadOnlyError):
         return errno.EROFS
-    return errno.EIO  # changed or missing source, backend failure: never wrong bytes
+    # changed or missing source, a manifest or snapshot missing or damaged, any backend
+    # failure: never wrong bytes, never fill values for a chunk that is stored
+    return errno.EIO
 
 
 def _first_line(e: BaseException) -> str:
