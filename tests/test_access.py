@@ -1,16 +1,25 @@
 """What a reader may not read: locations no declared and authorized container covers
-(EACCES like an unauthorized container, with the same kind of log line)."""
+(EACCES like an unauthorized container, with the same kind of log line), and staged
+changes, which only the daemon's user (and root) may read, even with allow_other."""
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import icechunk as ic
 import pytest
 import zarr
+from datasets import SST_V3_METADATA
 from mounting import mounted
+
+from vchunkfs.control import Client
 
 pytestmark = pytest.mark.timeout(300)
 CHUNK = 16
@@ -87,3 +96,56 @@ def test_locations_outside_authorized_containers_are_eacces(tmp_path):
     with mounted(tmp_path / "bare", tmp_path / "m2", "authorize=file:///etc/") as m2:
         assert read_errno(m2.path / "a" / "c" / "0") == errno.EACCES
     assert "file:///etc/passwd, which no declared and authorized" in m2.log_text()
+
+
+# -- staged changes with allow_other ------------------------------------------------------
+
+
+def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, user="nobody",
+                          group="nogroup", env={"PATH": "/usr/bin:/bin"}, cwd="/")
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory user nobody can traverse (pytest's tmp dirs are 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="vchunkfs-access-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_staged_changes_are_owner_only_with_allow_other(tmp_path, shared_dir):
+    ic.Repository.create(ic.local_filesystem_storage(str(tmp_path / "repo")))
+    sock = str(tmp_path / "ctl.sock")
+    small = dict(SST_V3_METADATA, shape=[2], data_type="uint8", fill_value=0,
+                 dimension_names=None, codecs=[{"name": "bytes"}], attributes={},
+                 chunk_grid={"name": "regular", "configuration": {"chunk_shape": [1]}})
+    with mounted(tmp_path / "repo", shared_dir / "m", "allow_other",
+                 f"control_socket={sock}", log=tmp_path / "m.log") as m:
+        with Client(sock) as c:
+            c.set_metadata("a", small)
+            c.set_chunk("a/c/0", b"\x01")
+            c.commit("committed a")
+            c.set_chunk("a/c/1", b"\x02")  # staged, not committed
+        v = m.path / ".vchunkfs"
+        staged = v / "staged" / "main"
+        assert (staged / "a" / "c" / "1").read_bytes() == b"\x02"  # the owner reads it
+        for p, mode in ((v / "staged", 0o500), (staged, 0o500), (staged / "a", 0o500),
+                        (staged / "a" / "zarr.json", 0o400), (staged / "a" / "c" / "1", 0o400)):
+            st = os.stat(p)
+            assert (stat.S_IMODE(st.st_mode), st.st_uid) == (mode, os.getuid()), p
+        assert stat.S_IMODE(os.stat(m.path / "a" / "c" / "0").st_mode) == 0o444
+        # another user reads the committed branch, and nothing of the staged changes
+        for path in (m.path / "a" / "c" / "0", v / "branches" / "main" / "a" / "c" / "0"):
+            r = as_nobody("cat", str(path))
+            assert r.returncode == 0 and r.stdout == "\x01", (path, r.stderr)
+        for cmd in (("ls", str(v / "staged")), ("ls", str(staged)),
+                    ("cat", str(staged / "a" / "c" / "1")),
+                    ("cat", str(staged / "a" / "zarr.json")), ("stat", str(staged / "a"))):
+            r = as_nobody(*cmd)
+            assert r.returncode != 0 and "Permission denied" in r.stderr, (cmd, r)
+            assert "\x02" not in r.stdout

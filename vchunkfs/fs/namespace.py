@@ -337,6 +337,16 @@ class Namespace:
             raise FsError(errno.ESTALE, f"inode {ino} is unknown")
         return node
 
+    def is_private(self, ino: int) -> bool:
+        """Whether only the daemon's user (and root) may read the node: ``staged/`` and
+        everything under it, a user's uncommitted changes, whatever the mount options."""
+        node = self._inodes.get(ino)
+        if node is None:
+            return False
+        k = node.key
+        return (k.kind == TREE and k.tree.startswith("staged:")) or (
+            k.kind == REFS and k.path == "staged")
+
     @property
     def inode_count(self) -> int:
         """Inodes the kernel holds (or was just sent), retired ones not counted."""
