@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,3 +234,39 @@ def test_no_engine_failure_is_absence():
     except NotFoundError as chained:
         assert errno_for(chained) == errno.EIO
     assert errno_for(NotFoundError("no file 'x'")) == errno.ENOENT
+
+
+def test_branch_moved_to_an_unreadable_snapshot(built, tmp_path):
+    """The branch a mount follows moves to a snapshot the daemon cannot read: the
+    daemon keeps serving the old one, says why, and moves on once it is readable."""
+    path, b = built
+    repo_path = tmp_path / "repo"
+    shutil.copytree(path, repo_path)
+    with mounted(repo_path, tmp_path / "m", f"authorize={b.container_prefix}",
+                 "poll_interval=0.2") as m:
+        head = m.path / ".vchunkfs" / "HEAD"
+        assert b.snapshots["day1"] in head.read_text()
+        # the writer's Repository keeps the snapshot it wrote in memory, so it moves
+        # main to it after the object was damaged
+        repo = ic.Repository.open(ic.local_filesystem_storage(str(repo_path)))
+        repo.create_branch("side", b.snapshots["day1"])
+        s = repo.writable_session("side")
+        zarr.open_group(s.store).attrs["moved"] = True
+        sid = s.commit("side")
+        obj = repo_path / "snapshots" / sid
+        whole = obj.read_bytes()
+        obj.write_bytes(whole[:len(whole) // 2])
+        repo.reset_branch("main", sid)
+        time.sleep(1.5)  # several polls
+        assert m.proc.poll() is None
+        assert b.snapshots["day1"] in head.read_text()  # still the old head
+        assert (m.path / CHUNK).read_bytes() == pread(
+            next(r for r in b.refs["day1"] if r.key == CHUNK))
+        assert sid in m.log_text()
+        obj.write_bytes(whole)
+        deadline = time.monotonic() + 30
+        while sid not in head.read_text():
+            assert time.monotonic() < deadline, m.log_text()
+            time.sleep(0.1)
+        assert zarr.open_group(str(m.path), mode="r").attrs["moved"] is True
+    assert "Traceback" not in m.log_text(), m.log_text()

@@ -772,7 +772,10 @@ class Namespace:
                     continue
                 del self._trees[tree.id]
             else:
-                gen = await self._generation(new)
+                try:
+                    gen = await self._generation(new)
+                except FsError:  # logged; its snapshot unreadable: keep the old, retry
+                    continue
                 tree.version = Version(new, kind, tree.version.name)
                 tree.mtime_ns = gen.mtime_ns
             if kind == "branch":
