@@ -253,6 +253,11 @@ class S3Endpoint:
         _check(status, body, f"head s3://{bucket}/{key}", ok=(200,))
         return headers
 
+    def delete_object(self, bucket: str, key: str) -> None:
+        url = f"{self.endpoint_url}/{bucket}/{urllib.parse.quote(key)}"
+        status, _, body = _http("DELETE", url, headers=self._auth)
+        _check(status, body, f"delete s3://{bucket}/{key}", ok=(200, 204))
+
     def upload_tree(self, bucket: str, prefix: str, local_dir: StrPath) -> None:
         for rel, path in iter_tree(local_dir):
             self.put_object(bucket, f"{prefix.rstrip('/')}/{rel}", path.read_bytes())

@@ -62,6 +62,26 @@ class UnauthorizedContainerError(VchunkfsError):
         self.key = key
 
 
+class UncoveredLocationError(UnauthorizedContainerError):
+    """A virtual chunk points at a location that no declared and authorized container
+    covers (icechunk knows no container for it, or cannot address it inside one).
+
+    Refused like an unauthorized container (same code, exit status and errno): both
+    mean "this reader may not read that".
+    """
+
+    def __init__(self, location: str, key: str | None = None, detail: str = "") -> None:
+        where = f"chunk {key} " if key else "a virtual chunk "
+        VchunkfsError.__init__(
+            self,
+            f"{where}points at {location}, which no declared and authorized virtual chunk "
+            f"container covers; refusing to read it{f' ({detail})' if detail else ''}",
+        )
+        self.prefix = ""
+        self.location = location
+        self.key = key
+
+
 class ConflictError(VchunkfsError):
     """A commit lost a race with another writer and could not be rebased."""
 

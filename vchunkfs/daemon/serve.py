@@ -87,8 +87,11 @@ async def _serve(opts: MountOptions, namespace: Namespace, control: ControlServe
             await control.bind()
         except OSError as e:
             return _fail(ready_fd, MountError(f"control socket {control.path}: {e.strerror or e}"))
+        # default_permissions (in pyfuse3's defaults; named here so that it stays): the
+        # kernel enforces the modes, which keep staged changes owner-only with allow_other
         fuse_options = set(pyfuse3.default_options) | {
-            "ro", "subtype=vchunkfs", "fsname=" + opts.source.replace(",", "%2C")}
+            "ro", "default_permissions", "subtype=vchunkfs",
+            "fsname=" + opts.source.replace(",", "%2C")}
         if opts.allow_other:
             fuse_options.add("allow_other")
         if opts.debug:

@@ -337,6 +337,16 @@ class Namespace:
             raise FsError(errno.ESTALE, f"inode {ino} is unknown")
         return node
 
+    def is_private(self, ino: int) -> bool:
+        """Whether only the daemon's user (and root) may read the node: ``staged/`` and
+        everything under it, a user's uncommitted changes, whatever the mount options."""
+        node = self._inodes.get(ino)
+        if node is None:
+            return False
+        k = node.key
+        return (k.kind == TREE and k.tree.startswith("staged:")) or (
+            k.kind == REFS and k.path == "staged")
+
     @property
     def inode_count(self) -> int:
         """Inodes the kernel holds (or was just sent), retired ones not counted."""
@@ -715,11 +725,10 @@ class Namespace:
         """Call the presentation through the bridge; map errors to errnos, log once."""
         try:
             return await self._call(fn)
-        except NotFoundError as e:
-            raise FsError(errno.ENOENT, str(e)) from e
         except VchunkfsError as e:
             err = errno_for(e)
-            log.warning("%s: %s", path or "/", e)
+            if err != errno.ENOENT:  # absence is an answer, not a failure: not logged
+                log.warning("%s: %s", path or "/", e)
             raise FsError(err, str(e)) from e
         except Exception as e:
             log.warning("%s: %s", path or "/", _first_line(e))
@@ -763,7 +772,10 @@ class Namespace:
                     continue
                 del self._trees[tree.id]
             else:
-                gen = await self._generation(new)
+                try:
+                    gen = await self._generation(new)
+                except FsError:  # logged; its snapshot unreadable: keep the old, retry
+                    continue
                 tree.version = Version(new, kind, tree.version.name)
                 tree.mtime_ns = gen.mtime_ns
             if kind == "branch":
@@ -796,10 +808,15 @@ def errno_for(e: VchunkfsError) -> int:
     if isinstance(e, UnauthorizedContainerError):
         return errno.EACCES
     if isinstance(e, NotFoundError):
-        return errno.ENOENT
+        # ENOENT only where the repository answered "no such thing"; an absence that
+        # comes from a failure (an engine error under it) would hide stored data: EIO
+        cause = e.__cause__
+        return errno.ENOENT if cause is None or isinstance(cause, VchunkfsError) else errno.EIO
     if isinstance(e, ReadOnlyError):
         return errno.EROFS
-    return errno.EIO  # changed or missing source, backend failure: never wrong bytes
+    # changed or missing source, a manifest or snapshot missing or damaged, any backend
+    # failure: never wrong bytes, never fill values for a chunk that is stored
+    return errno.EIO
 
 
 def _first_line(e: BaseException) -> str:

@@ -45,6 +45,9 @@ class Operations(pyfuse3.Operations):
         self.ns = namespace
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
+        # the only users the control socket accepts (with root), so the only readers of
+        # the staged changes made through it, whatever uid= shows for the rest
+        self.owner_uid, self.owner_gid = os.getuid(), os.getgid()
 
     def _reply(self, node: Inode) -> pyfuse3.EntryAttributes:
         """The entry of a node whose attributes never change, built once per inode
@@ -62,10 +65,17 @@ class Operations(pyfuse3.Operations):
         e.attr_timeout = attr.timeout
         if attr.ino == 0:
             return e
-        e.st_mode = pyfuse3.ModeT((stat.S_IFDIR | 0o555) if attr.is_dir else (stat.S_IFREG | 0o444))
+        if self.ns.is_private(attr.ino):
+            # staged changes: owner-only, owned by the user whose control socket made them
+            # (the kernel enforces modes: pyfuse3's default options have default_permissions)
+            e.st_mode = pyfuse3.ModeT((stat.S_IFDIR | 0o500) if attr.is_dir
+                                      else (stat.S_IFREG | 0o400))
+            e.st_uid, e.st_gid = self.owner_uid, self.owner_gid
+        else:
+            e.st_mode = pyfuse3.ModeT((stat.S_IFDIR | 0o555) if attr.is_dir
+                                      else (stat.S_IFREG | 0o444))
+            e.st_uid, e.st_gid = self.uid, self.gid
         e.st_nlink = 2 if attr.is_dir else 1
-        e.st_uid = self.uid
-        e.st_gid = self.gid
         e.st_size = attr.size
         e.st_blksize = BLKSIZE
         e.st_blocks = (attr.size + 511) // 512

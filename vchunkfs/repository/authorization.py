@@ -34,7 +34,7 @@ from typing import Any
 
 import icechunk as ic
 
-from vchunkfs.errors import UnauthorizedContainerError, UsageError
+from vchunkfs.errors import UnauthorizedContainerError, UncoveredLocationError, UsageError
 
 KINDS = ("default", "anonymous", "env", "static")
 
@@ -238,8 +238,29 @@ def unauthorized_prefix(message: str) -> str | None:
     return m.group(1) if m else None
 
 
+_NO_CONTAINER = re.compile(r"no virtual chunk container can handle the chunk location "
+                           r"\((.+?)\)(?:,|\s|$)")
+_UNADDRESSABLE = re.compile(r'object store backend cannot address key "([^"]*)": it contains')
+
+
 def raise_if_unauthorized(exc: BaseException, key: str | None = None) -> None:
-    """Translate icechunk's authorization error into :class:`UnauthorizedContainerError`."""
-    prefix = unauthorized_prefix(str(exc))
+    """Translate icechunk's refusals to read a virtual chunk's location.
+
+    An unauthorized container is :class:`UnauthorizedContainerError`; a location no
+    container covers (icechunk resolves ``..`` in ``file://`` locations first, so a ref
+    climbing out of a container lands here) or one that cannot be addressed inside its
+    container is :class:`UncoveredLocationError`, its subclass: the same refusal.
+    """
+    text = str(exc)
+    prefix = unauthorized_prefix(text)
     if prefix is not None:
         raise UnauthorizedContainerError(prefix, key) from exc
+    m = _NO_CONTAINER.search(text)
+    if m:
+        raise UncoveredLocationError(
+            m.group(1), key, "to allow it, declare a container covering it in the repository "
+            "config and authorize that container") from exc
+    m = _UNADDRESSABLE.search(text)
+    if m:
+        raise UncoveredLocationError(m.group(1), key,
+                                     "its path has empty, '.' or '..' segments") from exc

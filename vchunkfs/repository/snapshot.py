@@ -246,8 +246,9 @@ class SnapshotView:
         if doc is None:
             key = f"{node.path}/{METADATA_KEY}" if node.path else METADATA_KEY
             buf = await self._call(key, lambda: self.store.get(key, default_buffer_prototype()))
-            if buf is None:
-                raise NodeNotFoundError(f"{key} is missing from snapshot {self.snapshot_id}")
+            if buf is None:  # the node tree has this node: its document cannot be absent
+                raise BackendError(f"{key}: icechunk has no document for a node of snapshot "
+                                   f"{self.snapshot_id}; the repository is inconsistent")
             doc = buf.to_bytes()
             self.caches.metadata[(self.snapshot_id, node.path)] = doc
             self._metadata_sizes[node.path] = len(doc)
@@ -487,8 +488,9 @@ class SnapshotView:
                           else OffsetByteRequest(offset))
         buf = await self._call(key, lambda: self.store.get(
             key, default_buffer_prototype(), byte_range=byte_range))
-        if buf is None:
-            raise NotFoundError(f"chunk {key} is not stored in snapshot {self.snapshot_id}")
+        if buf is None:  # only stored chunks are files: icechunk contradicts its own index
+            raise BackendError(f"chunk {key}: icechunk finds no chunk where snapshot "
+                               f"{self.snapshot_id} listed one; the repository is inconsistent")
         return buf.to_bytes()
 
     async def _read_local(self, key: str, ref: tuple[str, int, int], root: str, offset: int,
@@ -534,6 +536,8 @@ class SnapshotView:
                         stats.containers[prefix] = stats.containers.get(prefix, 0) + n
         except Exception as e:
             raise _translate(e, array) from e
+        if not stats.stored:
+            await self._confirm_no_chunks(array, grid)
         return stats
 
     async def _index_if_small(self, array: str, grid: ChunkGrid, force: bool) -> ChunkIndex | None:
@@ -574,6 +578,7 @@ class SnapshotView:
         except Exception as e:
             raise _translate(e, array) from e
         if not linear:
+            await self._confirm_no_chunks(array, grid)
             linear, lengths = [np.zeros(0, np.int64)], [np.zeros(0, np.uint64)]
             offsets, location_ids = [np.zeros(0, np.uint64)], [np.zeros(0, np.int32)]
         if not with_refs:
@@ -581,13 +586,28 @@ class SnapshotView:
         return ChunkIndex(np.concatenate(linear), np.concatenate(lengths),
                           np.concatenate(offsets), np.concatenate(location_ids), list(ids))
 
+    async def _confirm_no_chunks(self, array: str, grid: ChunkGrid) -> None:
+        """Raise unless the array really stores no chunk.
+
+        icechunk's ``array_chunk_iterator`` yields nothing, without an error, when it
+        cannot read the array's node (a snapshot missing or damaged), so an empty
+        answer is checked with ``exists``, which reads the node and its manifests and
+        raises their errors.
+        """
+        if not grid.num_chunks:
+            return
+        key = self.chunk_key(array, grid, (0,) * grid.ndim)
+        if await self._call(key, lambda: self.store.exists(key)):
+            raise BackendError(f"array {array or '/'}: icechunk listed no chunk but stores "
+                               f"{key}; the snapshot {self.snapshot_id} could not be read")
+
     async def _call[T](self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             return await fn()
         except VchunkfsError:
             raise
         except Exception as e:
-            raise _translate(e, key) from e
+            raise _translate(e, key, self.snapshot_id) from e
 
 
 def _unravel(linear: int, shape: Coords) -> Coords:
@@ -614,7 +634,7 @@ def node_tree(raw_nodes: list[dict[str, Any]]) -> dict[str, Node]:
 _CHANGED = re.compile(r"checksum of the object owning the virtual chunk has changed \(([^)]*)\)")
 
 
-def _translate(exc: Exception, key: str) -> VchunkfsError:
+def _translate(exc: Exception, key: str, snapshot_id: str = "") -> VchunkfsError:
     """Map an icechunk exception to the vchunkfs error a user can act on."""
     if isinstance(exc, VchunkfsError):
         return exc
@@ -632,6 +652,24 @@ def _translate(exc: Exception, key: str) -> VchunkfsError:
         )
     if "error fetching virtual reference" in text and "not found" in text.lower():
         return SourceMissingError(f"chunk {key}: {first.split(': ', 1)[-1]}")
-    if isinstance(exc, ic.IcechunkError) and "not found" in first.lower():
-        return NotFoundError(f"{key}: {first}")
-    return BackendError(f"{key}: {first}")
+    # Never NotFoundError: absence is decided only where icechunk *answered* (the node
+    # tree, the grid, get/getsize/exists returning "not stored"). An error means that
+    # whether, or where, something is stored is unknown: EIO, and nothing is cached.
+    damaged = _damaged_object(text)
+    if damaged:
+        return BackendError(f"{key}: cannot read {damaged}: {first}; the repository is "
+                            "missing objects, damaged or unreachable (not reported as absent)")
+    return BackendError(f"{key}: {first}" + (f" (snapshot {snapshot_id})" if snapshot_id else ""))
+
+
+_CONTEXT_ID = re.compile(r"\b(manifest|snapshot)_id=(\w+)")
+_CONTEXT_PATH = re.compile(r'\bpath="((?:manifests|snapshots)/[^"]*)"')
+
+
+def _damaged_object(text: str) -> str | None:
+    """The manifest or snapshot object named in an icechunk error's context, if any."""
+    m = _CONTEXT_ID.search(text)
+    if m is None:
+        return None
+    path = _CONTEXT_PATH.search(text)
+    return f"{m.group(1)} {m.group(2)}" + (f" ({path.group(1)})" if path else "")

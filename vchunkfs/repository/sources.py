@@ -177,6 +177,12 @@ class LocalSources:
         :meth:`root`), checked against ``record``, exact. Blocking: call it in a worker
         thread."""
         path = local_path(url)
+        raw = urlsplit(url).path
+        if "%2f" in raw.lower() or any(part in (".", "..", "") for part in path.split("/")[1:]):
+            # Icechunk normalizes "." and ".." when a ref is written and cannot address an
+            # encoded "/": such a url was written around its checks, so it is read by no one
+            raise SourceOutsideContainerError(url, key, "its path is not a plain file path "
+                                              "(empty, '.' or '..' segments, or an encoded '/')")
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
         except FileNotFoundError as e:
