@@ -48,14 +48,13 @@ from vchunkfs.presentation.base import Presentation, make_presentation
 from vchunkfs.presentation.history import render_history
 from vchunkfs.presentation.names import canonical_presentations
 from vchunkfs.repository import Repo, Version
-from vchunkfs.repository.names import report_hidden
+from vchunkfs.repository.names import VERSIONS_DIR
 from vchunkfs.repository.repo import Commit
 from vchunkfs.repository.snapshot import Entry, SnapshotView, Unknown
 
 log = logging.getLogger("vchunkfs.fs")
 
 ROOT = 1
-VERSIONS_DIR = ".vchunkfs"
 REF_DIRS = ("branches", "tags", "snapshots", "staged")
 TEXT_FILES = ("HEAD", "history")
 LONG_TIMEOUT = 24 * 3600.0  # generations never change
@@ -443,8 +442,6 @@ class Namespace:
                 pres = gen.presentation(key.pres)
                 entries = await self._pcall(lambda: pres.list_dir(key.path), key.path)
                 for e in entries:
-                    if self._shadows_versions_dir(gen_id, key.path, e.name):
-                        continue
                     child = NodeKey(TREE, key.tree, gen_id, _join(key.path, e.name), key.pres)
                     self._entries[(gen_id, key.pres, child.path)] = e
                     cino = self._intern(child, ino, e.name)
@@ -671,14 +668,11 @@ class Namespace:
         key = pnode.key
         if key.kind == TREE:
             if pnode.ino == ROOT and name == VERSIONS_DIR:
-                self._shadows_versions_dir(self._trees["root"].snapshot_id, "", name)
                 return NodeKey(VERSIONS)
             gen_id = key.gen or await self._current_gen(key.tree)
             if not key.pres:
                 return (NodeKey(TREE, key.tree, gen_id, "", name)
                         if name in self.presentations else None)
-            if self._shadows_versions_dir(gen_id, key.path, name):
-                return None
             path = _join(key.path, name)
             entry = await self._stat(gen_id, key.pres, path)
             return None if entry is None else NodeKey(TREE, key.tree, gen_id, path, key.pres)
@@ -691,19 +685,6 @@ class Namespace:
             return None if tree is None else NodeKey(TREE, tree.id, tree.snapshot_id, "",
                                                      self._top_pres)
         return None
-
-    def _shadows_versions_dir(self, gen_id: str, path: str, name: str) -> bool:
-        """Whether ``name`` in directory ``path`` of a version is the versions directory's
-        name at the version's root. No group or array of that name is shown there: at the
-        mount root the versions directory wins, and every other root of a version hides
-        it too, so that a version looks the same wherever it is shown."""
-        if path or name != VERSIONS_DIR:
-            return False
-        gen = self._generations.get(gen_id)
-        if gen is not None and VERSIONS_DIR in gen.view.nodes:
-            report_hidden(gen_id, "/" + VERSIONS_DIR, "it is the name of the mount's "
-                          "versions directory")
-        return True
 
     async def _ref_names(self, which: str) -> list[str]:
         if which == "branches":

@@ -14,10 +14,13 @@ one name, hide a metadata document, or appear as directories without a
 * its name cannot be a file name: it contains NUL, or is longer than
   ``NAME_MAX`` bytes (``/`` cannot occur: it separates names);
 * its parent is an array (an array's directory holds only its metadata and
-  chunk keys) or is not a node of the snapshot (Zarr v3 has no implicit groups).
+  chunk keys) or is not a node of the snapshot (Zarr v3 has no implicit groups);
+* it is a child of the root named ``.vchunkfs``, the mount's versions directory
+  (:mod:`vchunkfs.fs.namespace`): the versions directory wins at the mount root,
+  and every presentation of every version hides the node (also from a v2
+  ``.zmetadata``), so that a version looks the same wherever it is shown.
 
-The presentations hide more (the Zarr v2 document names, see
-``converted``) and the filesystem reserves ``.vchunkfs`` at a version's root.
+The Zarr v2 presentations also hide their document names (see ``converted``).
 Each hidden node is logged once per snapshot as a warning naming it and why.
 """
 
@@ -30,7 +33,8 @@ from collections.abc import Iterable, Mapping
 
 log = logging.getLogger("vchunkfs.names")
 
-NAME_MAX = 255  # bytes in one file name (Linux)
+NAME_MAX = 255  # bytes in one file name (what the mount's statfs reports)
+VERSIONS_DIR = ".vchunkfs"
 METADATA_NAME = "zarr.json"
 # the documents the Zarr v2 presentations make in a group's directory, or that v2
 # readers look for there
@@ -67,6 +71,8 @@ def visible_nodes(kinds: Mapping[str, str], snapshot_id: str) -> dict[str, str]:
             continue
         parent, _, _ = path.rpartition("/")
         why = next((p for p in map(name_problem, path.split("/")) if p), None)
+        if why is None and path == VERSIONS_DIR:
+            why = "it is the name of the mount's versions directory"
         if why is None and parent in hidden:
             hidden.add(path)  # the hidden ancestor was reported
             continue
