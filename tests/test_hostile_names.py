@@ -209,12 +209,14 @@ def test_node_tree_rule(caplog):
     raw = {"/": "group", "/a": "group", "/a/.vchunkfs": "group", "/a/b": "array",
            "/a/b/c": "group", "/a/b/c/d": "array", "/.vchunkfs": "array",
            "/.vchunkfs/x": "group", "/orph/kid": "group", "/orph/kid/more": "group",
-           "/..a": "group", "/.": "group", "/..": "group", "/__a": "group", "/_a": "group"}
+           "/..a": "group", "/.": "group", "/..": "group", "/__a": "group", "/_a": "group",
+           "/__a/__b": "group", "/g": "group", "/g//h": "group", "/g//h/": "group"}
     with caplog.at_level("WARNING", logger="vchunkfs.names"):
         nodes = node_tree([{"path": p, "node_type": k} for p, k in raw.items()], "S1")
         node_tree([{"path": p, "node_type": k} for p, k in raw.items()], "S1")
-    assert sorted(nodes) == ["", "..a", "_a", "a", "a/.vchunkfs", "a/b"]
-    assert nodes[""].children == ("..a", "_a", "a")
+    assert sorted(nodes) == ["", "..a", "_a", "a", "a/.vchunkfs", "a/b", "g"]
+    assert nodes[""].children == ("..a", "_a", "a", "g") and nodes["g"].children == ()
     assert nodes["a"].children == (".vchunkfs", "b") and nodes["a/b"].children == ()
     reported = Counter(r.getMessage().split("'")[1] for r in caplog.records)
-    assert reported == Counter(["/a/b/c", "/.vchunkfs", "/orph/kid", "/.", "/..", "/__a"])
+    assert reported == Counter(["/a/b/c", "/.vchunkfs", "/orph/kid", "/.", "/..", "/__a",
+                                "/g//h"])

@@ -70,12 +70,12 @@ def visible_nodes(kinds: Mapping[str, str], snapshot_id: str) -> dict[str, str]:
             out[""] = kinds[raw]
             continue
         parent, _, _ = path.rpartition("/")
+        if parent in hidden:
+            hidden.add(path)  # the hidden ancestor was reported
+            continue
         why = next((p for p in map(name_problem, path.split("/")) if p), None)
         if why is None and path == VERSIONS_DIR:
             why = "it is the name of the mount's versions directory"
-        if why is None and parent in hidden:
-            hidden.add(path)  # the hidden ancestor was reported
-            continue
         if why is None and parent and parent not in out:
             why = f"its parent {parent!r} is not a group of the snapshot"
         elif why is None and out.get(parent, "group") != "group":
