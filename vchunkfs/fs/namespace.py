@@ -48,13 +48,13 @@ from vchunkfs.presentation.base import Presentation, make_presentation
 from vchunkfs.presentation.history import render_history
 from vchunkfs.presentation.names import canonical_presentations
 from vchunkfs.repository import Repo, Version
+from vchunkfs.repository.names import VERSIONS_DIR
 from vchunkfs.repository.repo import Commit
 from vchunkfs.repository.snapshot import Entry, SnapshotView, Unknown
 
 log = logging.getLogger("vchunkfs.fs")
 
 ROOT = 1
-VERSIONS_DIR = ".vchunkfs"
 REF_DIRS = ("branches", "tags", "snapshots", "staged")
 TEXT_FILES = ("HEAD", "history")
 LONG_TIMEOUT = 24 * 3600.0  # generations never change

@@ -30,12 +30,13 @@ import math
 import struct
 from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vchunkfs.errors import NotFoundError, VchunkfsError
 from vchunkfs.presentation.codecs import CodecChain, UnsupportedArrayError
 from vchunkfs.repository.chunkgrid import ChunkGrid, Coords
+from vchunkfs.repository.names import ZARR_V2_NAMES, hidden_by_name
 from vchunkfs.repository.snapshot import METADATA_KEY, UNKNOWN, Entry, Node, SnapshotView, Unknown
 
 log = logging.getLogger("vchunkfs.presentation")
@@ -66,6 +67,7 @@ class ConvertedPresentation:
         # dicts that only gain keys, so stat_known may read them from any thread
         self._docs: dict[str, bytes] = {}
         self._forms: dict[str, _ArrayForm] = {}
+        self.nodes = view.nodes if zarr_format == 3 else _without_v2_names(view)
 
     # -- the contract ---------------------------------------------------------
 
@@ -83,7 +85,7 @@ class ConvertedPresentation:
         return None if size is None else Entry(name, False, size)
 
     def stat_known(self, path: str) -> Entry | Unknown | None:
-        found = self.view.locate(path)
+        found = self.view.locate(path, self.nodes)
         if found is None:
             return None
         node, rest = found
@@ -111,7 +113,7 @@ class ConvertedPresentation:
         return Entry(name, False, form.chain.decoded_nbytes if self.decoded else stored.size)
 
     def following(self, path: str, n: int) -> list[tuple[str, int]]:
-        found = self.view.locate(path)
+        found = self.view.locate(path, self.nodes)
         form = self._forms.get(found[0].path) if found and found[0].kind == "array" else None
         if found is None or form is None or form.grid is None or form.chain is None:
             return []
@@ -160,7 +162,7 @@ class ConvertedPresentation:
     async def _resolve(self, path: str) -> tuple[Node, str, Any] | None:
         """(node, "dir", coords of a chunk directory or None) or (node, "doc", name) or
         (node, "chunk", coords); None when the path names nothing."""
-        found = self.view.locate(path)
+        found = self.view.locate(path, self.nodes)
         if found is None:
             return None
         node, rest = found
@@ -249,8 +251,8 @@ class ConvertedPresentation:
 
     async def _consolidated(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for path in sorted(self.view.nodes):
-            node = self.view.nodes[path]
+        for path in sorted(self.nodes):
+            node = self.nodes[path]
             if not node.stored:
                 continue
             form = await self._form(node) if node.kind == "array" else _ArrayForm()
@@ -418,6 +420,17 @@ def _cf_fill(value: Any, data_type: str) -> Any:
         except (ValueError, struct.error):
             return None
     return _plain_fill(value, data_type)
+
+
+def _without_v2_names(view: SnapshotView) -> dict[str, Node]:
+    """The view's nodes less those named like a Zarr v2 document (and what they hold):
+    in a v2 directory the document wins, as ``zarr.json`` does in the tree."""
+    hidden = hidden_by_name(view.nodes, ZARR_V2_NAMES, view.snapshot_id,
+                            "in the Zarr v2 presentations its name is a metadata document's")
+    if not hidden:
+        return view.nodes
+    return {p: replace(n, children=tuple(c for c in n.children if _doc_key(p, c) not in hidden))
+            for p, n in view.nodes.items() if p not in hidden}
 
 
 def _doc_key(node_path: str, name: str) -> str:

@@ -52,6 +52,7 @@ from vchunkfs.errors import (
 )
 from vchunkfs.repository.authorization import raise_if_unauthorized
 from vchunkfs.repository.chunkgrid import ChunkGrid, Coords
+from vchunkfs.repository.names import visible_nodes
 from vchunkfs.repository.sources import LocalSources
 
 METADATA_KEY = "zarr.json"
@@ -227,8 +228,8 @@ class SnapshotView:
                    local: LocalSources | None = None) -> SnapshotView:
         session = await repo.readonly_session_async(snapshot_id=snapshot_id)
         info = await repo.inspect_snapshot_async(snapshot_id)
-        return cls(repo, snapshot_id, session, node_tree(info["nodes"]), caches or ViewCaches(),
-                   local)
+        return cls(repo, snapshot_id, session, node_tree(info["nodes"], snapshot_id),
+                   caches or ViewCaches(), local)
 
     # -- nodes and metadata -------------------------------------------------
 
@@ -287,12 +288,14 @@ class SnapshotView:
             return None
         return ResolvedKey(node, "chunk" if parsed.is_chunk else "chunk_dir", parsed.coords)
 
-    def locate(self, key: str) -> tuple[Node, str] | None:
+    def locate(self, key: str, nodes: dict[str, Node] | None = None) -> tuple[Node, str] | None:
         """The deepest group or array on the way to ``key``, and the rest of the key below
-        it ("" for the node itself); None if not even the root exists."""
+        it ("" for the node itself); None if not even the root exists. ``nodes``: a
+        presentation's subset of the tree instead of the whole."""
+        nodes = self.nodes if nodes is None else nodes
         parts = key.strip("/").split("/") if key.strip("/") else []
         for i in range(len(parts), -1, -1):
-            node = self.nodes.get("/".join(parts[:i]))
+            node = nodes.get("/".join(parts[:i]))
             if node is not None:
                 return node, "/".join(parts[i:])
         return None
@@ -618,8 +621,10 @@ def _unravel(linear: int, shape: Coords) -> Coords:
     return tuple(reversed(out))
 
 
-def node_tree(raw_nodes: list[dict[str, Any]]) -> dict[str, Node]:
-    kinds = {n["path"].strip("/"): n["node_type"] for n in raw_nodes}
+def node_tree(raw_nodes: list[dict[str, Any]], snapshot_id: str = "") -> dict[str, Node]:
+    """The groups and arrays the mount shows, by path; the others are hidden and
+    reported (see :mod:`vchunkfs.repository.names`)."""
+    kinds = visible_nodes({n["path"]: n["node_type"] for n in raw_nodes}, snapshot_id)
     children: dict[str, list[str]] = {p: [] for p in kinds}
     for p in kinds:
         if p:

@@ -265,7 +265,7 @@ class Writer:
     async def staged_view(self) -> SnapshotView:
         """The session's uncommitted state as a read-only view (the base plus the changes)."""
         info = await self.repo.ic.inspect_snapshot_async(self.base_snapshot)
-        kinds = {n["path"].strip("/"): n["node_type"] for n in info["nodes"]}
+        kinds = {n["path"].removeprefix("/"): n["node_type"] for n in info["nodes"]}
         for path, kind in self.node_changes.items():
             if kind is None:
                 kinds = {p: k for p, k in kinds.items()
@@ -273,8 +273,9 @@ class Writer:
             else:
                 kinds[path] = kind
         raw = [{"path": "/" + p, "node_type": k} for p, k in kinds.items()]
-        return SnapshotView(self.repo.ic, self.staged_id, self.session, node_tree(raw),
-                            ViewCaches(), self.repo.local, records_snapshot=self.base_snapshot)
+        return SnapshotView(self.repo.ic, self.staged_id, self.session,
+                            node_tree(raw, self.staged_id), ViewCaches(), self.repo.local,
+                            records_snapshot=self.base_snapshot)
 
     async def _write(self, key: str, fn: Any) -> Any:
         """Run one icechunk write (a zero-argument coroutine function); count it as a change."""
