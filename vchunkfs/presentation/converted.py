@@ -9,15 +9,16 @@
                 ``bytes`` (little-endian) and chunks served decoded, under the
                 stored chunk keys.
 
-Documents are derived from the stored ``zarr.json`` only, so a file's size is
-known without reading chunks; a decoded chunk's size is the chunk shape times
-the item size. An array the presentation cannot show (a codec or data type
+Documents are derived from the stored ``zarr.json`` (and, for the v2 fill value
+of a few arrays, from whether every chunk is stored: :func:`v2_fill`), so a
+file's size is known without reading chunks; a decoded chunk's size is the chunk
+shape times the item size. An array the presentation cannot show (a codec or data type
 with no form here) keeps its directory, which then holds one text file,
 ``UNSUPPORTED``, saying why; the array is left out of ``.zmetadata`` and a
 warning is logged once.
 
-See docs/SEMANTICS.md ("Presentations") for the attribute rules
-(``_ARRAY_DIMENSIONS``, ``_FillValue``) and why they are what they are.
+See docs/SEMANTICS.md ("Presentations") for the attribute and fill value rules
+(``_ARRAY_DIMENSIONS``, ``_FillValue``, ``fill_value``) and why they are what they are.
 """
 
 from __future__ import annotations
