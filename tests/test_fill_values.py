@@ -279,3 +279,45 @@ def test_gdal_nodata_is_the_mark_not_a_valid_value(datasets):
         assert _gdal_nodata(datasets["nc4"].mount / form, "lon") == "NaN"
         assert _gdal_nodata(datasets["nc4"].mount / form, "count") is None
         assert _gdal_nodata(datasets["nc4"].mount / form, "temp") == -9999
+
+
+NAN_B64 = "AAAAAAAA+H8="  # struct.pack("<d", nan), base64: how xarray stores a NaN _FillValue
+
+
+@pytest.mark.parametrize(("data_type", "fill", "attr", "complete", "want"), [
+    # the _FillValue attribute equals the fill value: both kept (NaN: no attribute)
+    ("int16", -999, -999, False, (-999, -999)),
+    ("float32", -9999.0, "AAAAAICHw8A=", False, (-9999.0, -9999.0)),
+    ("float64", "NaN", NAN_B64, False, ("NaN", None)),
+    ("float32", "0x7fc00000", NAN_B64, False, ("NaN", None)),  # hex NaN
+    # zero: null, whatever the chunks; -0.0 is not what null reads as
+    ("float32", 0.0, NAN_B64, False, (None, None)),
+    ("float64", 0.0, "AAAAAAA4j8A=", False, (None, -999.0)),  # a mark other than zero
+    ("int32", 0, None, False, (None, None)),
+    ("bool", False, None, False, (None, None)),
+    ("float64", -0.0, None, False, (-0.0, None)),
+    ("float64", -0.0, None, True, (None, None)),
+    # neither zero nor the mark: the mark when every chunk is stored, else the fill
+    ("float32", NC_FILL_F4, NAN_B64, True, ("NaN", None)),
+    ("float32", NC_FILL_F4, NAN_B64, False, (NC_FILL_F4, None)),
+    ("int32", NC_FILL_I4, None, True, (None, None)),
+    ("int32", NC_FILL_I4, None, False, (NC_FILL_I4, None)),
+    ("int16", 5, -999, True, (-999, -999)),
+    ("float64", "Infinity", None, False, ("Infinity", None)),
+    # a plain number where xarray would write base64, and one that does not decode
+    ("float64", 1.0, 1.0, False, (1.0, 1.0)),
+    ("float64", 1.0, "not base64!", True, (None, None)),
+])
+def test_v2_fill_rule(data_type, fill, attr, complete, want):
+    from vchunkfs.presentation.converted import v2_attributes, v2_fill, v2_fill_needs_chunks
+
+    meta: dict[str, Any] = {"node_type": "array", "data_type": data_type, "fill_value": fill,
+                            "attributes": {} if attr is None else {"_FillValue": attr}}
+    got = v2_fill(meta, complete)
+    assert (got.fill_value, got.attribute) == want
+    assert json.dumps(got.fill_value, allow_nan=False)  # strict JSON
+    attrs = v2_attributes(meta, complete)
+    assert attrs.get("_FillValue") == want[1] and ("_FillValue" in attrs) == (want[1] is not None)
+    # the answer depends on the chunks exactly where v2_fill_needs_chunks says so
+    depends = v2_fill(meta, True) != v2_fill(meta, False)
+    assert not depends or v2_fill_needs_chunks(meta)
