@@ -445,7 +445,8 @@ def _ncdump(store_dir: Path, array: str) -> ReaderResult:
     dims_m = re.search(r"^dimensions:(.*?)^variables:", run.stdout, re.M | re.S)
     tokens = [t for t in re.split(r"[,\s]+", m.group(1)) if t]
     masked = "_" in tokens
-    values = np.array([np.nan if t == "_" else float(t) for t in tokens])
+    # float NaN and infinities print as NaNf, Infinityf, -Infinityf
+    values = np.array([np.nan if t == "_" else float(t.removesuffix("f")) for t in tokens])
     if shape_m and dims_m:
         sizes = dict(re.findall(r"^\s*(\S+) = (\d+) ;", dims_m.group(1), re.M))
         values = values.reshape([int(sizes[d.strip()]) for d in shape_m.group(1).split(",")])

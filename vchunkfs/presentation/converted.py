@@ -9,15 +9,16 @@
                 ``bytes`` (little-endian) and chunks served decoded, under the
                 stored chunk keys.
 
-Documents are derived from the stored ``zarr.json`` only, so a file's size is
-known without reading chunks; a decoded chunk's size is the chunk shape times
-the item size. An array the presentation cannot show (a codec or data type
+Documents are derived from the stored ``zarr.json`` (and, for the v2 fill value
+of a few arrays, from whether every chunk is stored: :func:`v2_fill`), so a
+file's size is known without reading chunks; a decoded chunk's size is the chunk
+shape times the item size. An array the presentation cannot show (a codec or data type
 with no form here) keeps its directory, which then holds one text file,
 ``UNSUPPORTED``, saying why; the array is left out of ``.zmetadata`` and a
 warning is logged once.
 
-See docs/SEMANTICS.md ("Presentations") for the attribute rules
-(``_ARRAY_DIMENSIONS``, ``_FillValue``) and why they are what they are.
+See docs/SEMANTICS.md ("Presentations") for the attribute and fill value rules
+(``_ARRAY_DIMENSIONS``, ``_FillValue``, ``fill_value``) and why they are what they are.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import Any
+
+import numpy as np
 
 from vchunkfs.errors import NotFoundError, VchunkfsError
 from vchunkfs.presentation.codecs import CodecChain, UnsupportedArrayError
@@ -68,6 +71,7 @@ class ConvertedPresentation:
         self._docs: dict[str, bytes] = {}
         self._forms: dict[str, _ArrayForm] = {}
         self.nodes = view.nodes if zarr_format == 3 else _without_v2_names(view)
+        self._complete_arrays: dict[str, bool] = {}  # array -> every chunk stored
 
     # -- the contract ---------------------------------------------------------
 
@@ -244,10 +248,23 @@ class ConvertedPresentation:
         if name == ZGROUP:
             return {"zarr_format": 2}
         if name == ZATTRS:
-            return v2_attributes(meta)
+            return v2_attributes(meta, await self._complete(node, meta))
         form = await self._form(node)
         assert form.chain is not None
-        return v2_array_document(meta, form.chain, self.decoded)
+        return v2_array_document(meta, form.chain, self.decoded,
+                                 await self._complete(node, meta))
+
+    async def _complete(self, node: Node, meta: dict[str, Any]) -> bool:
+        """Whether the snapshot stores every chunk of the array, asked only when the
+        v2 fill value depends on it (one pass over the array's chunk refs, once)."""
+        if node.kind != "array" or not v2_fill_needs_chunks(meta):
+            return False
+        complete = self._complete_arrays.get(node.path)
+        if complete is None:
+            stats = await self.view.chunk_stats(node.path, [])
+            complete = stats.stored >= stats.grid_chunks
+            self._complete_arrays[node.path] = complete
+        return complete
 
     async def _consolidated(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -344,8 +361,10 @@ _DECODED = _DecodedCache(DECODED_CACHE_BYTES)
 # -- Zarr v2 documents ---------------------------------------------------------
 
 
-def v2_array_document(meta: dict[str, Any], chain: CodecChain, decoded: bool) -> dict[str, Any]:
-    """The ``.zarray`` of a v3 array: same shape, chunks and fill value."""
+def v2_array_document(meta: dict[str, Any], chain: CodecChain, decoded: bool,
+                      complete: bool = False) -> dict[str, Any]:
+    """The ``.zarray`` of a v3 array: same shape and chunks; ``fill_value`` by
+    :func:`v2_fill` (``complete``: the snapshot stores every chunk of the array)."""
     if decoded:
         dtype, filters, compressor = chain.dtype.newbyteorder("<"), None, None
         order = "C"
@@ -357,7 +376,7 @@ def v2_array_document(meta: dict[str, Any], chain: CodecChain, decoded: bool) ->
         "shape": list(meta["shape"]),
         "chunks": list(chain.chunk_shape),
         "dtype": dtype.str,
-        "fill_value": v2_fill_value(meta),
+        "fill_value": v2_fill(meta, complete).fill_value,
         "order": order,
         "filters": filters,
         "compressor": compressor,
@@ -365,61 +384,133 @@ def v2_array_document(meta: dict[str, Any], chain: CodecChain, decoded: bool) ->
     }
 
 
-def v2_fill_value(meta: dict[str, Any]) -> Any:
-    """The v2 ``fill_value``: the stored one, or null when it is the default zero and
-    the attributes declare no ``_FillValue`` (v2 readers such as xarray treat a
-    fill value as a missing-value mark, and zeros are data)."""
-    fill = _plain_fill(meta.get("fill_value"), meta.get("data_type", ""))
-    if fill in (0, False) and "_FillValue" not in meta.get("attributes", {}):
-        return None
-    return fill
+@dataclass(frozen=True)
+class V2Fill:
+    """An array's fill value and missing-value mark in Zarr v2 form (JSON values)."""
+
+    fill_value: Any  # .zarray "fill_value": a number, "NaN", "Infinity", or None (null)
+    attribute: Any  # .zattrs "_FillValue": a finite number, or None for no attribute
 
 
-def v2_attributes(meta: dict[str, Any]) -> dict[str, Any]:
+def v2_fill(meta: dict[str, Any], complete: bool = False) -> V2Fill:
+    """The v2 ``fill_value`` and ``_FillValue`` that give v2 readers the values the
+    stored v3 array gives zarr-python and xarray (docs/SEMANTICS.md, "Presentations").
+
+    On v3, a missing chunk reads as the stored fill value F and xarray masks only
+    the values equal to the ``_FillValue`` attribute M. A v2 reader reads a missing
+    chunk as ``fill_value`` (zero for null), and xarray and GDAL also take a non-null
+    ``fill_value`` as the missing-value mark (xarray then ignores ``_FillValue``).
+    So ``fill_value`` is F when M is F (NaN included); null when F is zero (missing
+    chunks read zero, and no zero is masked); M (null without M) when the snapshot
+    stores every chunk (``complete``: nothing reads as F, so it only marks); and F
+    otherwise, where keeping what a missing chunk reads as makes xarray and GDAL mask
+    values equal to F. ``_FillValue`` is M when finite: NaN masks itself, and
+    netCDF-C masks through this attribute alone.
+    """
+    data_type = str(meta.get("data_type", ""))
+    fill = _fill_number(meta.get("fill_value"), data_type)
+    mark = _mark(meta, data_type)
+    if mark is not None and _same(mark, fill, data_type):
+        value = fill
+    elif _is_zero(fill):
+        value = None
+    elif complete:
+        value = mark
+    else:
+        value = fill
+    finite = mark is not None and not (isinstance(mark, float) and not math.isfinite(mark))
+    return V2Fill(_json_number(value), mark if finite else None)
+
+
+def v2_fill_needs_chunks(meta: dict[str, Any]) -> bool:
+    """Whether :func:`v2_fill` depends on ``complete`` for this array (the stored fill
+    value is not zero and the ``_FillValue`` attribute does not equal it)."""
+    data_type = str(meta.get("data_type", ""))
+    fill = _fill_number(meta.get("fill_value"), data_type)
+    mark = _mark(meta, data_type)
+    return not (mark is not None and _same(mark, fill, data_type)) and not _is_zero(fill)
+
+
+def v2_attributes(meta: dict[str, Any], complete: bool = False) -> dict[str, Any]:
     """``.zattrs``: the stored attributes, plus ``_ARRAY_DIMENSIONS`` (how xarray and
-    netCDF-C name dimensions in v2) and a plain ``_FillValue`` (how netCDF-C
-    learns the missing value)."""
+    netCDF-C name dimensions in v2), with ``_FillValue`` as :func:`v2_fill` says."""
     attrs = dict(meta.get("attributes", {}))
     if meta.get("node_type") != "array":
         return attrs
     dims = meta.get("dimension_names")
     if dims and all(isinstance(d, str) for d in dims):
         attrs["_ARRAY_DIMENSIONS"] = list(dims)
-    data_type = meta.get("data_type", "")
-    if "_FillValue" in attrs:
-        fill = _cf_fill(attrs["_FillValue"], data_type)
-    else:
-        fill = v2_fill_value(meta)
-    if fill is None or isinstance(fill, str):
-        # NaN needs no mark (it reads as missing everywhere) and strict JSON has no NaN
+    mark = v2_fill(meta, complete).attribute
+    if mark is None:
         attrs.pop("_FillValue", None)
     else:
-        attrs["_FillValue"] = fill
+        attrs["_FillValue"] = mark
     return attrs
 
 
-def _plain_fill(value: Any, data_type: str) -> Any:
-    """A v3 fill value in v2 JSON: numbers as numbers, NaN and infinities as strings."""
-    if isinstance(value, str) and value.startswith("0x") and data_type.startswith("float"):
-        size = {"float16": 2, "float32": 4, "float64": 8}[data_type]
-        fmt = {2: ">e", 4: ">f", 8: ">d"}[size]
-        value = struct.unpack(fmt, int(value, 16).to_bytes(size, "big"))[0]
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
+_FLOAT_SIZES = {"float16": 2, "float32": 4, "float64": 8}
+
+
+def _fill_number(value: Any, data_type: str) -> Any:
+    """A v3 ``fill_value`` as a Python number (NaN and infinities as floats)."""
+    if data_type in _FLOAT_SIZES:
+        if isinstance(value, str):
+            if value.startswith("0x"):
+                size = _FLOAT_SIZES[data_type]
+                fmt = {2: ">e", 4: ">f", 8: ">d"}[size]
+                return struct.unpack(fmt, int(value, 16).to_bytes(size, "big"))[0]
+            return float(value)  # "NaN", "Infinity", "-Infinity"
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
     return value
 
 
-def _cf_fill(value: Any, data_type: str) -> Any:
-    """A ``_FillValue`` attribute as xarray stores it in v3 (floats base64-packed)."""
-    if isinstance(value, str) and data_type.startswith("float"):
-        try:
-            value = struct.unpack("<d", base64.standard_b64decode(value))[0]
-        except (ValueError, struct.error):
-            return None
-    return _plain_fill(value, data_type)
+def _mark(meta: dict[str, Any], data_type: str) -> Any:
+    """The ``_FillValue`` attribute as xarray decodes it on v3 (floats base64-packed
+    little-endian doubles, other types plain), or None when absent or undecodable."""
+    value = meta.get("attributes", {}).get("_FillValue")
+    if value is None:
+        return None
+    if data_type in _FLOAT_SIZES:
+        if isinstance(value, str):
+            try:
+                return struct.unpack("<d", base64.b64decode(value, validate=True))[0]
+            except (ValueError, struct.error):
+                return None
+        return float(value) if isinstance(value, int | float) else None
+    if data_type == "bool":
+        return bool(value) if isinstance(value, bool | int) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _same(a: Any, b: Any, data_type: str) -> bool:
+    """Whether two fill values are one value of the array's data type (NaN is NaN)."""
+    if data_type in _FLOAT_SIZES:
+        if not isinstance(a, float) or not isinstance(b, float):
+            return False
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        kind = np.dtype("f" + str(_FLOAT_SIZES[data_type]))
+        return bool(np.array(a).astype(kind) == np.array(b).astype(kind))
+    return type(a) is type(b) and a == b
+
+
+def _is_zero(value: Any) -> bool:
+    """Zero as a null v2 fill value reads: 0, false, or +0.0 (not -0.0)."""
+    if isinstance(value, float):
+        return value == 0 and math.copysign(1.0, value) > 0
+    return isinstance(value, int) and value == 0  # bool is an int
+
+
+def _json_number(value: Any) -> Any:
+    """A number in v2 JSON: NaN and infinities as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
 
 
 def _without_v2_names(view: SnapshotView) -> dict[str, Node]:
