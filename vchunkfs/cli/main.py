@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from vchunkfs import __version__
 from vchunkfs.bridge import close_shared_bridge
-from vchunkfs.cli import ctl, ingest, inspect, mount
+from vchunkfs.cli import ctl, ingest, inspect, mount, refs
 from vchunkfs.cli.common import (
     EXIT_CODES,
     add_json_option,
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     set_global_defaults(parser)
     sub = add_subcommands(parser, "command")
     inspect.register(sub)
+    refs.register(sub)
     mount.register(sub)
     ctl.register(sub)
     ingest.register(sub)
