@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import icechunk as ic
+import numpy as np
 import pytest
+import zarr
 from commands import cli
 from datasets import build_repo
 from mounting import mounted
@@ -130,3 +134,173 @@ def test_a_mount_shows_ref_changes_within_its_poll_interval(tmp_path):
         assert m.proc.poll() is None
 
 
+
+
+# -- expire and gc ---------------------------------------------------------------
+
+SERIES_ROW = 256  # float32: 1 KiB chunks, stored as objects (not inlined in manifests)
+
+
+def daily_repo(storage: ic.Storage, days: int) -> list[str]:
+    """A repository appended to once a "day": ``series`` gains a row (kept forever) and
+    ``latest`` is rewritten (so each day leaves a chunk that only its snapshot uses).
+    Tag day05 and branch day10 point into the history. Returns the daily snapshot ids."""
+    repo = ic.Repository.create(storage)
+    s = repo.writable_session("main")
+    root = zarr.group(s.store)
+    root.create_array("series", shape=(0, SERIES_ROW), chunks=(1, SERIES_ROW), dtype="f4",
+                      fill_value=0, compressors=None)
+    root.create_array("latest", shape=(SERIES_ROW,), chunks=(SERIES_ROW,), dtype="f4",
+                      fill_value=0, compressors=None)
+    s.commit("create the arrays")
+    ids = []
+    for day in range(1, days + 1):
+        s = repo.writable_session("main")
+        series = zarr.open_array(s.store, path="series")
+        series.resize((day, SERIES_ROW))
+        series[day - 1] = np.arange(SERIES_ROW, dtype="f4") + day
+        zarr.open_array(s.store, path="latest")[:] = np.full(SERIES_ROW, day, "f4")
+        ids.append(s.commit(f"append day {day}", metadata={"day": day}))
+    repo.create_tag("day05", ids[4])
+    repo.create_branch("day10", ids[9])
+    return ids
+
+
+def files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def test_parse_cutoff():
+    import datetime
+
+    from vchunkfs.cli.maintenance import parse_cutoff
+    from vchunkfs.errors import UsageError
+
+    now = datetime.datetime(2024, 9, 30, 12, tzinfo=datetime.UTC)
+    assert parse_cutoff("30d", now) == datetime.datetime(2024, 8, 31, 12, tzinfo=datetime.UTC)
+    assert parse_cutoff("2w", now) == now - datetime.timedelta(days=14)
+    assert parse_cutoff("90m", now) == now - datetime.timedelta(minutes=90)
+    assert parse_cutoff("0s", now) == now
+    assert parse_cutoff("2024-09-01") == datetime.datetime(2024, 9, 1, tzinfo=datetime.UTC)
+    assert parse_cutoff("2024-09-01T14:00:00+02:00") == datetime.datetime(
+        2024, 9, 1, 12, tzinfo=datetime.UTC)
+    with pytest.raises(UsageError, match="--older-than"):
+        parse_cutoff("last tuesday")
+
+
+def test_expire_and_gc_while_mounted(tmp_path):
+    """30 daily appends; expire what is older than day 20 and collect it, with the main
+    branch mounted and read all along."""
+    path = tmp_path / "repo"
+    ids = daily_repo(ic.local_filesystem_storage(str(path)), 30)
+    url = str(path)
+    log = jcli("log", url)
+    written = {c["id"]: c["written_at"] for c in log}
+    created = next(c["id"] for c in log if c["message"] == "create the arrays")
+    cutoff = written[ids[19]]  # exclusive: day 20 stays
+    expected = (set(ids[:19]) - {ids[4], ids[9]}) | {created}  # heads of day05, day10 stay
+    with mounted(url, tmp_path / "m", "poll_interval=0.5") as m:
+        chunk_files = [m.path / "series" / "c" / str(d) / "0" for d in range(30)]
+        chunk_files.append(m.path / "latest" / "c" / "0")
+        want = [f.read_bytes() for f in chunk_files]
+        assert np.frombuffer(want[-1], "f4")[0] == 30
+        old = m.path / ".vchunkfs" / "snapshots" / ids[2]
+        held = open(old / "latest" / "c" / "0", "rb")  # noqa: SIM115  (expired, not read yet)
+        problems: list[str] = []
+        stop = threading.Event()
+
+        def reader() -> None:
+            rounds = 0
+            while not stop.is_set() or rounds == 0:
+                for f, b in zip(chunk_files, want, strict=True):
+                    try:
+                        if f.read_bytes() != b:
+                            problems.append(f"{f}: other bytes")
+                    except OSError as e:
+                        problems.append(f"{f}: {e}")
+                rounds += 1
+
+        t = threading.Thread(target=reader)
+        t.start()
+        try:
+            dry = jcli("expire", url, "--older-than", cutoff, "--dry-run")
+            assert {e["id"] for e in dry["expired"]} == expected and dry["dry_run"]
+            assert [e["message"] for e in dry["expired"]][:2] == ["append day 19",
+                                                                 "append day 18"]
+            text = cli("expire", url, "--older-than", cutoff, "--dry-run").stdout
+            assert text.startswith(f"would expire {len(expected)} snapshots")
+            assert f"{ids[0]}  " in text and "append day 1\n" in text
+            real = jcli("expire", url, "--older-than", cutoff)
+            assert real["expired"] == dry["expired"]
+            before = files(path)
+            gc_dry = jcli("gc", url, "--older-than", "0s", "--dry-run")
+            assert files(path) == before
+            gc = jcli("gc", url, "--older-than", "0s")
+            after = files(path)
+        finally:
+            stop.set()
+            t.join()
+        assert not problems, problems[:5]
+        for key in ("bytes", "objects", "snapshots", "manifests", "chunks"):
+            assert gc[key] == gc_dry[key], key
+        assert gc["snapshots"] == len(expected)
+        assert gc["chunks"] == 17  # the 'latest' chunks only expired snapshots used
+        gone = set(before) - set(after)
+        assert sum(before[k] for k in gone) == gc["bytes"] == gc_dry["bytes"]
+        assert len(gone) == gc["objects"]
+        assert sum(after.values()) < sum(before.values())
+        # what stays: every branch and tag, read through the mount and the CLI
+        assert [f.read_bytes() for f in chunk_files] == want
+        versions = m.path / ".vchunkfs"
+        assert np.frombuffer((versions / "tags" / "day05" / "latest" / "c" / "0").read_bytes(),
+                             "f4")[0] == 5
+        day10 = versions / "branches" / "day10" / "series" / "c" / "9" / "0"
+        assert day10.read_bytes() == want[9]
+        assert [c["message"] for c in jcli("log", f"{url}@day05")] == [
+            "append day 5", "Repository initialized"]
+        assert len(jcli("log", url)) == 30 - 19 + 1
+        # an expired and collected snapshot: gone from .vchunkfs/snapshots/, and a file
+        # opened in it before answers with an error, never with other bytes
+        listed = os.listdir(versions / "snapshots")
+        assert ids[2] not in listed and ids[3] not in listed and ids[19] in listed
+        assert not (versions / "snapshots" / ids[3]).exists()  # never looked up before
+        with pytest.raises(OSError) as err:
+            held.read()
+        held.close()
+        assert err.value.errno == errno.ENOENT  # the object is gone (docs/SEMANTICS.md)
+        with pytest.raises(OSError) as err:  # looked up before: the kernel may know the path
+            (old / "latest" / "c" / "0").read_bytes()
+        assert err.value.errno == errno.ENOENT
+        assert [f.read_bytes() for f in chunk_files] == want and m.proc.poll() is None
+    print(f"gc freed {gc['bytes']} bytes in {gc['objects']} objects; repository "
+          f"{sum(before.values())} -> {sum(after.values())} bytes, "
+          f"{len(before)} -> {len(after)} files")
+
+
+def test_expire_and_gc_s3(s3_env):
+    s3 = s3_env
+    s3.create_bucket("daily")
+    storage = ic.s3_storage(bucket="daily", prefix="r", region=s3.region,
+                            endpoint_url=s3.endpoint_url, allow_http=True,
+                            force_path_style=True, from_env=True)
+    ids = daily_repo(storage, 12)
+    url, opts = "s3://daily/r", ("--endpoint-url", s3.endpoint_url)
+    cutoff = {c["id"]: c["written_at"] for c in jcli("log", url, *opts)}[ids[10]]
+    dry = jcli("expire", url, "--older-than", cutoff, "--dry-run", *opts)
+    real = jcli("expire", url, *opts, "--older-than", cutoff)
+    assert real["expired"] == dry["expired"] and real["count"] == 10 - 2 + 1
+    gc_dry = jcli("gc", url, "--older-than", "0s", "--dry-run", *opts)
+    gc = jcli("gc", url, "--older-than", "0s", *opts)
+    assert gc["bytes"] == gc_dry["bytes"] > 0 and gc["chunks"] == gc_dry["chunks"] == 8
+    assert jcli("gc", url, "--older-than", "0s", *opts)["objects"] == 0
+    assert jcli("branch", url, *opts) == {"day10": ids[9], "main": ids[11]}
+    assert jcli("tag", url, *opts) == {"day05": ids[4]}
+
+
+def test_expire_and_gc_help():
+    assert "never touched" in cli("gc", "--help").stdout
+    for command in ("expire", "gc"):
+        r = cli(command, "--help")
+        assert "example" in r.stdout and "--json" in r.stdout and "--dry-run" in r.stdout
+    r = cli("expire", "./nowhere", "--older-than", "someday", check=False)
+    assert r.returncode == 2 and "--older-than 'someday'" in r.stderr
