@@ -304,3 +304,63 @@ def test_expire_and_gc_help():
         assert "example" in r.stdout and "--json" in r.stdout and "--dry-run" in r.stdout
     r = cli("expire", "./nowhere", "--older-than", "someday", check=False)
     assert r.returncode == 2 and "--older-than 'someday'" in r.stderr
+
+
+# -- export -----------------------------------------------------------------------
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".vchunkfs-export.json"}
+
+
+def test_export_oisst_month(tmp_path):
+    """An August of OISST-like days: the v3 export is the mount's tree byte for byte and
+    reads like the netCDF files; v2-decoded of one array opens as Zarr v2; an export cut
+    short says so, does not open, and finishes when run again."""
+    import xarray as xr
+    from commands import ingest_days
+    from datasets import assert_reads_like_files
+
+    repo, prefix, files = ingest_days(tmp_path, 31)
+    out = tmp_path / "v3.zarr"
+    started = time.monotonic()
+    doc = jcli("export", str(repo), str(out), "--authorize", prefix)
+    seconds = time.monotonic() - started
+    assert doc["presentation"] == "v3" and doc["skipped"] == 0
+    exported = tree(out)
+    assert doc["files"] == len(exported) and doc["bytes"] == sum(map(len, exported.values()))
+    print(f"export: {doc['files']} files, {doc['bytes']} bytes in {seconds:.1f} s")
+    assert_reads_like_files(out, files)
+    with mounted(repo, tmp_path / "m", f"authorize={prefix}") as m:
+        assert tree(m.path) == exported
+    assert not (out / ".vchunkfs-export.json").exists()  # complete: a plain Zarr store
+
+    v2 = tmp_path / "v2.zarr"
+    doc2 = jcli("export", f"{repo}@main", str(v2), "--presentation", "v2-decoded",
+                "--array", "sst", "--authorize", prefix)
+    assert sorted(os.listdir(v2)) == [".zattrs", ".zgroup", "sst"]
+    ds = xr.open_zarr(v2, consolidated=False, zarr_format=2, chunks=None, mask_and_scale=False)
+    ref = xr.open_zarr(out, consolidated=False, zarr_format=3, chunks=None, mask_and_scale=False)
+    np.testing.assert_array_equal(ds["sst"].values, ref["sst"].values)
+    assert doc2["files"] == len(tree(v2))
+
+    # cut short: a source file goes missing half-way through the month
+    hidden = files[15].with_suffix(".away")
+    files[15].rename(hidden)
+    part = tmp_path / "part.zarr"
+    r = cli("export", str(repo), str(part), "--authorize", prefix, "--json", check=False)
+    assert r.returncode == 6, r.stderr
+    assert "incomplete" in r.stderr and "run the same command again" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    marker = json.loads((part / ".vchunkfs-export.json").read_text())
+    assert marker["snapshot"] == doc["snapshot"] and not marker["complete"]
+    assert not (part / "zarr.json").exists()  # does not open as a Zarr group
+    other = cli("export", str(repo), str(part), "--presentation", "v2", check=False)
+    assert other.returncode == 2 and "holds another export" in other.stderr
+    full = cli("export", str(repo), str(out), check=False)
+    assert full.returncode == 2 and "not empty" in full.stderr
+    hidden.rename(files[15])
+    again = jcli("export", str(repo), str(part), "--authorize", prefix)
+    assert 0 < again["skipped"] < again["files"]
+    assert tree(part) == exported

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from vchunkfs import __version__
 from vchunkfs.bridge import close_shared_bridge
-from vchunkfs.cli import ctl, ingest, inspect, maintenance, mount, refs
+from vchunkfs.cli import ctl, export, ingest, inspect, maintenance, mount, refs
 from vchunkfs.cli.common import (
     EXIT_CODES,
     add_json_option,
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.register(sub)
     refs.register(sub)
     maintenance.register(sub)
+    export.register(sub)
     mount.register(sub)
     ctl.register(sub)
     ingest.register(sub)
