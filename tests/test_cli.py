@@ -108,3 +108,45 @@ def test_console_script_installed():
     assert exe.exists()
     r = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
     assert r.stdout.startswith("vchunkfs ")
+
+
+def _leaf_parsers(parser, path=()):
+    """(command words, parser) for every command and subcommand of the vchunkfs parser."""
+    import argparse
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _leaf_parsers(child, (*path, name))
+
+
+def test_global_options_anywhere():
+    """--json (and a command's other global options) go before or after the operands, at
+    every level; repeatable ones given at two levels add up."""
+    from vchunkfs.cli.main import build_parser
+
+    parse = build_parser().parse_args
+    for argv in (["ctl", "/mnt/x", "status", "--json"], ["--json", "ctl", "/mnt/x", "status"],
+                 ["ctl", "--json", "/mnt/x", "status"], ["ctl", "/mnt/x", "--json", "status"]):
+        args = parse(argv)
+        assert args.json is True and args.mountpoint == "/mnt/x", argv
+    assert parse(["ctl", "/mnt/x", "status"]).json is False
+    a = parse(["ctl", "/mnt/x", "commit", "-m", "x", "--socket", "/s", "--json"])
+    assert (a.socket, a.json, a.message) == ("/s", True, "x")
+    a = parse(["ctl", "--socket", "/s", "/mnt/x", "log"])
+    assert a.socket == "/s" and a.json is False
+    a = parse(["log", "./r", "--json", "--endpoint-url", "http://e", "--authorize", "s3://a/"])
+    assert (a.json, a.endpoint_url, a.authorize) == (True, "http://e", ["s3://a/"])
+    a = parse(["--json", "show", "--region", "r1", "./r", "sst"])
+    assert (a.json, a.region, a.authorize, a.storage_config) == (True, "r1", [], [])
+    # every command and subcommand has --json
+    missing = [" ".join(path) for path, p in _leaf_parsers(build_parser())
+               if "--json" not in p._option_string_actions]
+    assert not missing, missing
+
+
+def test_ctl_json_after_operands_reaches_the_command(tmp_path):
+    r = cli("ctl", str(tmp_path), "status", "--json")
+    assert r.returncode == 1 and "unrecognized" not in r.stderr, r.stderr
+    assert "not a vchunkfs mount" in json.loads(r.stdout)["error"]["message"]

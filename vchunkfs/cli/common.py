@@ -23,28 +23,72 @@ exit status:
 """
 
 
+# Options that every command takes before or after its operands, at every level
+# (``vchunkfs --json ctl MNT status`` and ``vchunkfs ctl MNT status --json`` alike).
+# Each parser level declares them with ``default=SUPPRESS``, so a level where an
+# option is not given never overwrites what another level set; the top-level
+# parser supplies the defaults once (:func:`set_global_defaults`).
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "json": False, "authorize": [], "auth_file": None, "endpoint_url": None, "region": None,
+    "anonymous": False, "storage_config": [], "socket": None,
+}
+# Repeatable options: values given at several levels add up instead of replacing.
+_REPEATABLE = ("authorize", "storage_config")
+
+
+class SubParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Subcommands whose repeatable options add to those given before the subcommand.
+
+    argparse parses a subcommand into a fresh namespace and copies it over the
+    outer one, so ``--authorize A sub --authorize B`` would keep only B.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        before = {k: getattr(namespace, k) for k in _REPEATABLE if hasattr(namespace, k)}
+        super().__call__(parser, namespace, values, option_string)
+        for key, outer in before.items():
+            inner = getattr(namespace, key)
+            if inner is not outer:
+                setattr(namespace, key, [*outer, *inner])
+
+
+def add_subcommands(p: argparse.ArgumentParser, dest: str, required: bool = True
+                    ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    return p.add_subparsers(dest=dest, metavar="COMMAND", required=required,
+                            action=SubParsers)
+
+
+def set_global_defaults(p: argparse.ArgumentParser) -> None:
+    """The top-level parser: defaults of the options any level may set."""
+    p.set_defaults(**{k: list(v) if isinstance(v, list) else v
+                      for k, v in GLOBAL_DEFAULTS.items()})
+
+
 def add_repo_options(p: argparse.ArgumentParser) -> None:
     """Options for reaching a repository and trusting its containers."""
+    S = argparse.SUPPRESS
     g = p.add_argument_group("repository access")
-    g.add_argument("--authorize", metavar="PREFIX[=KIND]", action="append", default=[],
+    g.add_argument("--authorize", metavar="PREFIX[=KIND]", action="append", default=S,
                    help="trust this virtual chunk container url prefix (repeatable); KIND is "
                         "default, anonymous or env. Also VCHUNKFS_AUTHORIZE and --auth-file")
-    g.add_argument("--auth-file", metavar="PATH",
+    g.add_argument("--auth-file", metavar="PATH", default=S,
                    help="TOML file of [[authorize]] entries, with credentials (chmod 600); "
                         "default $VCHUNKFS_AUTH_FILE")
-    g.add_argument("--endpoint-url", metavar="URL",
+    g.add_argument("--endpoint-url", metavar="URL", default=S,
                    help="S3-compatible endpoint of the repository's storage "
                         "(default $AWS_ENDPOINT_URL)")
-    g.add_argument("--region", help="storage region (default $AWS_REGION)")
-    g.add_argument("--anonymous", action="store_true",
+    g.add_argument("--region", default=S, help="storage region (default $AWS_REGION)")
+    g.add_argument("--anonymous", action="store_true", default=S,
                    help="read the repository's storage without credentials")
-    g.add_argument("--storage-config", metavar="KEY=VALUE", action="append", default=[],
+    g.add_argument("--storage-config", metavar="KEY=VALUE", action="append", default=S,
                    help="backend config key for gcs, azure or http storage (repeatable), e.g. "
                         "azure_storage_use_emulator=true")
 
 
 def add_json_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print one JSON document for scripts")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print one JSON document for scripts")
 
 
 def split_repo_version(text: str) -> tuple[str, str | None]:

@@ -17,6 +17,7 @@ import msgpack
 from vchunkfs.cli.common import (
     add_json_option,
     add_repo_options,
+    add_subcommands,
     emit_json,
     open_repo,
     run,
@@ -33,27 +34,37 @@ if TYPE_CHECKING:
 
 
 
-def _parser(sub: Sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser(sub: Sub, name: str, help: str, example: str, *, ctl: bool = False
+            ) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    if ctl:
+        _ctl_options(p)
+    return p
+
+
+def _ctl_options(p: argparse.ArgumentParser) -> None:
+    """``ctl``'s own options, taken before or after the subcommand and its operands."""
+    p.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
+                   help="the control socket (default: found through the mount's "
+                        "user.vchunkfs.control_socket attribute)")
+    add_json_option(p)
 
 
 def register(sub: Sub) -> None:
     ctl = _parser(sub, "ctl", "change a mounted repository through its control socket",
                   "vchunkfs ctl /mnt/oisst status")
     ctl.add_argument("mountpoint", metavar="MOUNTPOINT")
-    ctl.add_argument("--socket", metavar="PATH", help="the control socket (default: found "
-                     "through the mount's user.vchunkfs.control_socket attribute)")
-    add_json_option(ctl)
-    cs = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
+    _ctl_options(ctl)
+    cs = add_subcommands(ctl, "ctl_command")
 
     p = _parser(cs, "status", "show the mount's version, staged changes and cache counters",
-                "vchunkfs ctl /mnt/oisst status --json")
+                "vchunkfs ctl /mnt/oisst status --json", ctl=True)
     p.set_defaults(func=ctl_status)
 
     p = _parser(cs, "set-ref", "point one chunk key at a byte range of a source file",
                 "vchunkfs ctl /mnt/oisst set-ref sst/c/31/0/0/0 "
-                "file:///data/oisst/day32.nc 47926 380848")
+                "file:///data/oisst/day32.nc 47926 380848", ctl=True)
     p.add_argument("key")
     p.add_argument("location")
     p.add_argument("offset", type=int)
@@ -68,75 +79,78 @@ def register(sub: Sub) -> None:
     p = _parser(cs, "import-refs", "stage many virtual refs from a file: CSV, Parquet or "
                 "msgpack with columns key, location, offset, length (and optional checksum)",
                 "vchunkfs ctl /mnt/oisst import-refs refs.csv && vchunkfs ctl /mnt/oisst "
-                "commit -m 'refs from a file'")
+                "commit -m 'refs from a file'", ctl=True)
     p.add_argument("file", help="a .csv, .parquet or .msgpack file ('-' reads CSV from stdin)")
     p.add_argument("--batch", type=int, default=50_000, help="refs per request")
     p.add_argument("--branch")
     p.set_defaults(func=ctl_import_refs)
 
     p = _parser(cs, "set-meta", "create or replace a group's or array's zarr.json",
-                "vchunkfs ctl /mnt/oisst set-meta sst sst-zarr.json")
+                "vchunkfs ctl /mnt/oisst set-meta sst sst-zarr.json", ctl=True)
     p.add_argument("path", help="node path ('' or / for the root group)")
     p.add_argument("file", help="a Zarr v3 zarr.json document ('-' for stdin)")
     p.add_argument("--branch")
     p.set_defaults(func=ctl_set_meta)
 
     p = _parser(cs, "set-chunk", "store native chunk bytes in the repository",
-                "vchunkfs ctl /mnt/oisst set-chunk time/c/0 time.bin")
+                "vchunkfs ctl /mnt/oisst set-chunk time/c/0 time.bin", ctl=True)
     p.add_argument("key")
     p.add_argument("file", help="the chunk's bytes ('-' for stdin)")
     p.add_argument("--branch")
     p.set_defaults(func=ctl_set_chunk)
 
     p = _parser(cs, "delete", "delete a chunk, or a group or array with all below it",
-                "vchunkfs ctl /mnt/oisst delete sst/c/31/0/0/0")
+                "vchunkfs ctl /mnt/oisst delete sst/c/31/0/0/0", ctl=True)
     p.add_argument("key")
     p.add_argument("--branch")
     p.set_defaults(func=ctl_delete)
 
     p = _parser(cs, "changes", "show what is staged (also readable under .vchunkfs/staged/)",
-                "vchunkfs ctl /mnt/oisst changes")
+                "vchunkfs ctl /mnt/oisst changes", ctl=True)
     p.add_argument("--branch")
     p.set_defaults(func=ctl_changes)
 
     p = _parser(cs, "commit", "commit the staged changes; prints the new snapshot id",
-                "vchunkfs ctl /mnt/oisst commit -m 'append 2024-09-01'")
+                "vchunkfs ctl /mnt/oisst commit -m 'append 2024-09-01'", ctl=True)
     p.add_argument("-m", "--message", required=True)
     p.add_argument("--meta", metavar="JSON", help="commit metadata, a JSON object")
     p.add_argument("--branch")
     p.set_defaults(func=ctl_commit)
 
-    p = _parser(cs, "discard", "drop the staged changes", "vchunkfs ctl /mnt/oisst discard")
+    p = _parser(cs, "discard", "drop the staged changes", "vchunkfs ctl /mnt/oisst discard",
+                ctl=True)
     p.add_argument("--branch")
     p.set_defaults(func=ctl_discard)
 
     p = _parser(cs, "branch", "create, reset or delete a branch",
-                "vchunkfs ctl /mnt/oisst branch create experiment --from v1")
+                "vchunkfs ctl /mnt/oisst branch create experiment --from v1", ctl=True)
     p.add_argument("action", choices=["create", "reset", "delete", "list"])
     p.add_argument("name", nargs="?")
     p.add_argument("--from", dest="source", metavar="VERSION", help="create: start point")
     p.add_argument("--to", metavar="VERSION", help="reset: the new head")
     p.set_defaults(func=ctl_branch)
 
-    p = _parser(cs, "tag", "create or delete a tag", "vchunkfs ctl /mnt/oisst tag create v2")
+    p = _parser(cs, "tag", "create or delete a tag", "vchunkfs ctl /mnt/oisst tag create v2",
+                ctl=True)
     p.add_argument("action", choices=["create", "delete", "list"])
     p.add_argument("name", nargs="?")
     p.add_argument("--version", dest="tag_version", help="create: what to tag (default main)")
     p.set_defaults(func=ctl_tag)
 
-    p = _parser(cs, "log", "history of a version", "vchunkfs ctl /mnt/oisst log -n 3")
+    p = _parser(cs, "log", "history of a version", "vchunkfs ctl /mnt/oisst log -n 3", ctl=True)
     p.add_argument("version", nargs="?")
     p.add_argument("-n", "--max-count", type=int)
     p.set_defaults(func=ctl_log)
 
     p = _parser(cs, "diff", "what changed between two versions",
-                "vchunkfs ctl /mnt/oisst diff v1 main")
+                "vchunkfs ctl /mnt/oisst diff v1 main", ctl=True)
     p.add_argument("from_version", metavar="V1")
     p.add_argument("to_version", metavar="V2")
     p.set_defaults(func=ctl_diff)
 
     p = _parser(cs, "containers", "list, add or remove virtual chunk containers",
-                "vchunkfs ctl /mnt/oisst containers add s3://noaa/oisst/ --region us-east-1")
+                "vchunkfs ctl /mnt/oisst containers add s3://noaa/oisst/ --region us-east-1",
+                ctl=True)
     _container_args(p)
     p.set_defaults(func=ctl_containers)
 

@@ -12,8 +12,14 @@ from typing import NoReturn
 
 from vchunkfs import __version__
 from vchunkfs.bridge import close_shared_bridge
-from vchunkfs.cli import ctl, ingest, inspect, mount
-from vchunkfs.cli.common import EXIT_CODES, report_error
+from vchunkfs.cli import ctl, export, ingest, inspect, maintenance, mount, refs
+from vchunkfs.cli.common import (
+    EXIT_CODES,
+    add_json_option,
+    add_subcommands,
+    report_error,
+    set_global_defaults,
+)
 from vchunkfs.errors import VchunkfsError
 from vchunkfs.repository.logs import quiet_engine_logs
 
@@ -24,7 +30,10 @@ Zarr directories, and inspects and changes them from the shell.
 A repository is named by a URL: a path, file://, s3://bucket/prefix,
 gs://bucket/prefix, az://account/container/prefix, http(s):// (read-only).
 REPO@VERSION picks a branch, tag, snapshot id or unique id prefix
-(default: main)."""
+(default: main).
+
+Options go before or after operands, at any level: `vchunkfs ctl /mnt/oisst
+status --json` and `vchunkfs --json ctl /mnt/oisst status` are the same."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vchunkfs", description=DESCRIPTION, epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"vchunkfs {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_json_option(parser)
+    set_global_defaults(parser)
+    sub = add_subcommands(parser, "command")
     inspect.register(sub)
+    refs.register(sub)
+    maintenance.register(sub)
+    export.register(sub)
     mount.register(sub)
     ctl.register(sub)
     ingest.register(sub)

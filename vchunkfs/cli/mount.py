@@ -78,6 +78,9 @@ def _error(e: VchunkfsError) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # not at the top: mount.vchunkfs (this module run as a script) stays light
+    from vchunkfs.cli.common import add_json_option
+
     p = sub.add_parser(
         "mount", help="mount a repository as a read-only Zarr directory",
         description="Mount REPO at MOUNTPOINT; returns once the mount is ready.",
@@ -90,9 +93,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--version", dest="mount_version", metavar="NAME",
                    help="branch, tag or snapshot the root shows (default main)")
-    p.add_argument("--authorize", action="append", default=[], metavar="PREFIX[=KIND]",
-                   help="trust a virtual chunk container (repeatable)")
-    p.add_argument("--auth-file", metavar="PATH")
+    p.add_argument("--authorize", action="append", default=argparse.SUPPRESS,
+                   metavar="PREFIX[=KIND]", help="trust a virtual chunk container (repeatable)")
+    p.add_argument("--auth-file", metavar="PATH", default=argparse.SUPPRESS)
     p.add_argument("--presentation", metavar="NAME[+NAME...]",
                    help="v3 (default), v2, v2-decoded, v3-decoded, several joined with '+', "
                         "or all (see the presentation= option below)")
@@ -104,6 +107,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--log-file", metavar="PATH")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
                    help="mount options, as for mount.vchunkfs")
+    add_json_option(p)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount a vchunkfs mount",
@@ -113,6 +117,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--lazy", action="store_true",
                    help="detach now, clean up when no longer busy (umount -l)")
+    add_json_option(p)
     p.set_defaults(func=cmd_umount)
 
 
@@ -141,6 +146,11 @@ def cmd_umount(args: argparse.Namespace) -> int:
     from vchunkfs.daemon.run import unmount
 
     unmount(args.mountpoint, args.lazy)
+    if args.json:
+        from vchunkfs.cli.common import emit_json
+
+
+        emit_json({"unmounted": args.mountpoint})
     return 0
 
 

@@ -38,7 +38,7 @@ from vchunkfs.errors import (
     ReadOnlyError,
     UsageError,
 )
-from vchunkfs.repository.repo import Repo, _first_line
+from vchunkfs.repository.repo import Repo, _first_line, engine_errors
 from vchunkfs.repository.snapshot import SnapshotView, ViewCaches, node_tree
 
 Checksum = str | datetime.datetime | None
@@ -289,45 +289,79 @@ class Writer:
             raise InvalidInputError(f"{key}: {e}") from e
 
 
+# -- branch and tag refs --------------------------------------------------------
+# Used by the control socket and by ``vchunkfs branch`` / ``vchunkfs tag`` alike.
+# Each change holds the local commit lock, so it is ordered with vchunkfs commits
+# on a local repository, and a reset only moves a branch from the head it was
+# checked at (a branch that moved meanwhile is a ConflictError).
+
+
 async def create_branch(repo: Repo, name: str, from_version: str | None = None) -> str:
     """Create branch ``name`` at ``from_version`` (default ``main``); return its snapshot."""
     _check_ref_name(name)
-    if name in await repo.ic.list_branches_async():
-        raise UsageError(f"branch {name!r} already exists")
-    v = await repo.resolve(from_version)
-    await repo.ic.create_branch_async(name, v.snapshot_id)
+    _check_writable(repo)
+    async with commit_lock(repo):
+        if name in await repo.ic.list_branches_async():
+            raise UsageError(f"branch {name!r} already exists")
+        v = await repo.resolve(from_version)
+        with engine_errors(f"creating branch {name}"):
+            await repo.ic.create_branch_async(name, v.snapshot_id)
     return v.snapshot_id
 
 
 async def reset_branch(repo: Repo, name: str, to_version: str) -> str:
-    if name not in await repo.ic.list_branches_async():
-        raise NotFoundError(f"no branch {name!r}")
-    v = await repo.resolve(to_version)
-    await repo.ic.reset_branch_async(name, v.snapshot_id)
+    """Point branch ``name`` at ``to_version``; return the snapshot it points to now."""
+    _check_writable(repo)
+    async with commit_lock(repo):
+        heads = await repo.branches()
+        if name not in heads:
+            raise NotFoundError(f"no branch {name!r}")
+        v = await repo.resolve(to_version)
+        try:
+            await repo.ic.reset_branch_async(name, v.snapshot_id, from_snapshot_id=heads[name])
+        except ic.ConflictError as e:
+            raise ConflictError(f"branch {name} moved while it was being reset "
+                                f"({_first_line(e)}); look at its new head and try again") from e
+        except ic.IcechunkError as e:
+            raise BackendError(f"resetting branch {name}: {_first_line(e)}") from e
     return v.snapshot_id
 
 
 async def delete_branch(repo: Repo, name: str) -> None:
     if name == "main":
         raise UsageError("the main branch cannot be deleted")
-    if name not in await repo.ic.list_branches_async():
-        raise NotFoundError(f"no branch {name!r}")
-    await repo.ic.delete_branch_async(name)
+    _check_writable(repo)
+    async with commit_lock(repo):
+        if name not in await repo.ic.list_branches_async():
+            raise NotFoundError(f"no branch {name!r}")
+        with engine_errors(f"deleting branch {name}"):
+            await repo.ic.delete_branch_async(name)
 
 
 async def create_tag(repo: Repo, name: str, version: str | None = None) -> str:
     _check_ref_name(name)
-    if name in await repo.ic.list_tags_async():
-        raise UsageError(f"tag {name!r} already exists (tags never move)")
-    v = await repo.resolve(version)
-    await repo.ic.create_tag_async(name, v.snapshot_id)
+    _check_writable(repo)
+    async with commit_lock(repo):
+        if name in await repo.ic.list_tags_async():
+            raise UsageError(f"tag {name!r} already exists (tags never move)")
+        v = await repo.resolve(version)
+        with engine_errors(f"creating tag {name}"):
+            await repo.ic.create_tag_async(name, v.snapshot_id)
     return v.snapshot_id
 
 
 async def delete_tag(repo: Repo, name: str) -> None:
-    if name not in await repo.ic.list_tags_async():
-        raise NotFoundError(f"no tag {name!r}")
-    await repo.ic.delete_tag_async(name)
+    _check_writable(repo)
+    async with commit_lock(repo):
+        if name not in await repo.ic.list_tags_async():
+            raise NotFoundError(f"no tag {name!r}")
+        with engine_errors(f"deleting tag {name}"):
+            await repo.ic.delete_tag_async(name)
+
+
+def _check_writable(repo: Repo) -> None:
+    if repo.location.read_only:
+        raise ReadOnlyError(f"{repo.location.url} is read-only (HTTP storage)")
 
 
 def _check_ref_name(name: str) -> None:
