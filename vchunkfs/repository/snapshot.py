@@ -12,7 +12,7 @@ Memory stays bounded whatever the repository's size:
   bytes fetched) and is remembered in an LRU of bounded entries.
 * Listing the last level of chunk directories needs to know which chunks
   exist. For an array of at most ``index_max_chunks`` chunks the view builds
-  a compact index of the whole array once (16 bytes a chunk, from
+  a compact index of the whole array once (28 bytes a chunk, from
   ``array_chunk_iterator``) and keeps it in an LRU bounded in bytes; for a
   bigger array it asks ``getsize`` for each candidate of that one row, so an
   ``ls`` never scans the array (icechunk's own ``list_dir`` does).
@@ -123,10 +123,9 @@ class ChunkStats:
 class ChunkIndex:
     """Which chunks of one array exist, and their sizes, sorted by linear index.
 
-    With ``offsets`` and ``locations`` (built for views that read local sources
-    themselves) it also says where each virtual chunk lives: ``location_ids``
-    index ``locations``, -1 for a native or inline chunk. 16 bytes a chunk, 28
-    with the refs.
+    With ``offsets`` and ``locations`` it also says where each virtual chunk lives
+    (local reads, and errors that name the source): ``location_ids`` index
+    ``locations``, -1 for a native or inline chunk. 28 bytes a chunk with them.
     """
 
     def __init__(self, linear: np.ndarray[Any, np.dtype[np.int64]],
@@ -217,7 +216,7 @@ class SnapshotView:
         # plain dicts that only ever gain keys: read from other threads by stat_known
         self._grids: dict[str, ChunkGrid] = {}
         self._metadata_sizes: dict[str, int] = {}
-        # whole-array indexes of arrays with at most PINNED_INDEX_CHUNKS chunks (16 bytes
+        # whole-array indexes of arrays with at most PINNED_INDEX_CHUNKS chunks (28 bytes
         # a chunk): built on the first stat, they answer every later one without I/O
         self._pinned_indexes: dict[str, ChunkIndex] = {}
         self._index_builds: dict[str, asyncio.Future[ChunkIndex]] = {}
@@ -475,13 +474,22 @@ class SnapshotView:
         key = self.chunk_key(array, grid, coords)
         if self.local is not None:
             index = await self._index_if_small(array, grid, force=True)
-            ref = index.ref(grid.linear(coords)) if index is not None else None
+        else:  # an index already built names the source in errors; never build one here
+            index = self._pinned_indexes.get(array) or self.caches.indexes.get(
+                (self.snapshot_id, array))
+        ref = index.ref(grid.linear(coords)) if index is not None else None
+        if self.local is not None:
             if ref is None:
                 raise NotFoundError(f"chunk {key} is not stored in snapshot {self.snapshot_id}")
             root = self.local.root(ref[0]) if ref[0].startswith("file://") else None
             if root is not None:
                 return await self._read_local(key, ref, root, offset, length)
-        return await self._icechunk_get(key, offset, length)
+        try:
+            return await self._icechunk_get(key, offset, length)
+        except (SourceMissingError, BackendError) as e:
+            if ref is None or not ref[0] or ref[0] in str(e):
+                raise
+            raise type(e)(f"{e} (source {ref[0]})") from e
 
     async def _icechunk_get(self, key: str, offset: int, length: int | None) -> bytes:
         byte_range = None
@@ -560,7 +568,6 @@ class SnapshotView:
     async def _build_index(self, array: str, grid: ChunkGrid) -> ChunkIndex:
         strides = np.array([int(np.prod(grid.grid_shape[i + 1:])) for i in range(grid.ndim)],
                            dtype=np.int64)
-        with_refs = self.local is not None
         linear: list[np.ndarray[Any, np.dtype[np.int64]]] = []
         lengths: list[np.ndarray[Any, np.dtype[np.uint64]]] = []
         offsets: list[np.ndarray[Any, np.dtype[np.uint64]]] = []
@@ -572,20 +579,17 @@ class SnapshotView:
                 linear.append(coords.astype(np.int64) @ strides if grid.ndim
                               else np.zeros(len(lens), dtype=np.int64))
                 lengths.append(lens.astype(np.uint64))
-                if with_refs:
-                    offsets.append(offs.astype(np.uint64))
-                    virtual = (kinds == _VIRTUAL).tolist()
-                    location_ids.append(np.array(
-                        [ids.setdefault(p, len(ids)) if v else -1
-                         for p, v in zip(paths, virtual, strict=True)], dtype=np.int32))
+                offsets.append(offs.astype(np.uint64))
+                virtual = (kinds == _VIRTUAL).tolist()
+                location_ids.append(np.array(
+                    [ids.setdefault(p, len(ids)) if v else -1
+                     for p, v in zip(paths, virtual, strict=True)], dtype=np.int32))
         except Exception as e:
             raise _translate(e, array) from e
         if not linear:
             await self._confirm_no_chunks(array, grid)
             linear, lengths = [np.zeros(0, np.int64)], [np.zeros(0, np.uint64)]
             offsets, location_ids = [np.zeros(0, np.uint64)], [np.zeros(0, np.int32)]
-        if not with_refs:
-            return ChunkIndex(np.concatenate(linear), np.concatenate(lengths))
         return ChunkIndex(np.concatenate(linear), np.concatenate(lengths),
                           np.concatenate(offsets), np.concatenate(location_ids), list(ids))
 
@@ -655,7 +659,8 @@ def _translate(exc: Exception, key: str, snapshot_id: str = "") -> VchunkfsError
             f"chunk {key}: its source {m.group(1)} changed after the virtual ref was written; "
             "refusing to return bytes that may be wrong (re-ingest the file to update the ref)"
         )
-    if "error fetching virtual reference" in text and "not found" in text.lower():
+    if "error fetching virtual reference" in text and any(
+            w in text.lower() for w in ("not found", "nosuchkey", "does not exist", " 404")):
         return SourceMissingError(f"chunk {key}: {first.split(': ', 1)[-1]}")
     # Never NotFoundError: absence is decided only where icechunk *answered* (the node
     # tree, the grid, get/getsize/exists returning "not stored"). An error means that
