@@ -15,10 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import icechunk as ic
+import numpy as np
 import pytest
 import servers
+import xarray as xr
 from commands import cli, ingest_days, make_days
-from datasets import chunk_refs
+from datasets import chunk_refs, read_h5
 from mounting import mounted
 
 from vchunkfs.errors import SourceChangedError, SourceOutsideContainerError
@@ -236,6 +238,16 @@ def test_a_changed_object_is_an_error_never_wrong_bytes(s3, tmp_path, monkeypatc
     cli("init", str(repo))
     cli("ingest", str(repo), *urls, "--concat-dim", "time", "--container", prefix,
         "--source-endpoint", s3.endpoint_url, "--source-region", s3.region)
+    # the refs carry the objects' ETags, and Icechunk itself reads them (the repository
+    # stays Icechunk's own format)
+    ice = ic.Repository.open(ic.local_filesystem_storage(str(repo)),
+                             authorize_virtual_chunk_access=ic.containers_credentials(
+                                 {prefix: ic.s3_credentials(access_key_id=s3.access_key_id,
+                                                            secret_access_key=s3.secret_access_key)}))
+    stored = xr.open_zarr(ice.readonly_session("main").store, consolidated=False,
+                          zarr_format=3, mask_and_scale=False)["sst"].values
+    for day, f in enumerate(files):
+        np.testing.assert_array_equal(stored[day], read_h5(f, "sst")[0])
     raw = files[1].read_bytes()
     refs = chunk_refs(files[1], "sst", "sst")
     flipped = bytearray(raw)
