@@ -370,3 +370,102 @@ def test_export_oisst_month(tmp_path):
     again = jcli("export", str(repo), str(part), "--authorize", prefix)
     assert 0 < again["skipped"] < again["files"]
     assert tree(part) == exported
+
+
+def s3_objects(s3, bucket: str, prefix: str) -> dict[str, bytes]:
+    """Every object under ``s3://bucket/prefix/``, by path below the prefix, read back one
+    by one (the marker left out, as in :func:`tree`)."""
+    import obstore
+
+    from vchunkfs.export import s3_store
+    from vchunkfs.repository import StorageOptions
+
+    store = s3_store(bucket, prefix, StorageOptions(endpoint_url=s3.endpoint_url,
+                                                    region=s3.region))
+    paths = sorted(m["path"] for batch in obstore.list(store) for m in batch)
+    return {p: bytes(obstore.get(store, p).bytes()) for p in paths
+            if p != ".vchunkfs-export.json"}
+
+
+def test_export_to_s3(s3_env, tmp_path):
+    """A repository on the moto server exported to s3://: the objects are the mount's v3
+    files byte for byte and zarr reads the store over S3 like the mount; cut short, the
+    prefix keeps the marker and no root metadata, and the same command finishes it."""
+    import obstore
+
+    from vchunkfs.export import s3_store
+    from vchunkfs.repository import StorageOptions
+
+    s3 = s3_env
+    s3.create_bucket("exp-repo")
+    s3.create_bucket("exp-out")
+    storage = ic.s3_storage(bucket="exp-repo", prefix="r", region=s3.region,
+                            endpoint_url=s3.endpoint_url, allow_http=True,
+                            force_path_style=True, from_env=True)
+    built = build_repo(storage, tmp_path / "src")
+    url, prefix = "s3://exp-repo/r", built.container_prefix
+    opts = ("--endpoint-url", s3.endpoint_url, "--authorize", prefix,
+            "--dest-endpoint-url", s3.endpoint_url)
+    doc = jcli("export", url, "s3://exp-out/v3.zarr", *opts)
+    assert doc["dest"] == "s3://exp-out/v3.zarr" and doc["presentation"] == "v3"
+    assert doc["snapshot"] == built.snapshots["day1"] and doc["skipped"] == 0
+    exported = s3_objects(s3, "exp-out", "v3.zarr")
+    assert doc["files"] == len(exported) and doc["bytes"] == sum(map(len, exported.values()))
+    store = zarr.storage.ObjectStore(
+        s3_store("exp-out", "v3.zarr", StorageOptions(endpoint_url=s3.endpoint_url,
+                                                      region=s3.region)), read_only=True)
+    with mounted(url, tmp_path / "m", f"endpoint_url={s3.endpoint_url}",
+                 f"authorize={prefix}") as m:
+        assert tree(m.path) == exported
+        over_s3, local = zarr.open_group(store, mode="r"), zarr.open_group(m.path, mode="r")
+        for name in ("sst", "field", "native", "grp/small"):
+            np.testing.assert_array_equal(over_s3[name][...], local[name][...], name)
+        assert dict(over_s3.attrs) == dict(local.attrs)
+
+    # text output and one array, v2-decoded, from the tag
+    out = cli("export", f"{url}@v1", "s3://exp-out/v2/", "--presentation", "v2-decoded",
+              "--array", "field", *opts).stdout
+    assert out.startswith(f"exported {built.snapshots['v1']} (v2-decoded) to s3://exp-out/v2:")
+    v2 = zarr.open_group(zarr.storage.ObjectStore(s3_store(
+        "exp-out", "v2", StorageOptions(endpoint_url=s3.endpoint_url, region=s3.region)),
+        read_only=True), mode="r", zarr_format=2)
+    assert list(v2.array_keys()) == ["field"]
+    np.testing.assert_array_equal(v2["field"][...], over_s3["field"][...])
+
+    # cut short: main's sst reads day01.nc, hidden for a while by a bind mount
+    impostor = tmp_path / "impostor.nc"
+    impostor.write_bytes(bytes(built.sources[1].stat().st_size))
+    subprocess.run(["mount", "--bind", str(impostor), str(built.sources[1])], check=True)
+    try:
+        r = cli("export", url, "s3://exp-out/part", *opts, "--json", check=False)
+    finally:
+        subprocess.run(["umount", str(built.sources[1])], check=True)
+    assert r.returncode == 6, r.stderr
+    assert "export to s3://exp-out/part stopped" in r.stderr and "incomplete" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    part_store = s3_store("exp-out", "part", StorageOptions(endpoint_url=s3.endpoint_url,
+                                                            region=s3.region))
+    marker = json.loads(bytes(obstore.get(part_store, ".vchunkfs-export.json").bytes()))
+    assert marker["snapshot"] == doc["snapshot"] and not marker["complete"]
+    partial = s3_objects(s3, "exp-out", "part")
+    assert "zarr.json" not in partial  # does not open as a Zarr group
+    assert all(exported[k] == v for k, v in partial.items())
+    other = cli("export", url, "s3://exp-out/part", "--presentation", "v2", *opts,
+                check=False)
+    assert other.returncode == 2 and "holds another export" in other.stderr
+    full = cli("export", url, "s3://exp-out/v3.zarr", *opts, check=False)
+    assert full.returncode == 2 and "s3://exp-out/v3.zarr is not empty" in full.stderr
+    again = jcli("export", url, "s3://exp-out/part", *opts)
+    assert again["skipped"] == len(partial) and again["files"] == len(exported)
+    assert s3_objects(s3, "exp-out", "part") == exported
+    assert not any(m["path"] == ".vchunkfs-export.json"
+                   for batch in obstore.list(part_store) for m in batch)
+
+    # destinations refused before anything is read
+    for dest, status, message in [
+        ("s3://no-such-bucket/x", 3, "the bucket does not exist"),
+        ("gs://bucket/x", 2, "local directory or s3://bucket/prefix"),
+        ("s3:///x", 2, "no bucket"),
+    ]:
+        r = cli("export", url, dest, *opts, "--json", check=False)
+        assert r.returncode == status and message in r.stderr, (dest, r.stderr)
