@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
@@ -79,10 +80,30 @@ def test_branch_and_tag_local(local_repo, tmp_path):
     check_branch_and_tag(str(tmp_path / "repo"), built.snapshots)
 
 
-def test_branch_and_tag_help():
-    for command in (["branch"], ["branch", "reset"], ["tag"], ["tag", "create"]):
-        r = cli(*command, "--help")
-        assert "example" in r.stdout and "--json" in r.stdout, command
+def test_help_of_every_ops_command():
+    """Each command and subcommand of issue 14 has an example, --json and its exit
+    statuses in its --help (formatted in process; one subprocess as a user types it)."""
+    from vchunkfs.cli.main import build_parser
+
+    def parser(*words: str):
+        p = build_parser()
+        for w in words:
+            sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+            p = sub.choices[w]
+        return p
+
+    for words in [("branch",), ("branch", "create"), ("branch", "delete"),
+                  ("branch", "reset"), ("tag",), ("tag", "create"), ("tag", "delete"),
+                  ("expire",), ("gc",), ("export",)]:
+        text = parser(*words).format_help()
+        assert "example" in text and "--json" in text, words
+        assert "exit status:\n  0  done\n" in text and "8  storage failure" in text, words
+    assert "--dry-run" in parser("expire").format_help()
+    assert "s3://bucket/prefix" in parser("export").format_help()
+    assert "--dest-endpoint-url" in parser("export").format_help()
+    r = cli("branch", "./r", "reset", "--help")
+    assert r.stdout.startswith("usage: vchunkfs branch REPO reset")
+    assert "exit status:" in r.stdout and "vchunkfs branch ./oisst reset main v1" in r.stdout
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +155,41 @@ def test_a_mount_shows_ref_changes_within_its_poll_interval(tmp_path):
                  and "t-dev" not in os.listdir(versions / "tags"))
         assert m.proc.poll() is None
 
+
+
+def test_ops_commands_hold_the_local_commit_lock(local_repo, tmp_path):
+    """branch, tag, expire and gc on a local repository wait for the commit lock (the
+    control socket's and every vchunkfs writer's: flock on the repository directory)."""
+    import fcntl
+
+    from commands import CLI
+
+    path, _built = local_repo
+    shutil.copytree(path, tmp_path / "repo")
+    repo = str(tmp_path / "repo")
+    inode = f":{os.stat(repo).st_ino} "
+    commands = [["branch", repo, "create", "locked"], ["tag", repo, "create", "locked"],
+                ["expire", repo, "--older-than", "2000-01-01"], ["gc", repo]]
+    fd = os.open(repo, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        procs = [subprocess.Popen([*CLI, *c, "--json"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for c in commands]
+
+        def waiting() -> int:
+            return sum(1 for line in Path("/proc/locks").read_text().splitlines()
+                       if "->" in line and inode in line)
+
+        wait_for("every command waits for the lock", lambda: waiting() == len(procs), 60)
+        assert all(p.poll() is None for p in procs)
+        assert "locked" not in ic.Repository.open(
+            ic.local_filesystem_storage(repo)).list_branches()
+    finally:
+        os.close(fd)  # releases the lock
+    for c, p in zip(commands, procs, strict=True):
+        _out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, (c, err)
+    assert "locked" in jcli("branch", repo) and "locked" in jcli("tag", repo)
 
 
 
@@ -367,9 +423,49 @@ def test_export_oisst_month(tmp_path):
     assert other.returncode == 2 and "holds another export" in other.stderr
     full = cli("export", str(repo), str(out), check=False)
     assert full.returncode == 2 and "not empty" in full.stderr
+    missing = cli("export", str(repo), str(tmp_path / "none.zarr"), "--array", "nope",
+                  check=False)
+    assert missing.returncode == 3 and "no array or group 'nope'" in missing.stderr
+    assert not (tmp_path / "none.zarr").exists()
     again = jcli("export", str(repo), str(part), "--authorize", prefix)
     assert 0 < again["skipped"] < again["files"]
     assert tree(part) == exported
+
+
+def test_export_progress_on_a_terminal(local_repo, tmp_path):
+    """On a terminal, export shows files and bytes as it goes (on standard error, so the
+    result on standard output stays one line); not with --json, not into a pipe."""
+    import pty
+
+    from commands import CLI
+
+    path, built = local_repo
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([*CLI, "export", str(path), str(tmp_path / "out"),
+                                 "--authorize", built.container_prefix],
+                                stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                piece = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not piece:
+                break
+            shown += piece
+        out = proc.communicate(timeout=120)[0].decode()
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, shown
+    files = int(out.split(": ")[1].split()[0])
+    text = shown.decode()
+    assert f"\rexporting {files}/{files} files, " in text and "MiB/s)" in text, text
+    assert text.endswith("\r\n") and out.count("\n") == 1  # the line is ended, then the result
+    quiet = cli("export", str(path), str(tmp_path / "piped"), "--authorize",
+                built.container_prefix)
+    assert quiet.stderr == ""
 
 
 def s3_objects(s3, bucket: str, prefix: str) -> dict[str, bytes]:

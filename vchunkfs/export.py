@@ -34,7 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from vchunkfs.errors import BackendError, NotFoundError, UsageError, VchunkfsError
+from vchunkfs.errors import (
+    BackendError,
+    NodeNotFoundError,
+    NotFoundError,
+    UsageError,
+    VchunkfsError,
+)
 from vchunkfs.presentation.base import Presentation
 from vchunkfs.repository.location import StorageOptions
 from vchunkfs.repository.repo import Repo
@@ -149,7 +155,7 @@ async def _selection(pres: Presentation, array: str | None) -> list[tuple[str, i
     # (consolidated metadata would list the arrays left out: not copied)
     entry = await pres.stat(array)
     if entry is None or not entry.is_dir:
-        raise UsageError(f"no array or group {array!r} in this version")
+        raise NodeNotFoundError(f"no array or group {array!r} in this version")
     files = await list_files(pres, array)
     # the metadata of the groups above it, so that the store opens from its root
     parts = array.split("/")

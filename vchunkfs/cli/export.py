@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from vchunkfs.cli.common import (
     add_json_option,
     add_repo_options,
     emit_json,
+    exit_statuses,
     open_repo,
     run,
     split_repo_version,
@@ -39,13 +41,22 @@ def register(sub: Sub) -> None:
                "--array sst\n"
                "  vchunkfs export s3://archive/oisst@2024-09 s3://handoff/oisst.zarr "
                "--dest-region eu-west-1 --json\n\n"
-               f"A v3 export is byte-identical to the mount's v3 tree. Progress shows on a "
-               f"terminal.\nAn export cut short leaves DEST/{MARKER} saying so, and no root "
-               "metadata (it does\nnot open as Zarr); run the same command again to finish "
-               "it. A complete export\nis a plain Zarr store with nothing else in it. An "
-               "s3:// DEST takes its own\n--dest-* options (the repository's --endpoint-url "
-               "and --region are not used\nfor it); credentials come from the environment "
-               "(AWS_ACCESS_KEY_ID ...).",
+               + textwrap.fill(
+                   "A v3 export is byte-identical to the mount's v3 tree. Progress shows on "
+                   f"a terminal. An export cut short leaves DEST/{MARKER} saying so, and no "
+                   "root metadata (it does not open as Zarr); run the same command again to "
+                   "finish it. A complete export is a plain Zarr store with nothing else in "
+                   "it.", 79) + "\n\n"
+               + textwrap.fill(
+                   "An s3:// DEST takes its own --dest-* options (the repository's "
+                   "--endpoint-url and --region are not used for it); credentials come from "
+                   "the environment (AWS_ACCESS_KEY_ID ...).", 79) + "\n\n"
+               + exit_statuses(
+                   "2  DEST is not empty or holds another export; a bad option or URL",
+                   "3  no such repository, version, array or bucket",
+                   "4  a virtual chunk container not authorized",
+                   "6  a source changed or is missing: cut short, resumable",
+                   "8  storage failure: cut short, resumable"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repo", metavar="REPO[@VERSION]")
     p.add_argument("dest", metavar="DEST",
