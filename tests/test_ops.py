@@ -192,6 +192,28 @@ def test_ops_commands_hold_the_local_commit_lock(local_repo, tmp_path):
     assert "locked" in jcli("branch", repo) and "locked" in jcli("tag", repo)
 
 
+def test_ops_commands_on_a_read_only_repository(local_repo):
+    """Over HTTP a repository reads but never changes: listing and a dry run work, every
+    change is refused with 7 (read_only) before anything is written."""
+    from servers import http_range_server
+
+    path, built = local_repo
+    with http_range_server(path.parent) as http:
+        url = f"{http.url}/{path.name}"
+        assert jcli("branch", url) == {"dev": built.snapshots["dev"],
+                                       "main": built.snapshots["day1"]}
+        assert jcli("tag", url) == {"v1": built.snapshots["v1"]}
+        assert jcli("expire", url, "--older-than", "0s", "--dry-run")["count"] == 0
+        for args in (["branch", url, "create", "x"], ["branch", url, "reset", "dev", "v1"],
+                     ["branch", url, "delete", "dev"], ["tag", url, "create", "x"],
+                     ["tag", url, "delete", "v1"], ["expire", url, "--older-than", "0s"],
+                     ["gc", url]):
+            r = cli(*args, "--json", check=False)
+            assert r.returncode == 7, (args, r.stderr)
+            assert json.loads(r.stdout)["error"]["code"] == "read_only"
+            assert "read-only" in r.stderr
+
+
 
 # -- expire and gc ---------------------------------------------------------------
 
