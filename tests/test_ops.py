@@ -192,6 +192,35 @@ def test_ops_commands_hold_the_local_commit_lock(local_repo, tmp_path):
     assert "locked" in jcli("branch", repo) and "locked" in jcli("tag", repo)
 
 
+def test_branch_reset_refuses_a_branch_another_writer_moved(local_repo, tmp_path, run,
+                                                            monkeypatch):
+    """``vchunkfs branch REPO reset`` (the writer's reset_branch) moves a branch only from
+    the head it read: a writer that moves it meanwhile (here icechunk itself, which takes
+    no vchunkfs lock) makes it a conflict, exit status 5, and the other writer's head
+    stays."""
+    from vchunkfs.errors import ConflictError
+    from vchunkfs.repository import Repo, parse_repo_url
+    from vchunkfs.repository.writer import reset_branch
+
+    path, built = local_repo
+    shutil.copytree(path, tmp_path / "repo")
+    repo = run(lambda: Repo.open(parse_repo_url(str(tmp_path / "repo"))))
+    other = ic.Repository.open(ic.local_filesystem_storage(str(tmp_path / "repo")))
+    read_heads = repo.branches
+
+    async def heads_then_another_writer() -> dict[str, str]:
+        heads = await read_heads()
+        await other.reset_branch_async("main", built.snapshots["dev"])
+        return heads
+
+    monkeypatch.setattr(repo, "branches", heads_then_another_writer)
+    with pytest.raises(ConflictError, match="branch main moved while it was being reset") as e:
+        run(lambda: reset_branch(repo, "main", "v1"))
+    assert e.value.exit_status == 5
+    monkeypatch.undo()
+    assert run(repo.branches)["main"] == built.snapshots["dev"]
+
+
 def test_ops_commands_on_a_read_only_repository(local_repo):
     """Over HTTP a repository reads but never changes: listing and a dry run work, every
     change is refused with 7 (read_only) before anything is written."""
