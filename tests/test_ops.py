@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
@@ -79,10 +80,30 @@ def test_branch_and_tag_local(local_repo, tmp_path):
     check_branch_and_tag(str(tmp_path / "repo"), built.snapshots)
 
 
-def test_branch_and_tag_help():
-    for command in (["branch"], ["branch", "reset"], ["tag"], ["tag", "create"]):
-        r = cli(*command, "--help")
-        assert "example" in r.stdout and "--json" in r.stdout, command
+def test_help_of_every_ops_command():
+    """Each command and subcommand of issue 14 has an example, --json and its exit
+    statuses in its --help (formatted in process; one subprocess as a user types it)."""
+    from vchunkfs.cli.main import build_parser
+
+    def parser(*words: str):
+        p = build_parser()
+        for w in words:
+            sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+            p = sub.choices[w]
+        return p
+
+    for words in [("branch",), ("branch", "create"), ("branch", "delete"),
+                  ("branch", "reset"), ("tag",), ("tag", "create"), ("tag", "delete"),
+                  ("expire",), ("gc",), ("export",)]:
+        text = parser(*words).format_help()
+        assert "example" in text and "--json" in text, words
+        assert "exit status:\n  0  done\n" in text and "8  storage failure" in text, words
+    assert "--dry-run" in parser("expire").format_help()
+    assert "s3://bucket/prefix" in parser("export").format_help()
+    assert "--dest-endpoint-url" in parser("export").format_help()
+    r = cli("branch", "./r", "reset", "--help")
+    assert r.stdout.startswith("usage: vchunkfs branch REPO reset")
+    assert "exit status:" in r.stdout and "vchunkfs branch ./oisst reset main v1" in r.stdout
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +155,92 @@ def test_a_mount_shows_ref_changes_within_its_poll_interval(tmp_path):
                  and "t-dev" not in os.listdir(versions / "tags"))
         assert m.proc.poll() is None
 
+
+
+def test_ops_commands_hold_the_local_commit_lock(local_repo, tmp_path):
+    """branch, tag, expire and gc on a local repository wait for the commit lock (the
+    control socket's and every vchunkfs writer's: flock on the repository directory)."""
+    import fcntl
+
+    from commands import CLI
+
+    path, _built = local_repo
+    shutil.copytree(path, tmp_path / "repo")
+    repo = str(tmp_path / "repo")
+    inode = f":{os.stat(repo).st_ino} "
+    commands = [["branch", repo, "create", "locked"], ["tag", repo, "create", "locked"],
+                ["expire", repo, "--older-than", "2000-01-01"], ["gc", repo]]
+    fd = os.open(repo, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        procs = [subprocess.Popen([*CLI, *c, "--json"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for c in commands]
+
+        def waiting() -> int:
+            return sum(1 for line in Path("/proc/locks").read_text().splitlines()
+                       if "->" in line and inode in line)
+
+        wait_for("every command waits for the lock", lambda: waiting() == len(procs), 60)
+        assert all(p.poll() is None for p in procs)
+        assert "locked" not in ic.Repository.open(
+            ic.local_filesystem_storage(repo)).list_branches()
+    finally:
+        os.close(fd)  # releases the lock
+    for c, p in zip(commands, procs, strict=True):
+        _out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, (c, err)
+    assert "locked" in jcli("branch", repo) and "locked" in jcli("tag", repo)
+
+
+def test_branch_reset_refuses_a_branch_another_writer_moved(local_repo, tmp_path, run,
+                                                            monkeypatch):
+    """``vchunkfs branch REPO reset`` (the writer's reset_branch) moves a branch only from
+    the head it read: a writer that moves it meanwhile (here icechunk itself, which takes
+    no vchunkfs lock) makes it a conflict, exit status 5, and the other writer's head
+    stays."""
+    from vchunkfs.errors import ConflictError
+    from vchunkfs.repository import Repo, parse_repo_url
+    from vchunkfs.repository.writer import reset_branch
+
+    path, built = local_repo
+    shutil.copytree(path, tmp_path / "repo")
+    repo = run(lambda: Repo.open(parse_repo_url(str(tmp_path / "repo"))))
+    other = ic.Repository.open(ic.local_filesystem_storage(str(tmp_path / "repo")))
+    read_heads = repo.branches
+
+    async def heads_then_another_writer() -> dict[str, str]:
+        heads = await read_heads()
+        await other.reset_branch_async("main", built.snapshots["dev"])
+        return heads
+
+    monkeypatch.setattr(repo, "branches", heads_then_another_writer)
+    with pytest.raises(ConflictError, match="branch main moved while it was being reset") as e:
+        run(lambda: reset_branch(repo, "main", "v1"))
+    assert e.value.exit_status == 5
+    monkeypatch.undo()
+    assert run(repo.branches)["main"] == built.snapshots["dev"]
+
+
+def test_ops_commands_on_a_read_only_repository(local_repo):
+    """Over HTTP a repository reads but never changes: listing and a dry run work, every
+    change is refused with 7 (read_only) before anything is written."""
+    from servers import http_range_server
+
+    path, built = local_repo
+    with http_range_server(path.parent) as http:
+        url = f"{http.url}/{path.name}"
+        assert jcli("branch", url) == {"dev": built.snapshots["dev"],
+                                       "main": built.snapshots["day1"]}
+        assert jcli("tag", url) == {"v1": built.snapshots["v1"]}
+        assert jcli("expire", url, "--older-than", "0s", "--dry-run")["count"] == 0
+        for args in (["branch", url, "create", "x"], ["branch", url, "reset", "dev", "v1"],
+                     ["branch", url, "delete", "dev"], ["tag", url, "create", "x"],
+                     ["tag", url, "delete", "v1"], ["expire", url, "--older-than", "0s"],
+                     ["gc", url]):
+            r = cli(*args, "--json", check=False)
+            assert r.returncode == 7, (args, r.stderr)
+            assert json.loads(r.stdout)["error"]["code"] == "read_only"
+            assert "read-only" in r.stderr
 
 
 
@@ -367,6 +474,145 @@ def test_export_oisst_month(tmp_path):
     assert other.returncode == 2 and "holds another export" in other.stderr
     full = cli("export", str(repo), str(out), check=False)
     assert full.returncode == 2 and "not empty" in full.stderr
+    missing = cli("export", str(repo), str(tmp_path / "none.zarr"), "--array", "nope",
+                  check=False)
+    assert missing.returncode == 3 and "no array or group 'nope'" in missing.stderr
+    assert not (tmp_path / "none.zarr").exists()
     again = jcli("export", str(repo), str(part), "--authorize", prefix)
     assert 0 < again["skipped"] < again["files"]
     assert tree(part) == exported
+
+
+def test_export_progress_on_a_terminal(local_repo, tmp_path):
+    """On a terminal, export shows files and bytes as it goes (on standard error, so the
+    result on standard output stays one line); not with --json, not into a pipe."""
+    import pty
+
+    from commands import CLI
+
+    path, built = local_repo
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([*CLI, "export", str(path), str(tmp_path / "out"),
+                                 "--authorize", built.container_prefix],
+                                stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                piece = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not piece:
+                break
+            shown += piece
+        out = proc.communicate(timeout=120)[0].decode()
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, shown
+    files = int(out.split(": ")[1].split()[0])
+    text = shown.decode()
+    assert f"\rexporting {files}/{files} files, " in text and "MiB/s)" in text, text
+    assert text.endswith("\r\n") and out.count("\n") == 1  # the line is ended, then the result
+    quiet = cli("export", str(path), str(tmp_path / "piped"), "--authorize",
+                built.container_prefix)
+    assert quiet.stderr == ""
+
+
+def s3_objects(s3, bucket: str, prefix: str) -> dict[str, bytes]:
+    """Every object under ``s3://bucket/prefix/``, by path below the prefix, read back one
+    by one (the marker left out, as in :func:`tree`)."""
+    import obstore
+
+    from vchunkfs.export import s3_store
+    from vchunkfs.repository import StorageOptions
+
+    store = s3_store(bucket, prefix, StorageOptions(endpoint_url=s3.endpoint_url,
+                                                    region=s3.region))
+    paths = sorted(m["path"] for batch in obstore.list(store) for m in batch)
+    return {p: bytes(obstore.get(store, p).bytes()) for p in paths
+            if p != ".vchunkfs-export.json"}
+
+
+def test_export_to_s3(s3_env, tmp_path):
+    """A repository on the moto server exported to s3://: the objects are the mount's v3
+    files byte for byte and zarr reads the store over S3 like the mount; cut short, the
+    prefix keeps the marker and no root metadata, and the same command finishes it."""
+    import obstore
+
+    from vchunkfs.export import s3_store
+    from vchunkfs.repository import StorageOptions
+
+    s3 = s3_env
+    s3.create_bucket("exp-repo")
+    s3.create_bucket("exp-out")
+    storage = ic.s3_storage(bucket="exp-repo", prefix="r", region=s3.region,
+                            endpoint_url=s3.endpoint_url, allow_http=True,
+                            force_path_style=True, from_env=True)
+    built = build_repo(storage, tmp_path / "src")
+    url, prefix = "s3://exp-repo/r", built.container_prefix
+    opts = ("--endpoint-url", s3.endpoint_url, "--authorize", prefix,
+            "--dest-endpoint-url", s3.endpoint_url)
+    doc = jcli("export", url, "s3://exp-out/v3.zarr", *opts)
+    assert doc["dest"] == "s3://exp-out/v3.zarr" and doc["presentation"] == "v3"
+    assert doc["snapshot"] == built.snapshots["day1"] and doc["skipped"] == 0
+    exported = s3_objects(s3, "exp-out", "v3.zarr")
+    assert doc["files"] == len(exported) and doc["bytes"] == sum(map(len, exported.values()))
+    store = zarr.storage.ObjectStore(
+        s3_store("exp-out", "v3.zarr", StorageOptions(endpoint_url=s3.endpoint_url,
+                                                      region=s3.region)), read_only=True)
+    with mounted(url, tmp_path / "m", f"endpoint_url={s3.endpoint_url}",
+                 f"authorize={prefix}") as m:
+        assert tree(m.path) == exported
+        over_s3, local = zarr.open_group(store, mode="r"), zarr.open_group(m.path, mode="r")
+        for name in ("sst", "field", "native", "grp/small"):
+            np.testing.assert_array_equal(over_s3[name][...], local[name][...], name)
+        assert dict(over_s3.attrs) == dict(local.attrs)
+
+    # text output and one array, v2-decoded, from the tag
+    out = cli("export", f"{url}@v1", "s3://exp-out/v2/", "--presentation", "v2-decoded",
+              "--array", "field", *opts).stdout
+    assert out.startswith(f"exported {built.snapshots['v1']} (v2-decoded) to s3://exp-out/v2:")
+    v2 = zarr.open_group(zarr.storage.ObjectStore(s3_store(
+        "exp-out", "v2", StorageOptions(endpoint_url=s3.endpoint_url, region=s3.region)),
+        read_only=True), mode="r", zarr_format=2)
+    assert list(v2.array_keys()) == ["field"]
+    np.testing.assert_array_equal(v2["field"][...], over_s3["field"][...])
+
+    # cut short: main's sst reads day01.nc, hidden for a while by a bind mount
+    impostor = tmp_path / "impostor.nc"
+    impostor.write_bytes(bytes(built.sources[1].stat().st_size))
+    subprocess.run(["mount", "--bind", str(impostor), str(built.sources[1])], check=True)
+    try:
+        r = cli("export", url, "s3://exp-out/part", *opts, "--json", check=False)
+    finally:
+        subprocess.run(["umount", str(built.sources[1])], check=True)
+    assert r.returncode == 6, r.stderr
+    assert "export to s3://exp-out/part stopped" in r.stderr and "incomplete" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    part_store = s3_store("exp-out", "part", StorageOptions(endpoint_url=s3.endpoint_url,
+                                                            region=s3.region))
+    marker = json.loads(bytes(obstore.get(part_store, ".vchunkfs-export.json").bytes()))
+    assert marker["snapshot"] == doc["snapshot"] and not marker["complete"]
+    partial = s3_objects(s3, "exp-out", "part")
+    assert "zarr.json" not in partial  # does not open as a Zarr group
+    assert all(exported[k] == v for k, v in partial.items())
+    other = cli("export", url, "s3://exp-out/part", "--presentation", "v2", *opts,
+                check=False)
+    assert other.returncode == 2 and "holds another export" in other.stderr
+    full = cli("export", url, "s3://exp-out/v3.zarr", *opts, check=False)
+    assert full.returncode == 2 and "s3://exp-out/v3.zarr is not empty" in full.stderr
+    again = jcli("export", url, "s3://exp-out/part", *opts)
+    assert again["skipped"] == len(partial) and again["files"] == len(exported)
+    assert s3_objects(s3, "exp-out", "part") == exported
+    assert not any(m["path"] == ".vchunkfs-export.json"
+                   for batch in obstore.list(part_store) for m in batch)
+
+    # destinations refused before anything is read
+    for dest, status, message in [
+        ("s3://no-such-bucket/x", 3, "the bucket does not exist"),
+        ("gs://bucket/x", 2, "local directory or s3://bucket/prefix"),
+        ("s3:///x", 2, "no bucket"),
+    ]:
+        r = cli("export", url, dest, *opts, "--json", check=False)
+        assert r.returncode == status and message in r.stderr, (dest, r.stderr)

@@ -13,14 +13,19 @@ from vchunkfs.errors import UsageError, VchunkfsError
 from vchunkfs.repository import Authorization, Repo, StorageOptions, parse_repo_url
 
 EXIT_CODES = """\
-exit status:
-  0  success                      5  conflict: the branch moved and changes overlap
-  1  unexpected error             6  a virtual chunk's source changed or is missing
-  2  bad usage, URL or input      7  the repository or ref is read-only
-  3  repository, version or path  8  storage backend failure
-     not found
-  4  virtual chunk container not authorized
+exit status (docs/cli.md):
+  0  success                                 5  conflict: the branch moved, changes overlap
+  1  unexpected error                        6  a virtual chunk's source changed or is missing
+  2  bad usage, URL or input                 7  the repository or ref is read-only
+  3  repository, version or path not found   8  storage backend failure
+  4  virtual chunk container not authorized  32 the mount could not be made
 """
+
+
+def exit_statuses(*lines: str) -> str:
+    """The exit statuses a command can end with, for its ``--help`` (the full table is
+    in ``vchunkfs --help`` and docs/cli.md)."""
+    return "exit status:\n" + "".join(f"  {line}\n" for line in ("0  done", *lines))
 
 
 # Options that every command takes before or after its operands, at every level

@@ -8,7 +8,14 @@ import re
 import textwrap
 from typing import TYPE_CHECKING
 
-from vchunkfs.cli.common import add_json_option, add_repo_options, emit_json, open_repo, run
+from vchunkfs.cli.common import (
+    add_json_option,
+    add_repo_options,
+    emit_json,
+    exit_statuses,
+    open_repo,
+    run,
+)
 from vchunkfs.errors import BackendError, UsageError
 from vchunkfs.repository.maintenance import collect_garbage, expire
 
@@ -52,7 +59,9 @@ def register(sub: Sub) -> None:
                "  vchunkfs expire ./oisst --older-than 30d && vchunkfs gc ./oisst\n\n"
                "A mount that shows an expired snapshot (under .vchunkfs/snapshots/, or in a "
                "file\nopened before) answers reads of what gc deleted with EIO, never with "
-               "other\nbytes (docs/SEMANTICS.md).",
+               "other\nbytes (docs/SEMANTICS.md).\n\n"
+               + exit_statuses("2  a bad --older-than", "3  no repository there",
+                               "7  a read-only (http) repository", "8  storage failure"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repo", metavar="REPO")
     p.add_argument("--older-than", required=True, metavar="DURATION|DATE", help=WHEN_HELP)
@@ -76,7 +85,10 @@ def register(sub: Sub) -> None:
                "  vchunkfs gc ./oisst --dry-run\n"
                "  vchunkfs gc s3://bucket/oisst --older-than 2d --json\n\n"
                "The default --older-than 1d spares objects that a writer has written but "
-               "not yet\ncommitted; use a shorter one only when no writer is running.",
+               "not yet\ncommitted; use a shorter one only when no writer is running.\n\n"
+               + exit_statuses("2  a bad --older-than", "3  no repository there",
+                               "7  a read-only (http) repository",
+                               "8  storage failure, or objects left undeleted: run gc again"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repo", metavar="REPO")
     p.add_argument("--older-than", default="1d", metavar="DURATION|DATE",

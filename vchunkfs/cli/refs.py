@@ -15,6 +15,7 @@ from vchunkfs.cli.common import (
     add_repo_options,
     add_subcommands,
     emit_json,
+    exit_statuses,
     open_repo,
     run,
 )
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
-def _command(sub: Sub, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help, epilog=epilog,
+def _command(sub: Sub, name: str, help: str, epilog: str, statuses: str
+             ) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help, epilog=f"{epilog}\n\n{statuses}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_repo_options(p)
     add_json_option(p)
@@ -33,6 +35,13 @@ def _command(sub: Sub, name: str, help: str, epilog: str) -> argparse.ArgumentPa
 
 
 def register(sub: Sub) -> None:
+    branch_statuses = exit_statuses("2  a bad name, or the branch exists; main cannot be deleted",
+                             "3  no such repository, branch or version",
+                             "5  the branch moved meanwhile (reset): look and try again",
+                             "7  a read-only (http) repository", "8  storage failure")
+    tag_statuses = exit_statuses("2  a bad name, or the tag exists (tags never move)",
+                             "3  no such repository, tag or version",
+                             "7  a read-only (http) repository", "8  storage failure")
     p = _command(sub, "branch", "list, create, delete or reset branches of a repository",
                  "examples:\n"
                  "  vchunkfs branch ./oisst                          # list\n"
@@ -41,19 +50,20 @@ def register(sub: Sub) -> None:
                  "  vchunkfs branch ./oisst delete reprocess\n\n"
                  "Works on the repository itself (no mount needed); a mount of it shows the "
                  "change\nwithin its poll_interval. 'reset' moves a branch only from the head "
-                 "it saw\n(exit 5 if another writer moved it meanwhile); main cannot be deleted.")
+                 "it saw\n(exit 5 if another writer moved it meanwhile); main cannot be deleted.",
+                 branch_statuses)
     p.add_argument("repo", metavar="REPO")
     actions = add_subcommands(p, "ref_action", required=False)
     a = _command(actions, "create", "create branch NAME at FROM (default main)",
-                 "example:\n  vchunkfs branch ./oisst create reprocess v1")
+                 "example:\n  vchunkfs branch ./oisst create reprocess v1", branch_statuses)
     a.add_argument("name", metavar="NAME")
     a.add_argument("source", metavar="FROM", nargs="?",
                    help="a branch, tag, snapshot id or unique id prefix")
     a = _command(actions, "delete", "delete branch NAME (not main)",
-                 "example:\n  vchunkfs branch ./oisst delete reprocess")
+                 "example:\n  vchunkfs branch ./oisst delete reprocess", branch_statuses)
     a.add_argument("name", metavar="NAME")
     a = _command(actions, "reset", "point branch NAME at version TO",
-                 "example:\n  vchunkfs branch ./oisst reset main v1")
+                 "example:\n  vchunkfs branch ./oisst reset main v1", branch_statuses)
     a.add_argument("name", metavar="NAME")
     a.add_argument("target", metavar="TO", help="a branch, tag, snapshot id or unique id prefix")
     p.set_defaults(func=cmd_branch)
@@ -63,16 +73,17 @@ def register(sub: Sub) -> None:
                  "  vchunkfs tag ./oisst                      # list\n"
                  "  vchunkfs tag ./oisst create 2024-09 main  # tag main's head\n"
                  "  vchunkfs tag ./oisst delete 2024-09 --json\n\n"
-                 "Tags never move: to re-point one, delete it and create it again.")
+                 "Tags never move: to re-point one, delete it and create it again.",
+                 tag_statuses)
     p.add_argument("repo", metavar="REPO")
     actions = add_subcommands(p, "ref_action", required=False)
     a = _command(actions, "create", "create tag NAME at FROM (default main)",
-                 "example:\n  vchunkfs tag ./oisst create 2024-09 main")
+                 "example:\n  vchunkfs tag ./oisst create 2024-09 main", tag_statuses)
     a.add_argument("name", metavar="NAME")
     a.add_argument("source", metavar="FROM", nargs="?",
                    help="a branch, tag, snapshot id or unique id prefix")
     a = _command(actions, "delete", "delete tag NAME",
-                 "example:\n  vchunkfs tag ./oisst delete 2024-09")
+                 "example:\n  vchunkfs tag ./oisst delete 2024-09", tag_statuses)
     a.add_argument("name", metavar="NAME")
     p.set_defaults(func=cmd_tag)
 
