@@ -110,7 +110,7 @@ class Repo:
         # file:// prefixes, checked against their ingest records): see sources.py
         file_prefixes = [g.prefix for g in authorization.grants if g.backend == "file"]
         self.local = LocalSources(
-            file_prefixes, lambda: [c.url_prefix for c in self.containers()],
+            file_prefixes, lambda: list(self._current_containers()),
             SourceRecords(lambda sid: self.ic.async_ancestry(snapshot_id=sid)),
         ) if file_prefixes else None
 

@@ -114,11 +114,13 @@ class SourceRecords:
     """The newest record of every url along each snapshot's ancestry, memoized.
 
     A snapshot's records are its parent's plus those of its own commit, so
-    following a branch costs one snapshot read per new commit. Coroutines for the
-    bridge's loop (single-threaded there: no locks).
+    following a branch costs one snapshot read per new commit; the first read of
+    a snapshot with no memoized ancestor walks its whole history (one snapshot
+    object per commit). Memory: ``entries`` merged maps of every recorded url.
+    Coroutines for the bridge's loop (single-threaded there: no locks).
     """
 
-    def __init__(self, ancestry: AncestryFn, entries: int = 64) -> None:
+    def __init__(self, ancestry: AncestryFn, entries: int = 16) -> None:
         self._ancestry = ancestry
         self._memo: LRUCache[str, Mapping[str, SourceRecord]] = LRUCache(entries)
 
