@@ -51,6 +51,9 @@ mount options (-o opt[,opt...]):
   poll_interval=SEC     how often a branch view checks for a new head (default 2)
   read_ahead_kb=KB      kernel read-ahead of the mount (default 1024: one request per
                         OISST-sized chunk; 0 leaves the kernel default)
+  timeout=SEC           deadline of every backend call and every FUSE request: a read
+                        or listing still waiting then fails with EIO, the log names the
+                        call, and the mount keeps serving (default 30; 0: none)
   prefetch=N            after a cold read of a chunk file, fetch the array's next N
                         chunk files into the daemon's cache (default 4; 0: off)
   allow_other           let other users read the mount (needs user_allow_other in
@@ -87,6 +90,7 @@ class MountOptions:
     poll_interval: float = 2.0
     read_ahead_kb: int = 1024
     prefetch: int = 4
+    timeout: float = 30.0  # 0: no deadline
     allow_other: bool = False
     uid: int | None = None
     gid: int | None = None
@@ -154,6 +158,10 @@ def parse_options(source: str, mountpoint: str, options: list[str]) -> MountOpti
                 case "prefetch" if value:
                     opts.prefetch = int(value)
                     if opts.prefetch < 0:
+                        raise ValueError
+                case "timeout" if value:
+                    opts.timeout = float(value)
+                    if not opts.timeout >= 0 or opts.timeout == float("inf"):
                         raise ValueError
                 case "allow_other" if flag:
                     opts.allow_other = True

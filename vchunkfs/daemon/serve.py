@@ -51,13 +51,15 @@ def _open_and_serve(opts: MountOptions, ready_fd: int | None) -> int:
     try:
         config = ic.RepositoryConfig.default()
         config.caching = ic.CachingConfig(num_chunk_refs=opts.manifest_cache_refs)
+        timeout = opts.timeout or None
         repo = bridge.run(lambda: Repo.open(
             parse_repo_url(opts.source),
             authorization=Authorization.load(opts.authorize, opts.auth_file),
             storage_options=StorageOptions.from_env(
                 endpoint_url=opts.endpoint_url, region=opts.region,
                 anonymous=opts.anonymous or None, config=opts.storage_config or None),
-            config=config))
+            config=config), timeout, f"open the repository {opts.source}")
+        repo.caches.call_timeout = timeout
         trusted = set(repo.authorization.prefixes)
         for c in repo.containers():
             if c.url_prefix not in trusted:
@@ -68,7 +70,7 @@ def _open_and_serve(opts: MountOptions, ready_fd: int | None) -> int:
         namespace = Namespace(repo, bridge, MountConfig(
             version=opts.version, presentation=opts.presentation, cache_bytes=opts.cache_size,
             show_versions=opts.show_versions, poll_interval=opts.poll_interval,
-            prefetch=opts.prefetch,
+            prefetch=opts.prefetch, timeout=timeout,
             control_socket=socket_path))
         invalidator = KernelInvalidator()
         ops = ControlOps(repo, bridge, namespace, invalidator, opts.mountpoint)

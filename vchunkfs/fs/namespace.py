@@ -23,10 +23,12 @@ get short timeouts and uncacheable negative lookups.
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import functools
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
@@ -75,6 +77,11 @@ XATTR_STATS = "user.vchunkfs.stats"
 XATTR_SOCKET = "user.vchunkfs.control_socket"
 
 TREE, VERSIONS, REFS, TEXT = "tree", "versions", "refs", "text"
+
+# The deadline (trio clock) of the FUSE request the current task serves, set by the
+# adapter: every backend call made for the request ends by then (docs/concurrency.md).
+REQUEST_DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "vchunkfs_request_deadline", default=math.inf)
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,7 @@ class MountConfig:
     poll_interval: float = 2.0
     control_socket: str | None = None
     prefetch: int = 0  # chunk files fetched ahead of a cold read (run_prefetcher serves them)
+    timeout: float | None = 30.0  # seconds any backend call, and any request, may take
 
 
 @dataclass
@@ -224,12 +232,19 @@ class Namespace:
 
     async def start(self) -> Tree:
         """Resolve the root version (raises the repository layer's errors)."""
-        version = await self._call(lambda: self.repo.resolve(self.config.version))
+        version = await self._call(lambda: self.repo.resolve(self.config.version),
+                                   f"resolve version {self.config.version}")
         tree = await self._make_tree("root", version)
         return tree
 
-    async def _call[T](self, fn: Callable[[], Awaitable[T]]) -> T:
-        return await self.bridge.call(fn)
+    async def _call[T](self, fn: Callable[[], Awaitable[T]], what: str = "") -> T:
+        """Await ``fn()`` on the bridge's loop, within the mount's deadline and the
+        current request's (:class:`~vchunkfs.errors.BackendTimeoutError` naming
+        ``what`` after it)."""
+        timeout = self.config.timeout
+        if timeout is not None:
+            timeout = min(timeout, REQUEST_DEADLINE.get() - trio.current_time())
+        return await self.bridge.call(fn, timeout, what)
 
     async def _make_tree(self, tree_id: str, version: Version) -> Tree:
         gen = await self._generation(version.snapshot_id)
@@ -241,13 +256,15 @@ class Namespace:
         gen = self._generations.get(snapshot_id)
         if gen is None and snapshot_id.startswith("staged-") and self.staged is not None:
             staged = self.staged
-            view = await self._pcall(lambda: staged.staged_view(snapshot_id), snapshot_id)
+            view = await self._pcall(lambda: staged.staged_view(snapshot_id), snapshot_id,
+                                     "open staged state")
             gen = _Generation(view, time.time_ns(), {})
             self._generations[snapshot_id] = gen
         if gen is None:
-            view = await self._pcall(lambda: self.repo.view_of(snapshot_id), snapshot_id)
+            view = await self._pcall(lambda: self.repo.view_of(snapshot_id), snapshot_id,
+                                     "open snapshot")
             info = await self._pcall(lambda: self.repo.ic.lookup_snapshot_async(snapshot_id),
-                                     snapshot_id)
+                                     snapshot_id, "look up snapshot")
             gen = _Generation(view, int(info.written_at.timestamp() * 1e9), {})
             self._generations[snapshot_id] = gen
         return gen
@@ -259,9 +276,9 @@ class Namespace:
             return tree
         kind, _, name = tree_id.partition(":")
         if kind == "branch":
-            refs = await self._pcall(self.repo.branches, "branches")
+            refs = await self._pcall(self.repo.branches, "branches", "list")
         elif kind == "tag":
-            refs = await self._pcall(self.repo.tags, "tags")
+            refs = await self._pcall(self.repo.tags, "tags", "list")
         elif kind == "staged":
             refs = self.staged.staged_ids() if self.staged else {}
         else:
@@ -272,7 +289,7 @@ class Namespace:
         return await self._make_tree(tree_id, version)
 
     async def _snapshot_ids(self) -> set[str]:
-        return await self._pcall(self.repo._reachable_snapshots, "snapshots")
+        return await self._pcall(self.repo._reachable_snapshots, "snapshots", "list")
 
     # -- inode table ----------------------------------------------------------
 
@@ -450,7 +467,8 @@ class Namespace:
                     out.append((name, child, attr))
             else:
                 pres = gen.presentation(key.pres)
-                entries = await self._pcall(lambda: pres.list_dir(key.path), key.path)
+                entries = await self._pcall(lambda: pres.list_dir(key.path), key.path,
+                                            "list")
                 for e in entries:
                     child = NodeKey(TREE, key.tree, gen_id, _join(key.path, e.name), key.pres)
                     self._entries[(gen_id, key.pres, child.path)] = e
@@ -527,10 +545,12 @@ class Namespace:
     async def _fetch(self, pres: Presentation, path: str, off: int, n: int,
                      quiet: bool = False) -> bytes:
         """``n`` bytes of ``path`` from ``off``, fetched through the presentation."""
+        what = f"read {path} [{off}:{off + n}]"
         if quiet:
-            data = await self._call(lambda: pres.read(path, off, n))
+            data = await self._call(lambda: pres.read(path, off, n),
+                                    "prefetch" + what.removeprefix("read"))
         else:
-            data = await self._pcall(lambda: pres.read(path, off, n), path)
+            data = await self._pcall(lambda: pres.read(path, off, n), path, what)
         if len(data) != n:
             # sizes are exact by contract; anything else is wrong bytes
             raise FsError(errno.EIO, f"{path}: got {len(data)} bytes, expected {n}")
@@ -661,7 +681,7 @@ class Namespace:
         if not isinstance(known, Unknown):
             self._entries[cache_key] = known
             return known
-        entry = await self._pcall(lambda: pres.stat(path), path)
+        entry = await self._pcall(lambda: pres.stat(path), path, "stat")
         self._entries[cache_key] = entry
         return entry
 
@@ -698,9 +718,9 @@ class Namespace:
 
     async def _ref_names(self, which: str) -> list[str]:
         if which == "branches":
-            return list(await self._pcall(self.repo.branches, "branches"))
+            return list(await self._pcall(self.repo.branches, "branches", "list"))
         if which == "tags":
-            return list(await self._pcall(self.repo.tags, "tags"))
+            return list(await self._pcall(self.repo.tags, "tags", "list"))
         if which == "staged":
             return sorted(self.staged.staged_ids()) if self.staged else []
         return sorted(await self._snapshot_ids())
@@ -715,16 +735,17 @@ class Namespace:
             return [c async for c in self.repo.history(v.snapshot_id, HISTORY_LIMIT)]
 
         labels: dict[str, list[str]] = {}
-        for kind, refs in (("branch", await self._pcall(self.repo.branches, "branches")),
-                           ("tag", await self._pcall(self.repo.tags, "tags"))):
+        branches = await self._pcall(self.repo.branches, "branches", "list")
+        tags = await self._pcall(self.repo.tags, "tags", "list")
+        for kind, refs in (("branch", branches), ("tag", tags)):
             for n, sid in refs.items():
                 labels.setdefault(sid, []).append(f"{kind} {n}")
-        return render_history(await self._pcall(commits, "history"), labels).encode()
+        return render_history(await self._pcall(commits, "history", "read"), labels).encode()
 
-    async def _pcall[T](self, fn: Callable[[], Awaitable[T]], path: str) -> T:
+    async def _pcall[T](self, fn: Callable[[], Awaitable[T]], path: str, op: str = "") -> T:
         """Call the presentation through the bridge; map errors to errnos, log once."""
         try:
-            return await self._call(fn)
+            return await self._call(fn, op if path in op else f"{op} {path}".strip())
         except VchunkfsError as e:
             err = errno_for(e)
             if err != errno.ENOENT:  # absence is an answer, not a failure: not logged
@@ -744,7 +765,7 @@ class Namespace:
         heads: dict[str, str] = {}
         if any(t.version.kind == "branch" for t in moving):
             try:
-                heads = await self._call(self.repo.branches)
+                heads = await self._call(self.repo.branches, "list branches")
             except Exception as e:  # the backend may be down for a while: keep serving
                 log.warning("cannot poll branches: %s", _first_line(e))
                 moving = [t for t in moving if t.version.kind != "branch"]
@@ -753,7 +774,7 @@ class Namespace:
                for t in moving if t.version.kind == "branch"):
             # a writer that moved a branch may also have added containers
             try:
-                if await self._call(self.repo.reload_config):
+                if await self._call(self.repo.reload_config, "reload the repository config"):
                     log.info("virtual chunk containers changed: %s",
                              ", ".join(c.url_prefix for c in self.repo.containers()))
             except Exception as e:
