@@ -26,6 +26,7 @@ from vchunkfs.daemon.run import MountError
 from vchunkfs.errors import VchunkfsError
 from vchunkfs.fs.namespace import FsError, MountConfig, Namespace
 from vchunkfs.fs.operations import KernelInvalidator, Operations
+from vchunkfs.fs.source import RepoSource
 from vchunkfs.repository import Authorization, Repo, StorageOptions, parse_repo_url
 from vchunkfs.repository.logs import quiet_engine_logs
 
@@ -67,7 +68,7 @@ def _open_and_serve(opts: MountOptions, ready_fd: int | None) -> int:
                             "read as EACCES (mount with -o authorize=%s to trust it)",
                             c.url_prefix, c.url_prefix)
         socket_path = opts.control_socket or default_socket_path(opts.mountpoint)
-        namespace = Namespace(repo, bridge, MountConfig(
+        namespace = Namespace(RepoSource(repo), bridge, MountConfig(
             version=opts.version, presentation=opts.presentation, cache_bytes=opts.cache_size,
             show_versions=opts.show_versions, poll_interval=opts.poll_interval,
             prefetch=opts.prefetch, timeout=timeout,

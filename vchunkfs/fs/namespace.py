@@ -46,10 +46,11 @@ from vchunkfs.errors import (
     VchunkfsError,
 )
 from vchunkfs.fs.blockcache import BLOCK_SIZE, BlockCache, read_blocks, slice_block
+from vchunkfs.fs.source import PresentationFactory, VersionSource
 from vchunkfs.presentation.base import Presentation, make_presentation
 from vchunkfs.presentation.history import render_history
 from vchunkfs.presentation.names import canonical_presentations
-from vchunkfs.repository import Repo, Version
+from vchunkfs.repository import Version
 from vchunkfs.repository.names import VERSIONS_DIR
 from vchunkfs.repository.repo import Commit
 from vchunkfs.repository.snapshot import Entry, SnapshotView, Unknown
@@ -186,20 +187,23 @@ class _Generation:
     view: SnapshotView
     mtime_ns: int
     presentations: dict[str, Presentation]
+    factory: PresentationFactory = make_presentation
 
     def presentation(self, name: str) -> Presentation:
         pres = self.presentations.get(name)
         if pres is None:
-            pres = self.presentations[name] = make_presentation(name, self.view)
+            pres = self.presentations[name] = self.factory(name, self.view)
         return pres
 
 
 class Namespace:
     """The mount's tree. All methods run in the trio thread."""
 
-    def __init__(self, repo: Repo, bridge: AsyncioBridge, config: MountConfig,
-                 staged: StagedSource | None = None) -> None:
-        self.repo = repo
+    def __init__(self, source: VersionSource, bridge: AsyncioBridge, config: MountConfig,
+                 staged: StagedSource | None = None,
+                 presentation_factory: PresentationFactory = make_presentation) -> None:
+        self.source = source
+        self.presentation_factory = presentation_factory
         self.staged = staged
         self.bridge = bridge
         self.config = config
@@ -225,6 +229,8 @@ class Namespace:
         self._entries: LRUCache[tuple[str, str, str], Entry | None] = LRUCache(ENTRY_CACHE)
         self._files: dict[int, OpenFile] = {}
         self._next_fh = 1
+        # one poll at a time (the poller and control requests both poll)
+        self._poll_lock = trio.Lock()
         root = Inode(ROOT, NodeKey(TREE, "root", "", "", self._top_pres), ROOT, "", lookups=1)
         self._inodes[ROOT] = root
 
@@ -232,7 +238,7 @@ class Namespace:
 
     async def start(self) -> Tree:
         """Resolve the root version (raises the repository layer's errors)."""
-        version = await self._call(lambda: self.repo.resolve(self.config.version),
+        version = await self._call(lambda: self.source.resolve(self.config.version),
                                    f"resolve version {self.config.version}")
         tree = await self._make_tree("root", version)
         return tree
@@ -248,6 +254,9 @@ class Namespace:
 
     async def _make_tree(self, tree_id: str, version: Version) -> Tree:
         gen = await self._generation(version.snapshot_id)
+        existing = self._trees.get(tree_id)
+        if existing is not None:  # made by another task meanwhile: the poller moves that one
+            return existing
         tree = Tree(tree_id, version, gen.mtime_ns)
         self._trees[tree_id] = tree
         return tree
@@ -258,14 +267,14 @@ class Namespace:
             staged = self.staged
             view = await self._pcall(lambda: staged.staged_view(snapshot_id), snapshot_id,
                                      "open staged state")
-            gen = _Generation(view, time.time_ns(), {})
+            gen = _Generation(view, time.time_ns(), {}, self.presentation_factory)
             self._generations[snapshot_id] = gen
         if gen is None:
-            view = await self._pcall(lambda: self.repo.view_of(snapshot_id), snapshot_id,
+            view = await self._pcall(lambda: self.source.view(snapshot_id), snapshot_id,
                                      "open snapshot")
-            info = await self._pcall(lambda: self.repo.ic.lookup_snapshot_async(snapshot_id),
-                                     snapshot_id, "look up snapshot")
-            gen = _Generation(view, int(info.written_at.timestamp() * 1e9), {})
+            written = await self._pcall(lambda: self.source.written_at_ns(snapshot_id),
+                                        snapshot_id, "look up snapshot")
+            gen = _Generation(view, written, {}, self.presentation_factory)
             self._generations[snapshot_id] = gen
         return gen
 
@@ -276,9 +285,9 @@ class Namespace:
             return tree
         kind, _, name = tree_id.partition(":")
         if kind == "branch":
-            refs = await self._pcall(self.repo.branches, "branches", "list")
+            refs = await self._pcall(self.source.branches, "branches", "list")
         elif kind == "tag":
-            refs = await self._pcall(self.repo.tags, "tags", "list")
+            refs = await self._pcall(self.source.tags, "tags", "list")
         elif kind == "staged":
             refs = self.staged.staged_ids() if self.staged else {}
         else:
@@ -289,7 +298,7 @@ class Namespace:
         return await self._make_tree(tree_id, version)
 
     async def _snapshot_ids(self) -> set[str]:
-        return await self._pcall(self.repo._reachable_snapshots, "snapshots", "list")
+        return await self._pcall(self.source.snapshot_ids, "snapshots", "list")
 
     # -- inode table ----------------------------------------------------------
 
@@ -718,9 +727,9 @@ class Namespace:
 
     async def _ref_names(self, which: str) -> list[str]:
         if which == "branches":
-            return list(await self._pcall(self.repo.branches, "branches", "list"))
+            return list(await self._pcall(self.source.branches, "branches", "list"))
         if which == "tags":
-            return list(await self._pcall(self.repo.tags, "tags", "list"))
+            return list(await self._pcall(self.source.tags, "tags", "list"))
         if which == "staged":
             return sorted(self.staged.staged_ids()) if self.staged else []
         return sorted(await self._snapshot_ids())
@@ -732,11 +741,11 @@ class Namespace:
             return f"{v.kind} {v.name}\nsnapshot {v.snapshot_id}\n".encode()
 
         async def commits() -> list[Commit]:
-            return [c async for c in self.repo.history(v.snapshot_id, HISTORY_LIMIT)]
+            return await self.source.history(v.snapshot_id, HISTORY_LIMIT)
 
         labels: dict[str, list[str]] = {}
-        branches = await self._pcall(self.repo.branches, "branches", "list")
-        tags = await self._pcall(self.repo.tags, "tags", "list")
+        branches = await self._pcall(self.source.branches, "branches", "list")
+        tags = await self._pcall(self.source.tags, "tags", "list")
         for kind, refs in (("branch", branches), ("tag", tags)):
             for n, sid in refs.items():
                 labels.setdefault(sid, []).append(f"{kind} {n}")
@@ -758,14 +767,28 @@ class Namespace:
     # -- following branches ---------------------------------------------------
 
     async def poll_branches(self, invalidator: Invalidator) -> list[str]:
-        """Move branch trees whose branch moved; return the ids of the trees that changed."""
+        """Move branch trees whose branch moved; return the ids of the trees that changed.
+
+        Never raises (but ``trio.Cancelled``): a failure is logged, and what could not
+        be moved is retried at the next poll. One poll runs at a time: a second caller
+        waits for the running one, then polls again (the heads it reads are newer).
+        """
+        async with self._poll_lock:
+            try:
+                return await self._poll_branches(invalidator)
+            except Exception as e:
+                log.warning("polling the branches failed (retried at the next poll): %s",
+                            _first_line(e))
+                return []
+
+    async def _poll_branches(self, invalidator: Invalidator) -> list[str]:
         moving = [t for t in self._trees.values() if t.version.moves]
         if not moving:
             return []
         heads: dict[str, str] = {}
         if any(t.version.kind == "branch" for t in moving):
             try:
-                heads = await self._call(self.repo.branches, "list branches")
+                heads = await self._call(self.source.branches, "list branches")
             except Exception as e:  # the backend may be down for a while: keep serving
                 log.warning("cannot poll branches: %s", _first_line(e))
                 moving = [t for t in moving if t.version.kind != "branch"]
@@ -774,9 +797,9 @@ class Namespace:
                for t in moving if t.version.kind == "branch"):
             # a writer that moved a branch may also have added containers
             try:
-                if await self._call(self.repo.reload_config, "reload the repository config"):
+                if await self._call(self.source.reload_config, "reload the repository config"):
                     log.info("virtual chunk containers changed: %s",
-                             ", ".join(c.url_prefix for c in self.repo.containers()))
+                             ", ".join(self.source.container_prefixes()))
             except Exception as e:
                 log.warning("cannot reload the repository config: %s", _first_line(e))
         changed = []
@@ -786,6 +809,8 @@ class Namespace:
             if new == tree.snapshot_id:
                 continue
             old = tree.snapshot_id
+            if self._trees.get(tree.id) is not tree:
+                continue  # dropped meanwhile
             if new is None:
                 if tree.id == "root":
                     log.warning("branch %s was deleted; the root keeps showing %s",
@@ -797,12 +822,18 @@ class Namespace:
                     gen = await self._generation(new)
                 except FsError:  # logged; its snapshot unreadable: keep the old, retry
                     continue
+                if self._trees.get(tree.id) is not tree or tree.snapshot_id != old:
+                    continue  # changed meanwhile (re-check after await)
                 tree.version = Version(new, kind, tree.version.name)
                 tree.mtime_ns = gen.mtime_ns
             if kind == "branch":
                 log.info("branch %s moved %s -> %s", tree.version.name, old, new)
-            self._invalidate_generation(tree.id, old, invalidator)
             changed.append(tree.id)
+            try:
+                self._invalidate_generation(tree.id, old, invalidator)
+            except Exception as e:  # the kernel keeps stale entries until they time out
+                log.warning("invalidating the kernel's entries of %s: %s", tree.id,
+                            _first_line(e))
         return changed
 
     def _invalidate_generation(self, tree_id: str, gen: str, invalidator: Invalidator) -> None:
@@ -818,10 +849,14 @@ class Namespace:
 
     async def run_poller(self, invalidator: Invalidator,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll the branches every ``poll_interval`` until cancelled; never ends the mount."""
         task_status.started()
         while True:
             await trio.sleep(self.config.poll_interval)
-            await self.poll_branches(invalidator)
+            try:
+                await self.poll_branches(invalidator)
+            except Exception:  # poll_branches logs its own failures: this is a bug
+                log.exception("the branch poller failed; it goes on")
 
 
 def errno_for(e: VchunkfsError) -> int:
