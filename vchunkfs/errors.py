@@ -129,6 +129,13 @@ class BackendTimeoutError(BackendError):
         self.seconds = seconds
 
 
+class MountError(VchunkfsError):
+    """The mount could not be made (mountpoint, FUSE, or the daemon died)."""
+
+    code = "mount"
+    exit_status = 32  # mount(8)'s "mount failure"
+
+
 class InvalidInputError(UsageError):
     """A write request that is well-formed but not acceptable (bad prefix, bad key)."""
 

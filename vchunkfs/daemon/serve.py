@@ -22,8 +22,7 @@ from vchunkfs.bridge import AsyncioBridge
 from vchunkfs.daemon.control_ops import ControlOps
 from vchunkfs.daemon.control_server import ControlServer, default_socket_path
 from vchunkfs.daemon.options import MountOptions
-from vchunkfs.daemon.run import MountError
-from vchunkfs.errors import VchunkfsError
+from vchunkfs.errors import MountError, VchunkfsError
 from vchunkfs.fs.namespace import FsError, MountConfig, Namespace
 from vchunkfs.fs.operations import KernelInvalidator, Operations
 from vchunkfs.fs.source import RepoSource
