@@ -24,6 +24,7 @@ get short timeouts and uncacheable negative lookups.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import errno
 import functools
 import json
@@ -68,6 +69,9 @@ ENTRY_CACHE = 200_000
 # same name (after the kernel dropped its dentries) needs no new inode; about 1 KB
 # each with its cached reply (measured), so at most ~50 MB
 RETIRED_INODES = 50_000
+# entries of generation directory listings kept (about 250 bytes each: ~50 MB at most);
+# a listing of more than half of it is not kept
+LISTING_ENTRIES = 200_000
 # on a cold read of a chunk file, fetch the array's next chunk files (MountConfig.prefetch
 # of them) into the block cache, through the same icechunk get as any read, with at most
 # PREFETCH_WORKERS at once: the fetches overlap the reader's requests
@@ -140,6 +144,15 @@ class OpenFile:
     presentation: Presentation | None = None
     text: bytes | None = None
     cache_key: Hashable = None  # the block cache's key of the file's bytes
+
+
+@dataclass(slots=True)
+class DirHandle:
+    """An open directory: its listing, taken once per pass, served by offset."""
+
+    ino: int
+    entries: list[tuple[str, NodeKey, Attr]] | None = None
+    gen: str = ""  # for a floating tree directory, the generation listed
 
 
 class Invalidator(Protocol):
@@ -228,6 +241,10 @@ class Namespace:
         # saves a round trip through the bridge (0.1-0.3 ms) on lookup, getattr, open
         self._entries: LRUCache[tuple[str, str, str], Entry | None] = LRUCache(ENTRY_CACHE)
         self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        # listings of generation directories (they never change), bounded in entries
+        self._listings: LRUCache[tuple[str, str, str], list[tuple[str, NodeKey, Attr]]] = \
+            LRUCache(LISTING_ENTRIES, getsizeof=lambda entries: max(len(entries), 1))
         self._next_fh = 1
         # one poll at a time (the poller and control requests both poll)
         self._poll_lock = trio.Lock()
@@ -459,8 +476,90 @@ class Namespace:
         node = self._node(ino)
         return await self._attr(ino, node.key)
 
+    # -- directory listings: one snapshot per handle, served by offset ----------------
+
+    def opendir(self, ino: int) -> int:
+        """A directory handle; its listing is taken at the first :meth:`readdir` from
+        offset 0 (and again at each rewind) and served by offset from then on."""
+        self._node(ino)
+        dh = self._next_fh
+        self._next_fh += 1
+        self._dirs[dh] = DirHandle(ino)
+        return dh
+
+    def releasedir(self, dh: int) -> None:
+        self._dirs.pop(dh, None)
+
+    async def readdir(self, dh: int, start: int,
+                      emit: Callable[[str, Attr, int], bool]) -> None:
+        """Offer the handle's entries from offset ``start`` to ``emit`` (with the offset
+        after the entry: its index + 1) until it refuses one. An inode is made only for an
+        entry offered, counted as a kernel reference only when ``emit`` accepted it."""
+        handle = self._dirs.get(dh)
+        if handle is None:
+            raise FsError(errno.EBADF)
+        if start == 0 or handle.entries is None:
+            handle.entries, handle.gen = await self._list(handle.ino)
+        entries = handle.entries
+        parent = self._inodes.get(handle.ino)
+        if parent is None:
+            raise FsError(errno.ESTALE, f"inode {handle.ino} is unknown")
+        # a floating directory whose version moved since the listing was taken: its
+        # entries (of the listed generation) must not be cached by the kernel for long
+        stale = bool(handle.gen) and handle.gen != self._floating_gen(parent)
+        for i in range(start, len(entries)):
+            name, key, a = entries[i]
+            if not key.path:
+                key, a = self._current_ref(key, a)
+            cino = self._intern(key, handle.ino, name)
+            known = self._inodes[cino].attr
+            if known is not None and not stale:
+                attr = known  # a generation node listed or looked up before
+            elif stale and a.timeout == LONG_TIMEOUT:
+                attr = Attr(cino, a.is_dir, a.size, a.mtime_ns, SHORT_TIMEOUT)
+            else:
+                attr = Attr(cino, a.is_dir, a.size, a.mtime_ns, a.timeout)
+                self._remember(parent, name, cino, attr)
+            if not emit(name, attr, i + 1):
+                self.drop_if_unreferenced(cino)
+                return
+            self.add_lookup(cino)
+
+    def _floating_gen(self, node: Inode) -> str:
+        """The generation a floating tree directory shows now ("" for others)."""
+        k = node.key
+        if k.kind == TREE and not k.gen:
+            tree = self._trees.get(k.tree)
+            return tree.snapshot_id if tree is not None else ""
+        return ""
+
+    def _current_ref(self, key: NodeKey, attr: Attr) -> tuple[NodeKey, Attr]:
+        """A version's top directory (under ``branches/`` …) as of now: its tree may have
+        moved since the listing was taken."""
+        if key.kind == TREE and key.gen and not key.path and key.tree != "root":
+            tree = self._trees.get(key.tree)
+            if tree is not None and tree.snapshot_id != key.gen:
+                return (dataclasses.replace(key, gen=tree.snapshot_id),
+                        dataclasses.replace(attr, mtime_ns=tree.mtime_ns))
+        return key, attr
+
     async def listdir(self, ino: int) -> list[tuple[str, NodeKey, Attr]]:
-        """Entries of a directory with attributes; the caller counts accepted ones."""
+        """Every entry of a directory with its inode (for tests and tools; FUSE lists
+        through :meth:`opendir` and :meth:`readdir`). Entries are counted as references."""
+        out: list[tuple[str, NodeKey, Attr]] = []
+        dh = self.opendir(ino)
+        try:
+            def take(name: str, attr: Attr, _next: int) -> bool:
+                out.append((name, self._inodes[attr.ino].key, attr))
+                return True
+            await self.readdir(dh, 0, take)
+        finally:
+            self.releasedir(dh)
+        return out
+
+    async def _list(self, ino: int) -> tuple[list[tuple[str, NodeKey, Attr]], str]:
+        """A directory's entries, attributes without inodes (``ino`` 0), and the generation
+        a floating tree directory showed ("" for the others)."""
         node = self._node(ino)
         key = node.key
         out: list[tuple[str, NodeKey, Attr]] = []
@@ -470,26 +569,27 @@ class Namespace:
             if not key.pres:
                 for name in self.presentations:
                     child = NodeKey(TREE, key.tree, gen_id, "", name)
-                    cino = self._intern(child, ino, name)
-                    attr = Attr(cino, True, 0, gen.mtime_ns, LONG_TIMEOUT)
-                    self._remember(node, name, cino, attr)
-                    out.append((name, child, attr))
+                    out.append((name, child, Attr(0, True, 0, gen.mtime_ns, LONG_TIMEOUT)))
             else:
-                pres = gen.presentation(key.pres)
-                entries = await self._pcall(lambda: pres.list_dir(key.path), key.path,
-                                            "list")
-                for e in entries:
-                    child = NodeKey(TREE, key.tree, gen_id, _join(key.path, e.name), key.pres)
-                    self._entries[(gen_id, key.pres, child.path)] = e
-                    cino = self._intern(child, ino, e.name)
-                    attr = Attr(cino, e.is_dir, e.size, gen.mtime_ns, LONG_TIMEOUT)
-                    self._remember(node, e.name, cino, attr)
-                    out.append((e.name, child, attr))
+                cached = self._listings.get((gen_id, key.pres, key.path))
+                if cached is not None:
+                    out = cached.copy()
+                else:
+                    pres = gen.presentation(key.pres)
+                    entries = await self._pcall(lambda: pres.list_dir(key.path), key.path,
+                                                "list")
+                    for e in entries:
+                        child = NodeKey(TREE, key.tree, gen_id, _join(key.path, e.name),
+                                        key.pres)
+                        self._entries[(gen_id, key.pres, child.path)] = e
+                        out.append((e.name, child,
+                                    Attr(0, e.is_dir, e.size, gen.mtime_ns, LONG_TIMEOUT)))
+                    if len(out) <= LISTING_ENTRIES // 2:
+                        self._listings[(gen_id, key.pres, key.path)] = out.copy()
             if ino == ROOT and self.config.show_versions:
                 vkey = NodeKey(VERSIONS)
-                out.append((VERSIONS_DIR, vkey, await self._attr(
-                    self._intern(vkey, ino, VERSIONS_DIR), vkey)))
-            return out
+                out.append((VERSIONS_DIR, vkey, await self._attr(0, vkey)))
+            return out, "" if key.gen else gen_id
         if key.kind == VERSIONS:
             names = [(n, NodeKey(REFS, path=n)) for n in REF_DIRS]
             names += [(n, NodeKey(TEXT, path=n)) for n in TEXT_FILES]
@@ -504,9 +604,8 @@ class Namespace:
                 if tree is None:
                     continue  # deleted while listing
                 child = NodeKey(TREE, child.tree, tree.snapshot_id, "", self._top_pres)
-            cino = self._intern(child, ino, name)
-            out.append((name, child, await self._attr(cino, child)))
-        return out
+            out.append((name, child, await self._attr(0, child)))
+        return out, ""
 
     async def open(self, ino: int) -> tuple[int, OpenFile]:
         node = self._node(ino)

@@ -136,21 +136,29 @@ class Operations(pyfuse3.Operations):
 
     async def opendir(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
-        attr = await self._fs(self.ns.getattr(inode))
+        node = self.ns.node_known(inode)
+        attr = node.attr if node is not None else await self._fs(self.ns.getattr(inode))
+        assert attr is not None
         if not attr.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return pyfuse3.FileHandleT(inode)
+        try:
+            return pyfuse3.FileHandleT(self.ns.opendir(inode))
+        except FsError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
 
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
                       token: pyfuse3.ReaddirToken) -> None:
-        entries = await self._fs(self.ns.listdir(fh))
-        for i in range(start_id, len(entries)):
-            name, _key, attr = entries[i]
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(attr), i + 1):
-                for _name, _k, rest in entries[i:]:
-                    self.ns.drop_if_unreferenced(rest.ino)
-                return
-            self.ns.add_lookup(attr.ino)
+        # entries come from the handle's listing, by offset: each request costs the
+        # entries it returns, and a listing never skips or repeats an entry
+        def emit(name: str, attr: Attr, next_offset: int) -> bool:
+            node = self.ns.node_known(attr.ino)
+            entry = self._reply(node) if node is not None else self._entry(attr)
+            return bool(pyfuse3.readdir_reply(token, os.fsencode(name), entry, next_offset))
+
+        await self._fs(self.ns.readdir(fh, start_id, emit))
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        self.ns.releasedir(fh)
 
     async def open(self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -197,5 +205,4 @@ class Operations(pyfuse3.Operations):
 
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _erofs  # type: ignore[assignment]
     write = create = setxattr = removexattr = _erofs  # type: ignore[assignment]
-
 
