@@ -561,3 +561,57 @@ async def test_a_big_listing_is_taken_once_and_served_by_offset(tmp_path, bridge
     # each page costs its own entries: the last pages are not slower than the first ones
     first, last = sorted(page_times[1:11]), sorted(page_times[-11:-1])
     assert last[5] < 5 * first[5] + 0.002, (first, last)
+
+
+# -- decoded chunks ----------------------------------------------------------
+
+
+async def test_a_large_decoded_chunk_is_decoded_once(tmp_path, bridge, monkeypatch) -> None:
+    """A 24 MiB decoded chunk read through v3-decoded in 8 MiB blocks, sequentially and
+    all at once, with a decoded cache smaller than the chunk: one decode each time."""
+    from zarr.codecs import ZstdCodec
+
+    from vchunkfs.presentation import converted
+    from vchunkfs.presentation.codecs import CodecChain
+
+    values = (np.arange(6 * 1024 * 1024, dtype="<i4") % 1000).reshape(3 * 1024, 2 * 1024)
+    repo_path = tmp_path / "big"
+    icrepo = ic.Repository.create(ic.local_filesystem_storage(str(repo_path)))
+    s = icrepo.writable_session("main")
+    zarr.create_array(s.store, name="big", shape=values.shape, chunks=values.shape,
+                      dtype="<i4", compressors=[ZstdCodec(level=1)], fill_value=0)[:] = values
+    s.commit("one big chunk")
+    repo = await trio.to_thread.run_sync(lambda: bridge.run(lambda: Repo.open(
+        parse_repo_url(str(repo_path)))))
+
+    decodes = 0
+    original = CodecChain.decode
+
+    def counting(self: CodecChain, stored: bytes) -> bytes:
+        nonlocal decodes
+        decodes += 1
+        return original(self, stored)
+
+    monkeypatch.setattr(CodecChain, "decode", counting)
+    monkeypatch.setattr(converted, "_DECODED", converted._DecodedCache(8 * 1024 * 1024))
+    ns = Namespace(RepoSource(repo), bridge, MountConfig(presentation="v3-decoded"))
+    await ns.start()
+    want = values.tobytes()
+    assert await read_file(ns, "big/c/0/0") == want
+    assert decodes == 1
+
+    ns.cache.clear()
+    monkeypatch.setattr(converted, "_DECODED", converted._DecodedCache(8 * 1024 * 1024))
+    decodes = 0
+    fh, _f = await ns.open(await walk(ns, "big/c/0/0"))
+    parts: dict[int, bytes] = {}
+
+    async def block(i: int) -> None:
+        parts[i] = bytes(await ns.read(fh, i * 8 * 1024 * 1024, 8 * 1024 * 1024))
+
+    async with trio.open_nursery() as n:
+        for i in range(3):
+            n.start_soon(block, i)
+    ns.release(fh)
+    assert b"".join(parts[i] for i in range(3)) == want
+    assert decodes == 1
