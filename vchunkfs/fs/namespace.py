@@ -47,6 +47,7 @@ from vchunkfs.errors import (
     VchunkfsError,
 )
 from vchunkfs.fs.blockcache import BLOCK_SIZE, BlockCache, read_blocks, slice_block
+from vchunkfs.fs.budget import MemoryBudget
 from vchunkfs.fs.source import PresentationFactory, VersionSource
 from vchunkfs.presentation.base import Presentation, make_presentation
 from vchunkfs.presentation.history import render_history
@@ -64,14 +65,9 @@ TEXT_FILES = ("HEAD", "history")
 LONG_TIMEOUT = 24 * 3600.0  # generations never change
 SHORT_TIMEOUT = 1.0  # floating nodes follow the repository
 HISTORY_LIMIT = 10_000
-ENTRY_CACHE = 200_000
-# inodes of generation nodes the kernel forgot, kept so that the next lookup of the
-# same name (after the kernel dropped its dentries) needs no new inode; about 1 KB
-# each with its cached reply (measured), so at most ~50 MB
-RETIRED_INODES = 50_000
-# entries of generation directory listings kept (about 250 bytes each: ~50 MB at most);
-# a listing of more than half of it is not kept
-LISTING_ENTRIES = 200_000
+# retired inodes (generation nodes the kernel forgot, kept so that the next lookup of
+# the same name needs no new inode), the entry cache and the listings kept are bounded
+# by the memory budget's "names" share (vchunkfs.fs.budget)
 # on a cold read of a chunk file, fetch the array's next chunk files (MountConfig.prefetch
 # of them) into the block cache, through the same icechunk get as any read, with at most
 # PREFETCH_WORKERS at once: the fetches overlap the reader's requests
@@ -187,12 +183,13 @@ class FsError(Exception):
 class MountConfig:
     version: str = "main"
     presentation: str = "v3"  # a name, several joined with "+", or "all"
-    cache_bytes: int = 512 * 1024 * 1024
+    cache_bytes: int = 512 * 1024 * 1024  # the memory budget (vchunkfs.fs.budget)
     show_versions: bool = False
     poll_interval: float = 2.0
     control_socket: str | None = None
     prefetch: int = 0  # chunk files fetched ahead of a cold read (run_prefetcher serves them)
     timeout: float | None = 30.0  # seconds any backend call, and any request, may take
+    memory: MemoryBudget | None = None  # the split of cache_bytes, if not the default one
 
 
 @dataclass
@@ -220,7 +217,8 @@ class Namespace:
         self.staged = staged
         self.bridge = bridge
         self.config = config
-        self.cache = BlockCache(config.cache_bytes)
+        self.memory = config.memory or MemoryBudget.split(config.cache_bytes)
+        self.cache = BlockCache(self.memory.blocks)
         self.presentations = canonical_presentations(config.presentation)
         # with one presentation every tree node has it; with several, a version's top
         # directory lists one subdirectory per presentation (nodes with pres "")
@@ -233,18 +231,21 @@ class Namespace:
         self._retired: OrderedDict[int, None] = OrderedDict()
         self._prefetch_send: trio.MemorySendChannel[tuple[Hashable, Presentation, str, int]] \
             | None = None
-        self._prefetching: set[Hashable] = set()  # queued or fetched, not yet read
+        # queued or fetched, not yet read -> size
+        self._prefetching: dict[Hashable, int] = {}
         self._next_ino = ROOT + 1
         self._trees: dict[str, Tree] = {}
         self._generations: LRUCache[str, _Generation] = LRUCache(64)
         # (generation, path) -> entry or None: generations never change, and a hit
         # saves a round trip through the bridge (0.1-0.3 ms) on lookup, getattr, open
-        self._entries: LRUCache[tuple[str, str, str], Entry | None] = LRUCache(ENTRY_CACHE)
+        self._entries: LRUCache[tuple[str, str, str], Entry | None] = LRUCache(
+            self.memory.entry_cache)
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, DirHandle] = {}
         # listings of generation directories (they never change), bounded in entries
         self._listings: LRUCache[tuple[str, str, str], list[tuple[str, NodeKey, Attr]]] = \
-            LRUCache(LISTING_ENTRIES, getsizeof=lambda entries: max(len(entries), 1))
+            LRUCache(self.memory.listing_entries,
+                     getsizeof=lambda entries: max(len(entries), 1))
         self._next_fh = 1
         # one poll at a time (the poller and control requests both poll)
         self._poll_lock = trio.Lock()
@@ -354,7 +355,7 @@ class Namespace:
             return
         if node.key.kind == TREE and node.key.gen:
             self._retired[ino] = None
-            if len(self._retired) > RETIRED_INODES:
+            if len(self._retired) > self.memory.retired_inodes:
                 self._delete(self._retired.popitem(last=False)[0])
             return
         self._delete(ino)
@@ -584,7 +585,7 @@ class Namespace:
                         self._entries[(gen_id, key.pres, child.path)] = e
                         out.append((e.name, child,
                                     Attr(0, e.is_dir, e.size, gen.mtime_ns, LONG_TIMEOUT)))
-                    if len(out) <= LISTING_ENTRIES // 2:
+                    if len(out) <= self.memory.listing_entries:
                         self._listings[(gen_id, key.pres, key.path)] = out.copy()
             if ino == ROOT and self.config.show_versions:
                 vkey = NodeKey(VERSIONS)
@@ -646,7 +647,7 @@ class Namespace:
                  and (cache_key not in self.cache or cache_key in self._prefetching))
         data = await read_blocks(self.cache, cache_key, f.size, offset, length, fetch)
         if ahead:
-            self._prefetching.discard(cache_key)
+            self._prefetching.pop(cache_key, None)
             self._prefetch_after(pres, f.key.gen, path)
         return data
 
@@ -674,18 +675,21 @@ class Namespace:
             return
         if len(self._prefetching) > 4 * (ahead + PREFETCH_WORKERS):
             # prefetched files evicted or never read: forget them
-            self._prefetching = {k for k in self._prefetching if k in self.cache}
+            self._prefetching = {k: n for k, n in self._prefetching.items() if k in self.cache}
         for next_path, size in pres.following(path, ahead):
             key = (gen, pres.name, next_path)
             if size <= 0 or size > BLOCK_SIZE or key in self.cache:
                 continue
             if size > self.cache.max_bytes // (4 * ahead):
                 return  # the cache is too small to hold a window of files this big
+            if sum(self._prefetching.values()) + size > self.cache.max_bytes // 4:
+                return  # prefetched and unread already fill their share: evicting them
+                # (or what readers are reading) to fetch more would only fetch twice
             try:
                 send.send_nowait((key, pres, next_path, size))
             except trio.WouldBlock:
                 return
-            self._prefetching.add(key)
+            self._prefetching[key] = size
 
     async def run_prefetcher(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                              ) -> None:
@@ -707,7 +711,7 @@ class Namespace:
                     await self.cache.prefetch(key, functools.partial(
                         self._fetch, pres, path, 0, size, quiet=True))
                 except Exception as e:
-                    self._prefetching.discard(key)
+                    self._prefetching.pop(key, None)
                     log.debug("prefetch of %s: %s", path, _first_line(e))
 
         try:

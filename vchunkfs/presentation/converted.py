@@ -381,6 +381,13 @@ class _DecodedCache:
 
 
 _DECODED = _DecodedCache(DECODED_CACHE_BYTES)
+
+
+def set_decoded_cache_bytes(max_bytes: int) -> None:
+    """Bound the process's decoded-chunk cache (the memory budget's share; at start-up,
+    before any presentation reads)."""
+    global _DECODED
+    _DECODED = _DecodedCache(max_bytes)
 # decodes in flight, by the same key: one decode per chunk however many readers
 _DECODING: dict[Hashable, asyncio.Future[bytes]] = {}
 
