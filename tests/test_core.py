@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import icechunk as ic
@@ -27,6 +27,7 @@ from vchunkfs.fs.faults import FaultPlan, faulty
 from vchunkfs.fs.namespace import (
     ROOT,
     XATTR_SNAPSHOT,
+    Attr,
     FsError,
     MountConfig,
     Namespace,
@@ -615,3 +616,183 @@ async def test_a_large_decoded_chunk_is_decoded_once(tmp_path, bridge, monkeypat
     ns.release(fh)
     assert b"".join(parts[i] for i in range(3)) == want
     assert decodes == 1
+
+
+# -- a fault campaign ----------------------------------------------------------
+
+
+async def run_fault_campaign(template: tuple[Path, BuiltRepo], where: Path,
+                             bridge: AsyncioBridge, min_faults: int,
+                             max_seconds: float) -> dict[str, int]:
+    """Readers, listers, forgets, the poller and the prefetcher against a repository whose
+    main moves every 0.15 s, with faults injected into every kind of call; returns the
+    counts. Every request runs under a deadline as under FUSE."""
+    from vchunkfs.fs.namespace import REQUEST_DEADLINE
+
+    timeout = 0.2
+    h = Harness(template, where, bridge, timeout=timeout, prefetch=2, poll_interval=0.05)
+    await h.ns.start()
+    ns = h.ns
+    plan = h.plan
+    plan.add("hang", ops={"read", "stat", "list_dir", "branches"}, probability=0.01)
+    plan.add("cancel", probability=0.03)
+    plan.add("short", ops={"read"}, probability=0.05)
+    plan.add("latency", probability=0.1, seconds=0.005)
+    plan.add("error", probability=0.15)
+    models: dict[str, dict[str, bytes]] = {}
+    counts = {"requests": 0, "eio": 0, "wrong_bytes": 0, "past_deadline": 0, "reads_ok": 0,
+              "listings": 0, "commits": 0}
+    held: dict[int, int] = {}
+    rng = np.random.default_rng(3)
+    slowest = [0.0]
+
+    async def request(fn: Callable[[], object]) -> object:
+        """One request as the adapter runs it: a deadline, errors as errno."""
+        counts["requests"] += 1
+        token = REQUEST_DEADLINE.set(trio.current_time() + timeout)
+        start = trio.current_time()
+        try:
+            return await fn()  # type: ignore[misc]
+        except FsError as e:
+            assert e.errno == errno.EIO, e
+            counts["eio"] += 1
+            return None
+        finally:
+            REQUEST_DEADLINE.reset(token)
+            took = trio.current_time() - start
+            slowest[0] = max(slowest[0], took)
+            if took > timeout + 0.1:
+                counts["past_deadline"] += 1
+
+    async def model(snapshot: str) -> dict[str, bytes]:
+        if snapshot not in models:
+            models[snapshot] = await trio.to_thread.run_sync(h.expected, snapshot)
+        return models[snapshot]
+
+    async def walk_counted(path: str) -> int | None:
+        ino = ROOT
+        for name in path.split("/"):
+            node = ns.lookup_known(ino, name)
+            if node is not None:
+                child = node.ino
+            else:
+                attr = await request(lambda ino=ino, name=name: ns.lookup(ino, name))
+                if attr is None:
+                    return None
+                child = attr.ino  # type: ignore[attr-defined]
+                assert child != 0, path
+            held[child] = held.get(child, 0) + 1
+            ino = child
+        return ino
+
+    async def reader(seed: int) -> None:
+        r = np.random.default_rng(seed)
+        while True:
+            await trio.sleep(0)  # a checkpoint: answers from memory never await
+            key = KEYS[int(r.integers(len(KEYS)))]
+            ino = await walk_counted(key)
+            if ino is None:
+                continue
+            opened = await request(lambda ino=ino: ns.open(ino))
+            if opened is None:
+                continue
+            fh, f = opened  # type: ignore[misc]
+            snapshot = (ns.xattr(ino, XATTR_SNAPSHOT) or b"").decode()
+            off = int(r.integers(0, max(f.size, 1)))
+            n = int(r.integers(1, f.size + 2))
+            data = await request(lambda fh=fh, off=off, n=n: ns.read(fh, off, n))
+            ns.release(fh)
+            if data is not None:
+                want = (await model(snapshot))[key][off:off + n]
+                if bytes(data) != want:  # type: ignore[call-overload]
+                    counts["wrong_bytes"] += 1
+                else:
+                    counts["reads_ok"] += 1
+
+    async def lister(seed: int) -> None:
+        r = np.random.default_rng(seed)
+        while True:
+            await trio.sleep(0)
+            d = DIRS[int(r.integers(len(DIRS)))]
+            ino = ROOT if not d else await walk_counted(d)
+            if ino is None:
+                continue
+            dh = ns.opendir(ino)
+            names: list[str] = []
+            offset = 0
+            page = int(r.integers(1, 6))
+            try:
+                while True:
+                    got: list[tuple[str, int]] = []
+
+                    def emit(name: str, attr: Attr, nxt: int,
+                             got: list[tuple[str, int]] = got, page: int = page) -> bool:
+                        if len(got) == page:
+                            return False
+                        got.append((name, attr.ino))
+                        return True
+
+                    ok = await request(lambda off=offset, emit=emit, dh=dh: _done(
+                        ns.readdir(dh, off, emit)))
+                    if ok is None:
+                        break
+                    for name, cino in got:
+                        names.append(name)
+                        held[cino] = held.get(cino, 0) + 1
+                    offset += len(got)
+                    if len(got) < page:
+                        counts["listings"] += 1
+                        break
+            finally:
+                ns.releasedir(dh)
+            assert len(names) == len(set(names)), names
+
+    async def forgetter() -> None:
+        while True:
+            await trio.sleep(0.01)
+            for ino in [i for i, n in held.items() if n > 0][: int(rng.integers(1, 20))]:
+                n = held[ino]
+                ns.forget(ino, n)
+                held[ino] = 0
+
+    async def writer() -> None:
+        while True:
+            await trio.sleep(0.15)
+            await trio.to_thread.run_sync(h.commit_main)
+            counts["commits"] += 1
+
+    started = trio.current_time()
+    async with trio.open_nursery() as n:
+        await n.start(ns.run_prefetcher)
+        await n.start(ns.run_poller, h.invalidator)
+        for k in range(8):
+            n.start_soon(reader, 100 + k)
+        for k in range(2):
+            n.start_soon(lister, 200 + k)
+        n.start_soon(forgetter)
+        n.start_soon(writer)
+        while (sum(plan.injected.values()) < min_faults
+               and trio.current_time() - started < max_seconds):
+            await trio.sleep(0.1)
+            for ino, node in ns._inodes.items():
+                assert node.lookups >= 0, (ino, node)
+        n.cancel_scope.cancel()
+    counts["faults"] = sum(plan.injected.values())
+    counts.update({f"faults_{k}": v for k, v in plan.injected.items()})
+    counts["seconds"] = int(trio.current_time() - started)
+    counts["slowest_request_ms"] = int(slowest[0] * 1000)
+    return counts
+
+
+async def _done(awaitable: Awaitable[None]) -> bool:
+    await awaitable
+    return True
+
+
+async def test_fault_campaign(template, tmp_path, bridge) -> None:
+    counts = await run_fault_campaign(template, tmp_path, bridge, min_faults=1000,
+                                      max_seconds=90)
+    print("fault campaign:", counts)
+    assert counts["faults"] >= 1000, counts
+    assert counts["wrong_bytes"] == 0 and counts["past_deadline"] == 0, counts
+    assert counts["reads_ok"] > 100 and counts["commits"] >= 1, counts
