@@ -796,3 +796,15 @@ async def test_fault_campaign(template, tmp_path, bridge) -> None:
     assert counts["faults"] >= 1000, counts
     assert counts["wrong_bytes"] == 0 and counts["past_deadline"] == 0, counts
     assert counts["reads_ok"] > 100 and counts["commits"] >= 1, counts
+
+
+def test_one_table_of_defaults() -> None:
+    """The core's configuration defaults are the mount options' defaults."""
+    from vchunkfs.daemon.options import MountOptions
+
+    opts = MountOptions(source="x", mountpoint="y")
+    cfg = MountConfig()
+    assert (cfg.version, cfg.presentation, cfg.cache_bytes, cfg.show_versions,
+            cfg.poll_interval, cfg.prefetch, cfg.timeout) == (
+        opts.version, opts.presentation, opts.cache_size, opts.show_versions,
+        opts.poll_interval, opts.prefetch, opts.timeout)

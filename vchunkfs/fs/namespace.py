@@ -181,13 +181,16 @@ class FsError(Exception):
 
 @dataclass
 class MountConfig:
+    """What the core needs of the mount options; the defaults are those of
+    :class:`vchunkfs.daemon.options.MountOptions` (a test keeps them equal)."""
+
     version: str = "main"
     presentation: str = "v3"  # a name, several joined with "+", or "all"
-    cache_bytes: int = 512 * 1024 * 1024  # the memory budget (vchunkfs.fs.budget)
+    cache_bytes: int = 1024 * 1024 * 1024  # the memory budget (vchunkfs.fs.budget)
     show_versions: bool = False
     poll_interval: float = 2.0
     control_socket: str | None = None
-    prefetch: int = 0  # chunk files fetched ahead of a cold read (run_prefetcher serves them)
+    prefetch: int = 4  # chunk files fetched ahead of a cold read (run_prefetcher serves them)
     timeout: float | None = 30.0  # seconds any backend call, and any request, may take
     memory: MemoryBudget | None = None  # the split of cache_bytes, if not the default one
 
