@@ -60,17 +60,35 @@ class AsyncioBridge:
             raise RuntimeError("the asyncio bridge is closed")
         return asyncio.run_coroutine_threadsafe(_invoke(fn), self._loop)
 
-    def run(self, fn: Callable[[], Awaitable[T]]) -> T:
+    def run(self, fn: Callable[[], Awaitable[T]], timeout: float | None = None,
+            what: str = "") -> T:
         """Run ``fn()`` on the loop and block this thread for its result.
 
+        With ``timeout`` (seconds), a call still running then is cancelled and
+        :class:`~vchunkfs.errors.BackendTimeoutError` naming ``what`` is raised.
         Must not be called from the loop thread itself (it would deadlock).
         """
         if threading.current_thread() is self._thread:
             raise RuntimeError("AsyncioBridge.run called from its own loop thread")
-        return self.submit(fn).result()
+        future = self.submit(fn)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if future.done():
+                return future.result()
+            future.cancel()
+            from vchunkfs.errors import BackendTimeoutError
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Await ``fn()`` from trio without occupying a trio worker thread."""
+            raise BackendTimeoutError(what, timeout or 0.0) from None
+
+    async def call(self, fn: Callable[[], Awaitable[T]], timeout: float | None = None,
+                   what: str = "") -> T:
+        """Await ``fn()`` from trio without occupying a trio worker thread.
+
+        With ``timeout`` (seconds), a call still running then is cancelled on the
+        loop and :class:`~vchunkfs.errors.BackendTimeoutError` naming ``what`` is
+        raised; its result, if it ever comes, is dropped (never cached).
+        """
         import trio  # here, not at the top: commands that never run trio skip its 0.1 s import
 
         token = trio.lowlevel.current_trio_token()
@@ -84,10 +102,19 @@ class AsyncioBridge:
 
         future.add_done_callback(wake)
         try:
-            await done.wait()
+            if timeout is None:
+                await done.wait()
+            else:
+                with trio.move_on_after(max(timeout, 0.0)):
+                    await done.wait()
         except BaseException:
             future.cancel()
             raise
+        if not future.done():
+            future.cancel()
+            from vchunkfs.errors import BackendTimeoutError
+
+            raise BackendTimeoutError(what, timeout or 0.0)
         return future.result()
 
     def close(self) -> None:

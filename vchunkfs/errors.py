@@ -117,6 +117,25 @@ class BackendError(VchunkfsError):
     exit_status = 8
 
 
+class BackendTimeoutError(BackendError):
+    """A call into the storage backend (or a local source) did not finish within the
+    mount's ``timeout``: the caller gets ``EIO``; the call's message names it."""
+
+    code = "timeout"
+
+    def __init__(self, what: str, seconds: float) -> None:
+        super().__init__(f"timed out after {seconds:.3g} s: {what or 'a backend call'}")
+        self.what = what
+        self.seconds = seconds
+
+
+class MountError(VchunkfsError):
+    """The mount could not be made (mountpoint, FUSE, or the daemon died)."""
+
+    code = "mount"
+    exit_status = 32  # mount(8)'s "mount failure"
+
+
 class InvalidInputError(UsageError):
     """A write request that is well-formed but not acceptable (bad prefix, bad key)."""
 

@@ -886,6 +886,7 @@ def bench_namespace(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
 
     from vchunkfs.bridge import AsyncioBridge
     from vchunkfs.fs.namespace import ROOT, MountConfig, Namespace
+    from vchunkfs.fs.source import RepoSource
     from vchunkfs.repository import Authorization, Repo, StorageOptions, parse_repo_url
 
     wait_quiet("namespace operations")
@@ -896,7 +897,7 @@ def bench_namespace(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
                              authorization=Authorization.load([ds.prefix]),
                              storage_options=StorageOptions.from_env())
 
-        ns = Namespace(bridge.run(open_repo), bridge, MountConfig())
+        ns = Namespace(RepoSource(bridge.run(open_repo)), bridge, MountConfig())
 
         async def noop() -> int:
             return 0
@@ -993,7 +994,8 @@ def bench_namespace(ds: DataSet, chunks: list[Chunk], runs: int) -> None:
             for _ in range(runs):
                 for attempt in range(RETRIES + 1):
                     wait_quiet("the next sample", quiet=True)
-                    fresh = Namespace(await bridge.call(open_repo), bridge, MountConfig())
+                    fresh = Namespace(RepoSource(await bridge.call(open_repo)), bridge,
+                                      MountConfig())
                     await fresh.start()
                     drop_caches()
                     with Window() as w:

@@ -44,13 +44,20 @@ mount options (-o opt[,opt...]):
   region=NAME           storage region
   anonymous             read the repository's storage without credentials
   storage.KEY=VALUE     backend config key (gcs, azure, http storage)
-  cache_size=BYTES      daemon cache for chunk bytes, e.g. 512M, 2G (default 512M)
-  manifest_cache_refs=N chunk refs icechunk keeps in memory (default 2000000, about
-                        160 MB; icechunk's own default is 15 million)
+  cache_size=BYTES      the daemon's memory budget for everything it caches, e.g.
+                        512M, 2G (default 1G): 1/2 chunk bytes, 1/5 icechunk's
+                        manifests, 1/10 each chunk indexes, decoded chunks and names
+                        (docs/SEMANTICS.md, "Memory")
+  manifest_cache_refs=N chunk refs icechunk keeps in memory (default: a fifth of
+                        cache_size at ~80 bytes a ref, 2.7 million for 1G; given, its
+                        bytes come out of cache_size first)
   show_versions         list .vchunkfs in the root directory (it is always reachable)
   poll_interval=SEC     how often a branch view checks for a new head (default 2)
   read_ahead_kb=KB      kernel read-ahead of the mount (default 1024: one request per
                         OISST-sized chunk; 0 leaves the kernel default)
+  timeout=SEC           deadline of every backend call and every FUSE request: a read
+                        or listing still waiting then fails with EIO, the log names the
+                        call, and the mount keeps serving (default 30; 0: none)
   prefetch=N            after a cold read of a chunk file, fetch the array's next N
                         chunk files into the daemon's cache (default 4; 0: off)
   allow_other           let other users read the mount (needs user_allow_other in
@@ -81,12 +88,13 @@ class MountOptions:
     region: str | None = None
     anonymous: bool = False
     storage_config: dict[str, str] = field(default_factory=dict)
-    cache_size: int = 512 * 1024 * 1024
-    manifest_cache_refs: int = 2_000_000
+    cache_size: int = 1024 * 1024 * 1024  # the memory budget (vchunkfs.fs.budget)
+    manifest_cache_refs: int | None = None  # None: the budget's share
     show_versions: bool = False
     poll_interval: float = 2.0
     read_ahead_kb: int = 1024
     prefetch: int = 4
+    timeout: float = 30.0  # 0: no deadline
     allow_other: bool = False
     uid: int | None = None
     gid: int | None = None
@@ -154,6 +162,10 @@ def parse_options(source: str, mountpoint: str, options: list[str]) -> MountOpti
                 case "prefetch" if value:
                     opts.prefetch = int(value)
                     if opts.prefetch < 0:
+                        raise ValueError
+                case "timeout" if value:
+                    opts.timeout = float(value)
+                    if not opts.timeout >= 0 or opts.timeout == float("inf"):
                         raise ValueError
                 case "allow_other" if flag:
                     opts.allow_other = True

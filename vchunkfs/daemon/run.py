@@ -17,14 +17,7 @@ import subprocess
 from pathlib import Path
 
 from vchunkfs.daemon.options import MountOptions
-from vchunkfs.errors import UsageError, VchunkfsError
-
-
-class MountError(VchunkfsError):
-    """The mount could not be made (mountpoint, FUSE, or the daemon died)."""
-
-    code = "mount"
-    exit_status = 32  # mount(8)'s "mount failure"
+from vchunkfs.errors import MountError, UsageError, VchunkfsError
 
 
 def check_mountpoint(path: str) -> str:

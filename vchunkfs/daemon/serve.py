@@ -22,12 +22,15 @@ from vchunkfs.bridge import AsyncioBridge
 from vchunkfs.daemon.control_ops import ControlOps
 from vchunkfs.daemon.control_server import ControlServer, default_socket_path
 from vchunkfs.daemon.options import MountOptions
-from vchunkfs.daemon.run import MountError
-from vchunkfs.errors import VchunkfsError
+from vchunkfs.errors import MountError, VchunkfsError
+from vchunkfs.fs.budget import MemoryBudget
 from vchunkfs.fs.namespace import FsError, MountConfig, Namespace
 from vchunkfs.fs.operations import KernelInvalidator, Operations
+from vchunkfs.fs.source import RepoSource
+from vchunkfs.presentation.converted import set_decoded_cache_bytes
 from vchunkfs.repository import Authorization, Repo, StorageOptions, parse_repo_url
 from vchunkfs.repository.logs import quiet_engine_logs
+from vchunkfs.repository.snapshot import ViewCaches
 
 log = logging.getLogger("vchunkfs.daemon")
 
@@ -50,14 +53,20 @@ def _open_and_serve(opts: MountOptions, ready_fd: int | None) -> int:
     bridge = AsyncioBridge()
     try:
         config = ic.RepositoryConfig.default()
-        config.caching = ic.CachingConfig(num_chunk_refs=opts.manifest_cache_refs)
+        memory = MemoryBudget.split(opts.cache_size, opts.manifest_cache_refs)
+        set_decoded_cache_bytes(memory.decoded_bytes)
+        config.caching = ic.CachingConfig(num_chunk_refs=memory.manifest_refs)
+        timeout = opts.timeout or None
         repo = bridge.run(lambda: Repo.open(
             parse_repo_url(opts.source),
             authorization=Authorization.load(opts.authorize, opts.auth_file),
             storage_options=StorageOptions.from_env(
                 endpoint_url=opts.endpoint_url, region=opts.region,
                 anonymous=opts.anonymous or None, config=opts.storage_config or None),
-            config=config))
+            config=config), timeout, f"open the repository {opts.source}")
+        repo.caches = ViewCaches(size_entries=memory.size_entries,
+                                 index_bytes=memory.index_bytes, call_timeout=timeout)
+        log.info("%s", memory.describe())
         trusted = set(repo.authorization.prefixes)
         for c in repo.containers():
             if c.url_prefix not in trusted:
@@ -65,10 +74,10 @@ def _open_and_serve(opts: MountOptions, ready_fd: int | None) -> int:
                             "read as EACCES (mount with -o authorize=%s to trust it)",
                             c.url_prefix, c.url_prefix)
         socket_path = opts.control_socket or default_socket_path(opts.mountpoint)
-        namespace = Namespace(repo, bridge, MountConfig(
+        namespace = Namespace(RepoSource(repo), bridge, MountConfig(
             version=opts.version, presentation=opts.presentation, cache_bytes=opts.cache_size,
             show_versions=opts.show_versions, poll_interval=opts.poll_interval,
-            prefetch=opts.prefetch,
+            prefetch=opts.prefetch, timeout=timeout, memory=memory,
             control_socket=socket_path))
         invalidator = KernelInvalidator()
         ops = ControlOps(repo, bridge, namespace, invalidator, opts.mountpoint)

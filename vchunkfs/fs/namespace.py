@@ -23,10 +23,13 @@ get short timeouts and uncacheable negative lookups.
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import errno
 import functools
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
@@ -44,10 +47,12 @@ from vchunkfs.errors import (
     VchunkfsError,
 )
 from vchunkfs.fs.blockcache import BLOCK_SIZE, BlockCache, read_blocks, slice_block
+from vchunkfs.fs.budget import MemoryBudget
+from vchunkfs.fs.source import PresentationFactory, VersionSource
 from vchunkfs.presentation.base import Presentation, make_presentation
 from vchunkfs.presentation.history import render_history
 from vchunkfs.presentation.names import canonical_presentations
-from vchunkfs.repository import Repo, Version
+from vchunkfs.repository import Version
 from vchunkfs.repository.names import VERSIONS_DIR
 from vchunkfs.repository.repo import Commit
 from vchunkfs.repository.snapshot import Entry, SnapshotView, Unknown
@@ -60,11 +65,9 @@ TEXT_FILES = ("HEAD", "history")
 LONG_TIMEOUT = 24 * 3600.0  # generations never change
 SHORT_TIMEOUT = 1.0  # floating nodes follow the repository
 HISTORY_LIMIT = 10_000
-ENTRY_CACHE = 200_000
-# inodes of generation nodes the kernel forgot, kept so that the next lookup of the
-# same name (after the kernel dropped its dentries) needs no new inode; about 1 KB
-# each with its cached reply (measured), so at most ~50 MB
-RETIRED_INODES = 50_000
+# retired inodes (generation nodes the kernel forgot, kept so that the next lookup of
+# the same name needs no new inode), the entry cache and the listings kept are bounded
+# by the memory budget's "names" share (vchunkfs.fs.budget)
 # on a cold read of a chunk file, fetch the array's next chunk files (MountConfig.prefetch
 # of them) into the block cache, through the same icechunk get as any read, with at most
 # PREFETCH_WORKERS at once: the fetches overlap the reader's requests
@@ -75,6 +78,11 @@ XATTR_STATS = "user.vchunkfs.stats"
 XATTR_SOCKET = "user.vchunkfs.control_socket"
 
 TREE, VERSIONS, REFS, TEXT = "tree", "versions", "refs", "text"
+
+# The deadline (trio clock) of the FUSE request the current task serves, set by the
+# adapter: every backend call made for the request ends by then (docs/concurrency.md).
+REQUEST_DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "vchunkfs_request_deadline", default=math.inf)
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,15 @@ class OpenFile:
     cache_key: Hashable = None  # the block cache's key of the file's bytes
 
 
+@dataclass(slots=True)
+class DirHandle:
+    """An open directory: its listing, taken once per pass, served by offset."""
+
+    ino: int
+    entries: list[tuple[str, NodeKey, Attr]] | None = None
+    gen: str = ""  # for a floating tree directory, the generation listed
+
+
 class Invalidator(Protocol):
     """How the core asks the kernel to forget cached entries (implemented by the adapter)."""
 
@@ -164,13 +181,18 @@ class FsError(Exception):
 
 @dataclass
 class MountConfig:
+    """What the core needs of the mount options; the defaults are those of
+    :class:`vchunkfs.daemon.options.MountOptions` (a test keeps them equal)."""
+
     version: str = "main"
     presentation: str = "v3"  # a name, several joined with "+", or "all"
-    cache_bytes: int = 512 * 1024 * 1024
+    cache_bytes: int = 1024 * 1024 * 1024  # the memory budget (vchunkfs.fs.budget)
     show_versions: bool = False
     poll_interval: float = 2.0
     control_socket: str | None = None
-    prefetch: int = 0  # chunk files fetched ahead of a cold read (run_prefetcher serves them)
+    prefetch: int = 4  # chunk files fetched ahead of a cold read (run_prefetcher serves them)
+    timeout: float | None = 30.0  # seconds any backend call, and any request, may take
+    memory: MemoryBudget | None = None  # the split of cache_bytes, if not the default one
 
 
 @dataclass
@@ -178,24 +200,28 @@ class _Generation:
     view: SnapshotView
     mtime_ns: int
     presentations: dict[str, Presentation]
+    factory: PresentationFactory = make_presentation
 
     def presentation(self, name: str) -> Presentation:
         pres = self.presentations.get(name)
         if pres is None:
-            pres = self.presentations[name] = make_presentation(name, self.view)
+            pres = self.presentations[name] = self.factory(name, self.view)
         return pres
 
 
 class Namespace:
     """The mount's tree. All methods run in the trio thread."""
 
-    def __init__(self, repo: Repo, bridge: AsyncioBridge, config: MountConfig,
-                 staged: StagedSource | None = None) -> None:
-        self.repo = repo
+    def __init__(self, source: VersionSource, bridge: AsyncioBridge, config: MountConfig,
+                 staged: StagedSource | None = None,
+                 presentation_factory: PresentationFactory = make_presentation) -> None:
+        self.source = source
+        self.presentation_factory = presentation_factory
         self.staged = staged
         self.bridge = bridge
         self.config = config
-        self.cache = BlockCache(config.cache_bytes)
+        self.memory = config.memory or MemoryBudget.split(config.cache_bytes)
+        self.cache = BlockCache(self.memory.blocks)
         self.presentations = canonical_presentations(config.presentation)
         # with one presentation every tree node has it; with several, a version's top
         # directory lists one subdirectory per presentation (nodes with pres "")
@@ -208,15 +234,24 @@ class Namespace:
         self._retired: OrderedDict[int, None] = OrderedDict()
         self._prefetch_send: trio.MemorySendChannel[tuple[Hashable, Presentation, str, int]] \
             | None = None
-        self._prefetching: set[Hashable] = set()  # queued or fetched, not yet read
+        # queued or fetched, not yet read -> size
+        self._prefetching: dict[Hashable, int] = {}
         self._next_ino = ROOT + 1
         self._trees: dict[str, Tree] = {}
         self._generations: LRUCache[str, _Generation] = LRUCache(64)
         # (generation, path) -> entry or None: generations never change, and a hit
         # saves a round trip through the bridge (0.1-0.3 ms) on lookup, getattr, open
-        self._entries: LRUCache[tuple[str, str, str], Entry | None] = LRUCache(ENTRY_CACHE)
+        self._entries: LRUCache[tuple[str, str, str], Entry | None] = LRUCache(
+            self.memory.entry_cache)
         self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        # listings of generation directories (they never change), bounded in entries
+        self._listings: LRUCache[tuple[str, str, str], list[tuple[str, NodeKey, Attr]]] = \
+            LRUCache(self.memory.listing_entries,
+                     getsizeof=lambda entries: max(len(entries), 1))
         self._next_fh = 1
+        # one poll at a time (the poller and control requests both poll)
+        self._poll_lock = trio.Lock()
         root = Inode(ROOT, NodeKey(TREE, "root", "", "", self._top_pres), ROOT, "", lookups=1)
         self._inodes[ROOT] = root
 
@@ -224,15 +259,25 @@ class Namespace:
 
     async def start(self) -> Tree:
         """Resolve the root version (raises the repository layer's errors)."""
-        version = await self._call(lambda: self.repo.resolve(self.config.version))
+        version = await self._call(lambda: self.source.resolve(self.config.version),
+                                   f"resolve version {self.config.version}")
         tree = await self._make_tree("root", version)
         return tree
 
-    async def _call[T](self, fn: Callable[[], Awaitable[T]]) -> T:
-        return await self.bridge.call(fn)
+    async def _call[T](self, fn: Callable[[], Awaitable[T]], what: str = "") -> T:
+        """Await ``fn()`` on the bridge's loop, within the mount's deadline and the
+        current request's (:class:`~vchunkfs.errors.BackendTimeoutError` naming
+        ``what`` after it)."""
+        timeout = self.config.timeout
+        if timeout is not None:
+            timeout = min(timeout, REQUEST_DEADLINE.get() - trio.current_time())
+        return await self.bridge.call(fn, timeout, what)
 
     async def _make_tree(self, tree_id: str, version: Version) -> Tree:
         gen = await self._generation(version.snapshot_id)
+        existing = self._trees.get(tree_id)
+        if existing is not None:  # made by another task meanwhile: the poller moves that one
+            return existing
         tree = Tree(tree_id, version, gen.mtime_ns)
         self._trees[tree_id] = tree
         return tree
@@ -241,14 +286,16 @@ class Namespace:
         gen = self._generations.get(snapshot_id)
         if gen is None and snapshot_id.startswith("staged-") and self.staged is not None:
             staged = self.staged
-            view = await self._pcall(lambda: staged.staged_view(snapshot_id), snapshot_id)
-            gen = _Generation(view, time.time_ns(), {})
+            view = await self._pcall(lambda: staged.staged_view(snapshot_id), snapshot_id,
+                                     "open staged state")
+            gen = _Generation(view, time.time_ns(), {}, self.presentation_factory)
             self._generations[snapshot_id] = gen
         if gen is None:
-            view = await self._pcall(lambda: self.repo.view_of(snapshot_id), snapshot_id)
-            info = await self._pcall(lambda: self.repo.ic.lookup_snapshot_async(snapshot_id),
-                                     snapshot_id)
-            gen = _Generation(view, int(info.written_at.timestamp() * 1e9), {})
+            view = await self._pcall(lambda: self.source.view(snapshot_id), snapshot_id,
+                                     "open snapshot")
+            written = await self._pcall(lambda: self.source.written_at_ns(snapshot_id),
+                                        snapshot_id, "look up snapshot")
+            gen = _Generation(view, written, {}, self.presentation_factory)
             self._generations[snapshot_id] = gen
         return gen
 
@@ -259,9 +306,9 @@ class Namespace:
             return tree
         kind, _, name = tree_id.partition(":")
         if kind == "branch":
-            refs = await self._pcall(self.repo.branches, "branches")
+            refs = await self._pcall(self.source.branches, "branches", "list")
         elif kind == "tag":
-            refs = await self._pcall(self.repo.tags, "tags")
+            refs = await self._pcall(self.source.tags, "tags", "list")
         elif kind == "staged":
             refs = self.staged.staged_ids() if self.staged else {}
         else:
@@ -272,7 +319,7 @@ class Namespace:
         return await self._make_tree(tree_id, version)
 
     async def _snapshot_ids(self) -> set[str]:
-        return await self._pcall(self.repo._reachable_snapshots, "snapshots")
+        return await self._pcall(self.source.snapshot_ids, "snapshots", "list")
 
     # -- inode table ----------------------------------------------------------
 
@@ -311,7 +358,7 @@ class Namespace:
             return
         if node.key.kind == TREE and node.key.gen:
             self._retired[ino] = None
-            if len(self._retired) > RETIRED_INODES:
+            if len(self._retired) > self.memory.retired_inodes:
                 self._delete(self._retired.popitem(last=False)[0])
             return
         self._delete(ino)
@@ -433,8 +480,90 @@ class Namespace:
         node = self._node(ino)
         return await self._attr(ino, node.key)
 
+    # -- directory listings: one snapshot per handle, served by offset ----------------
+
+    def opendir(self, ino: int) -> int:
+        """A directory handle; its listing is taken at the first :meth:`readdir` from
+        offset 0 (and again at each rewind) and served by offset from then on."""
+        self._node(ino)
+        dh = self._next_fh
+        self._next_fh += 1
+        self._dirs[dh] = DirHandle(ino)
+        return dh
+
+    def releasedir(self, dh: int) -> None:
+        self._dirs.pop(dh, None)
+
+    async def readdir(self, dh: int, start: int,
+                      emit: Callable[[str, Attr, int], bool]) -> None:
+        """Offer the handle's entries from offset ``start`` to ``emit`` (with the offset
+        after the entry: its index + 1) until it refuses one. An inode is made only for an
+        entry offered, counted as a kernel reference only when ``emit`` accepted it."""
+        handle = self._dirs.get(dh)
+        if handle is None:
+            raise FsError(errno.EBADF)
+        if start == 0 or handle.entries is None:
+            handle.entries, handle.gen = await self._list(handle.ino)
+        entries = handle.entries
+        parent = self._inodes.get(handle.ino)
+        if parent is None:
+            raise FsError(errno.ESTALE, f"inode {handle.ino} is unknown")
+        # a floating directory whose version moved since the listing was taken: its
+        # entries (of the listed generation) must not be cached by the kernel for long
+        stale = bool(handle.gen) and handle.gen != self._floating_gen(parent)
+        for i in range(start, len(entries)):
+            name, key, a = entries[i]
+            if not key.path:
+                key, a = self._current_ref(key, a)
+            cino = self._intern(key, handle.ino, name)
+            known = self._inodes[cino].attr
+            if known is not None and not stale:
+                attr = known  # a generation node listed or looked up before
+            elif stale and a.timeout == LONG_TIMEOUT:
+                attr = Attr(cino, a.is_dir, a.size, a.mtime_ns, SHORT_TIMEOUT)
+            else:
+                attr = Attr(cino, a.is_dir, a.size, a.mtime_ns, a.timeout)
+                self._remember(parent, name, cino, attr)
+            if not emit(name, attr, i + 1):
+                self.drop_if_unreferenced(cino)
+                return
+            self.add_lookup(cino)
+
+    def _floating_gen(self, node: Inode) -> str:
+        """The generation a floating tree directory shows now ("" for others)."""
+        k = node.key
+        if k.kind == TREE and not k.gen:
+            tree = self._trees.get(k.tree)
+            return tree.snapshot_id if tree is not None else ""
+        return ""
+
+    def _current_ref(self, key: NodeKey, attr: Attr) -> tuple[NodeKey, Attr]:
+        """A version's top directory (under ``branches/`` …) as of now: its tree may have
+        moved since the listing was taken."""
+        if key.kind == TREE and key.gen and not key.path and key.tree != "root":
+            tree = self._trees.get(key.tree)
+            if tree is not None and tree.snapshot_id != key.gen:
+                return (dataclasses.replace(key, gen=tree.snapshot_id),
+                        dataclasses.replace(attr, mtime_ns=tree.mtime_ns))
+        return key, attr
+
     async def listdir(self, ino: int) -> list[tuple[str, NodeKey, Attr]]:
-        """Entries of a directory with attributes; the caller counts accepted ones."""
+        """Every entry of a directory with its inode (for tests and tools; FUSE lists
+        through :meth:`opendir` and :meth:`readdir`). Entries are counted as references."""
+        out: list[tuple[str, NodeKey, Attr]] = []
+        dh = self.opendir(ino)
+        try:
+            def take(name: str, attr: Attr, _next: int) -> bool:
+                out.append((name, self._inodes[attr.ino].key, attr))
+                return True
+            await self.readdir(dh, 0, take)
+        finally:
+            self.releasedir(dh)
+        return out
+
+    async def _list(self, ino: int) -> tuple[list[tuple[str, NodeKey, Attr]], str]:
+        """A directory's entries, attributes without inodes (``ino`` 0), and the generation
+        a floating tree directory showed ("" for the others)."""
         node = self._node(ino)
         key = node.key
         out: list[tuple[str, NodeKey, Attr]] = []
@@ -444,25 +573,27 @@ class Namespace:
             if not key.pres:
                 for name in self.presentations:
                     child = NodeKey(TREE, key.tree, gen_id, "", name)
-                    cino = self._intern(child, ino, name)
-                    attr = Attr(cino, True, 0, gen.mtime_ns, LONG_TIMEOUT)
-                    self._remember(node, name, cino, attr)
-                    out.append((name, child, attr))
+                    out.append((name, child, Attr(0, True, 0, gen.mtime_ns, LONG_TIMEOUT)))
             else:
-                pres = gen.presentation(key.pres)
-                entries = await self._pcall(lambda: pres.list_dir(key.path), key.path)
-                for e in entries:
-                    child = NodeKey(TREE, key.tree, gen_id, _join(key.path, e.name), key.pres)
-                    self._entries[(gen_id, key.pres, child.path)] = e
-                    cino = self._intern(child, ino, e.name)
-                    attr = Attr(cino, e.is_dir, e.size, gen.mtime_ns, LONG_TIMEOUT)
-                    self._remember(node, e.name, cino, attr)
-                    out.append((e.name, child, attr))
+                cached = self._listings.get((gen_id, key.pres, key.path))
+                if cached is not None:
+                    out = cached.copy()
+                else:
+                    pres = gen.presentation(key.pres)
+                    entries = await self._pcall(lambda: pres.list_dir(key.path), key.path,
+                                                "list")
+                    for e in entries:
+                        child = NodeKey(TREE, key.tree, gen_id, _join(key.path, e.name),
+                                        key.pres)
+                        self._entries[(gen_id, key.pres, child.path)] = e
+                        out.append((e.name, child,
+                                    Attr(0, e.is_dir, e.size, gen.mtime_ns, LONG_TIMEOUT)))
+                    if len(out) <= self.memory.listing_entries:
+                        self._listings[(gen_id, key.pres, key.path)] = out.copy()
             if ino == ROOT and self.config.show_versions:
                 vkey = NodeKey(VERSIONS)
-                out.append((VERSIONS_DIR, vkey, await self._attr(
-                    self._intern(vkey, ino, VERSIONS_DIR), vkey)))
-            return out
+                out.append((VERSIONS_DIR, vkey, await self._attr(0, vkey)))
+            return out, "" if key.gen else gen_id
         if key.kind == VERSIONS:
             names = [(n, NodeKey(REFS, path=n)) for n in REF_DIRS]
             names += [(n, NodeKey(TEXT, path=n)) for n in TEXT_FILES]
@@ -477,9 +608,8 @@ class Namespace:
                 if tree is None:
                     continue  # deleted while listing
                 child = NodeKey(TREE, child.tree, tree.snapshot_id, "", self._top_pres)
-            cino = self._intern(child, ino, name)
-            out.append((name, child, await self._attr(cino, child)))
-        return out
+            out.append((name, child, await self._attr(0, child)))
+        return out, ""
 
     async def open(self, ino: int) -> tuple[int, OpenFile]:
         node = self._node(ino)
@@ -520,17 +650,19 @@ class Namespace:
                  and (cache_key not in self.cache or cache_key in self._prefetching))
         data = await read_blocks(self.cache, cache_key, f.size, offset, length, fetch)
         if ahead:
-            self._prefetching.discard(cache_key)
+            self._prefetching.pop(cache_key, None)
             self._prefetch_after(pres, f.key.gen, path)
         return data
 
     async def _fetch(self, pres: Presentation, path: str, off: int, n: int,
                      quiet: bool = False) -> bytes:
         """``n`` bytes of ``path`` from ``off``, fetched through the presentation."""
+        what = f"read {path} [{off}:{off + n}]"
         if quiet:
-            data = await self._call(lambda: pres.read(path, off, n))
+            data = await self._call(lambda: pres.read(path, off, n),
+                                    "prefetch" + what.removeprefix("read"))
         else:
-            data = await self._pcall(lambda: pres.read(path, off, n), path)
+            data = await self._pcall(lambda: pres.read(path, off, n), path, what)
         if len(data) != n:
             # sizes are exact by contract; anything else is wrong bytes
             raise FsError(errno.EIO, f"{path}: got {len(data)} bytes, expected {n}")
@@ -546,18 +678,21 @@ class Namespace:
             return
         if len(self._prefetching) > 4 * (ahead + PREFETCH_WORKERS):
             # prefetched files evicted or never read: forget them
-            self._prefetching = {k for k in self._prefetching if k in self.cache}
+            self._prefetching = {k: n for k, n in self._prefetching.items() if k in self.cache}
         for next_path, size in pres.following(path, ahead):
             key = (gen, pres.name, next_path)
             if size <= 0 or size > BLOCK_SIZE or key in self.cache:
                 continue
             if size > self.cache.max_bytes // (4 * ahead):
                 return  # the cache is too small to hold a window of files this big
+            if sum(self._prefetching.values()) + size > self.cache.max_bytes // 4:
+                return  # prefetched and unread already fill their share: evicting them
+                # (or what readers are reading) to fetch more would only fetch twice
             try:
                 send.send_nowait((key, pres, next_path, size))
             except trio.WouldBlock:
                 return
-            self._prefetching.add(key)
+            self._prefetching[key] = size
 
     async def run_prefetcher(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                              ) -> None:
@@ -579,7 +714,7 @@ class Namespace:
                     await self.cache.prefetch(key, functools.partial(
                         self._fetch, pres, path, 0, size, quiet=True))
                 except Exception as e:
-                    self._prefetching.discard(key)
+                    self._prefetching.pop(key, None)
                     log.debug("prefetch of %s: %s", path, _first_line(e))
 
         try:
@@ -661,7 +796,7 @@ class Namespace:
         if not isinstance(known, Unknown):
             self._entries[cache_key] = known
             return known
-        entry = await self._pcall(lambda: pres.stat(path), path)
+        entry = await self._pcall(lambda: pres.stat(path), path, "stat")
         self._entries[cache_key] = entry
         return entry
 
@@ -698,9 +833,9 @@ class Namespace:
 
     async def _ref_names(self, which: str) -> list[str]:
         if which == "branches":
-            return list(await self._pcall(self.repo.branches, "branches"))
+            return list(await self._pcall(self.source.branches, "branches", "list"))
         if which == "tags":
-            return list(await self._pcall(self.repo.tags, "tags"))
+            return list(await self._pcall(self.source.tags, "tags", "list"))
         if which == "staged":
             return sorted(self.staged.staged_ids()) if self.staged else []
         return sorted(await self._snapshot_ids())
@@ -712,19 +847,20 @@ class Namespace:
             return f"{v.kind} {v.name}\nsnapshot {v.snapshot_id}\n".encode()
 
         async def commits() -> list[Commit]:
-            return [c async for c in self.repo.history(v.snapshot_id, HISTORY_LIMIT)]
+            return await self.source.history(v.snapshot_id, HISTORY_LIMIT)
 
         labels: dict[str, list[str]] = {}
-        for kind, refs in (("branch", await self._pcall(self.repo.branches, "branches")),
-                           ("tag", await self._pcall(self.repo.tags, "tags"))):
+        branches = await self._pcall(self.source.branches, "branches", "list")
+        tags = await self._pcall(self.source.tags, "tags", "list")
+        for kind, refs in (("branch", branches), ("tag", tags)):
             for n, sid in refs.items():
                 labels.setdefault(sid, []).append(f"{kind} {n}")
-        return render_history(await self._pcall(commits, "history"), labels).encode()
+        return render_history(await self._pcall(commits, "history", "read"), labels).encode()
 
-    async def _pcall[T](self, fn: Callable[[], Awaitable[T]], path: str) -> T:
+    async def _pcall[T](self, fn: Callable[[], Awaitable[T]], path: str, op: str = "") -> T:
         """Call the presentation through the bridge; map errors to errnos, log once."""
         try:
-            return await self._call(fn)
+            return await self._call(fn, op if path in op else f"{op} {path}".strip())
         except VchunkfsError as e:
             err = errno_for(e)
             if err != errno.ENOENT:  # absence is an answer, not a failure: not logged
@@ -737,14 +873,28 @@ class Namespace:
     # -- following branches ---------------------------------------------------
 
     async def poll_branches(self, invalidator: Invalidator) -> list[str]:
-        """Move branch trees whose branch moved; return the ids of the trees that changed."""
+        """Move branch trees whose branch moved; return the ids of the trees that changed.
+
+        Never raises (but ``trio.Cancelled``): a failure is logged, and what could not
+        be moved is retried at the next poll. One poll runs at a time: a second caller
+        waits for the running one, then polls again (the heads it reads are newer).
+        """
+        async with self._poll_lock:
+            try:
+                return await self._poll_branches(invalidator)
+            except Exception as e:
+                log.warning("polling the branches failed (retried at the next poll): %s",
+                            _first_line(e))
+                return []
+
+    async def _poll_branches(self, invalidator: Invalidator) -> list[str]:
         moving = [t for t in self._trees.values() if t.version.moves]
         if not moving:
             return []
         heads: dict[str, str] = {}
         if any(t.version.kind == "branch" for t in moving):
             try:
-                heads = await self._call(self.repo.branches)
+                heads = await self._call(self.source.branches, "list branches")
             except Exception as e:  # the backend may be down for a while: keep serving
                 log.warning("cannot poll branches: %s", _first_line(e))
                 moving = [t for t in moving if t.version.kind != "branch"]
@@ -753,9 +903,9 @@ class Namespace:
                for t in moving if t.version.kind == "branch"):
             # a writer that moved a branch may also have added containers
             try:
-                if await self._call(self.repo.reload_config):
+                if await self._call(self.source.reload_config, "reload the repository config"):
                     log.info("virtual chunk containers changed: %s",
-                             ", ".join(c.url_prefix for c in self.repo.containers()))
+                             ", ".join(self.source.container_prefixes()))
             except Exception as e:
                 log.warning("cannot reload the repository config: %s", _first_line(e))
         changed = []
@@ -765,6 +915,8 @@ class Namespace:
             if new == tree.snapshot_id:
                 continue
             old = tree.snapshot_id
+            if self._trees.get(tree.id) is not tree:
+                continue  # dropped meanwhile
             if new is None:
                 if tree.id == "root":
                     log.warning("branch %s was deleted; the root keeps showing %s",
@@ -776,12 +928,18 @@ class Namespace:
                     gen = await self._generation(new)
                 except FsError:  # logged; its snapshot unreadable: keep the old, retry
                     continue
+                if self._trees.get(tree.id) is not tree or tree.snapshot_id != old:
+                    continue  # changed meanwhile (re-check after await)
                 tree.version = Version(new, kind, tree.version.name)
                 tree.mtime_ns = gen.mtime_ns
             if kind == "branch":
                 log.info("branch %s moved %s -> %s", tree.version.name, old, new)
-            self._invalidate_generation(tree.id, old, invalidator)
             changed.append(tree.id)
+            try:
+                self._invalidate_generation(tree.id, old, invalidator)
+            except Exception as e:  # the kernel keeps stale entries until they time out
+                log.warning("invalidating the kernel's entries of %s: %s", tree.id,
+                            _first_line(e))
         return changed
 
     def _invalidate_generation(self, tree_id: str, gen: str, invalidator: Invalidator) -> None:
@@ -797,10 +955,14 @@ class Namespace:
 
     async def run_poller(self, invalidator: Invalidator,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll the branches every ``poll_interval`` until cancelled; never ends the mount."""
         task_status.started()
         while True:
             await trio.sleep(self.config.poll_interval)
-            await self.poll_branches(invalidator)
+            try:
+                await self.poll_branches(invalidator)
+            except Exception:  # poll_branches logs its own failures: this is a bug
+                log.exception("the branch poller failed; it goes on")
 
 
 def errno_for(e: VchunkfsError) -> int:

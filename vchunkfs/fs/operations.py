@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import stat
 from collections.abc import Awaitable, Sequence
 
 import pyfuse3
+import trio
 
-from vchunkfs.fs.namespace import Attr, FsError, Inode, Invalidator, Namespace
+from vchunkfs.fs.namespace import REQUEST_DEADLINE, Attr, FsError, Inode, Invalidator, Namespace
 
 log = logging.getLogger("vchunkfs.fs")
 
 BLKSIZE = 128 * 1024
+# a request still running this long after its deadline (a wait that no backend call
+# bounds: a bug) is ended with EIO all the same
+REQUEST_GRACE = 5.0
 
 
 class KernelInvalidator(Invalidator):
@@ -48,6 +53,30 @@ class Operations(pyfuse3.Operations):
         # the only users the control socket accepts (with root), so the only readers of
         # the staged changes made through it, whatever uid= shows for the rest
         self.owner_uid, self.owner_gid = os.getuid(), os.getgid()
+
+    async def _fs[T](self, awaitable: Awaitable[T]) -> T:
+        """Run a namespace coroutine for a request, within the request's deadline (the
+        mount's ``timeout``): its errors become the request's errno."""
+        timeout = self.ns.config.timeout
+        token = None
+        if timeout is not None:
+            token = REQUEST_DEADLINE.set(trio.current_time() + timeout)
+        try:
+            with trio.move_on_after(math.inf if timeout is None else timeout + REQUEST_GRACE):
+                return await awaitable
+            log.error("a request ran %g s past its deadline: ended with EIO", REQUEST_GRACE)
+            raise pyfuse3.FUSEError(errno.EIO)
+        except FsError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            # a bug or an unexpected engine error: fail this request, keep serving
+            log.exception("unexpected error")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if token is not None:
+                REQUEST_DEADLINE.reset(token)
 
     def _reply(self, node: Inode) -> pyfuse3.EntryAttributes:
         """The entry of a node whose attributes never change, built once per inode
@@ -92,7 +121,7 @@ class Operations(pyfuse3.Operations):
             return await self.getattr(parent_inode, ctx)
         if text == "..":
             raise pyfuse3.FUSEError(errno.ENOTSUP)
-        return self._entry(await _fs(self.ns.lookup(parent_inode, text)))
+        return self._entry(await self._fs(self.ns.lookup(parent_inode, text)))
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         for ino, n in inode_list:
@@ -103,32 +132,40 @@ class Operations(pyfuse3.Operations):
         node = self.ns.node_known(inode)
         if node is not None:
             return self._reply(node)
-        return self._entry(await _fs(self.ns.getattr(inode)))
+        return self._entry(await self._fs(self.ns.getattr(inode)))
 
     async def opendir(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
-        attr = await _fs(self.ns.getattr(inode))
+        node = self.ns.node_known(inode)
+        attr = node.attr if node is not None else await self._fs(self.ns.getattr(inode))
+        assert attr is not None
         if not attr.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return pyfuse3.FileHandleT(inode)
+        try:
+            return pyfuse3.FileHandleT(self.ns.opendir(inode))
+        except FsError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
 
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
                       token: pyfuse3.ReaddirToken) -> None:
-        entries = await _fs(self.ns.listdir(fh))
-        for i in range(start_id, len(entries)):
-            name, _key, attr = entries[i]
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(attr), i + 1):
-                for _name, _k, rest in entries[i:]:
-                    self.ns.drop_if_unreferenced(rest.ino)
-                return
-            self.ns.add_lookup(attr.ino)
+        # entries come from the handle's listing, by offset: each request costs the
+        # entries it returns, and a listing never skips or repeats an entry
+        def emit(name: str, attr: Attr, next_offset: int) -> bool:
+            node = self.ns.node_known(attr.ino)
+            entry = self._reply(node) if node is not None else self._entry(attr)
+            return bool(pyfuse3.readdir_reply(token, os.fsencode(name), entry, next_offset))
+
+        await self._fs(self.ns.readdir(fh, start_id, emit))
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        self.ns.releasedir(fh)
 
     async def open(self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         opened = self.ns.open_known(inode)
-        fh, f = opened if opened is not None else await _fs(self.ns.open(inode))
+        fh, f = opened if opened is not None else await self._fs(self.ns.open(inode))
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=f.keep_cache,
                                 direct_io=f.text is not None)
 
@@ -138,7 +175,7 @@ class Operations(pyfuse3.Operations):
         data = self.ns.read_cached(fh, off, size)
         if data is not None:
             return data
-        return await _fs(self.ns.read(fh, off, size))
+        return await self._fs(self.ns.read(fh, off, size))
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         self.ns.release(fh)
@@ -168,15 +205,4 @@ class Operations(pyfuse3.Operations):
 
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _erofs  # type: ignore[assignment]
     write = create = setxattr = removexattr = _erofs  # type: ignore[assignment]
-
-
-async def _fs[T](awaitable: Awaitable[T]) -> T:
-    try:
-        return await awaitable
-    except FsError as e:
-        raise pyfuse3.FUSEError(e.errno) from None
-    except Exception:
-        # a bug or an unexpected engine error: fail this request, keep serving
-        log.exception("unexpected error")
-        raise pyfuse3.FUSEError(errno.EIO) from None
 

@@ -30,13 +30,13 @@ import logging
 import math
 import struct
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from vchunkfs.errors import NotFoundError, VchunkfsError
+from vchunkfs.errors import BackendTimeoutError, NotFoundError, VchunkfsError
 from vchunkfs.presentation.codecs import CodecChain, UnsupportedArrayError
 from vchunkfs.repository.chunkgrid import ChunkGrid, Coords
 from vchunkfs.repository.names import ZARR_V2_NAMES, hidden_by_name
@@ -307,11 +307,30 @@ class ConvertedPresentation:
                       chain.decoded_nbytes if self.decoded else size) for c, size in stored]
 
     async def _decoded_chunk(self, array: str, coords: Coords, keep: bool) -> bytes:
-        """The decoded chunk; ``keep`` it for the reads of its other parts that follow."""
+        """The decoded chunk; ``keep`` it for the reads of its other parts that follow.
+
+        Decoded once however many reads of its parts come at once (the kernel's
+        read-ahead asks for several 8 MiB blocks of a large file together): they share
+        one decode, which a cancelled reader does not cancel for the others."""
         cache_key = (self.view.snapshot_id, self.name, array, coords)
         data = _DECODED.get(cache_key)
         if data is not None:
             return data
+        pending = _DECODING.get(cache_key)
+        if pending is None:
+            # shared, so not cancelled with its first reader: bounded by the mount's
+            # deadline instead, after which the next reader starts again
+            decode = self._decode(array, coords, cache_key, keep)
+            timeout = self.view.caches.call_timeout
+            pending = asyncio.ensure_future(
+                decode if timeout is None else _within(decode, timeout, f"decode {array} "
+                                                       f"chunk {coords}"))
+            _DECODING[cache_key] = pending
+            pending.add_done_callback(_decode_done(cache_key))
+        return await asyncio.shield(pending)
+
+    async def _decode(self, array: str, coords: Coords, cache_key: Hashable,
+                      keep: bool) -> bytes:
         form = self._forms[array]
         assert form.chain is not None
         stored = await self.view.read_chunk(array, coords)
@@ -331,7 +350,9 @@ class _DecodedCache:
 
     One for the process, used only on the bridge's asyncio loop (every presentation
     coroutine runs there), so that the bound holds whatever the number of
-    presentations and snapshots open.
+    presentations and snapshots open. A chunk larger than the bound is kept alone
+    (everything else evicted) until the next chunk comes: its reader's next blocks
+    need no new decode, and memory stays within the bound plus one chunk.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -346,16 +367,45 @@ class _DecodedCache:
         return data
 
     def put(self, key: Hashable, data: bytes) -> None:
-        if key in self._items or len(data) > self.max_bytes:
+        if key in self._items:
             return
         self._items[key] = data
         self._bytes += len(data)
-        while self._bytes > self.max_bytes:
+        while self._bytes > self.max_bytes and len(self._items) > 1:
             _, old = self._items.popitem(last=False)
             self._bytes -= len(old)
 
+    @property
+    def current_bytes(self) -> int:
+        return self._bytes
+
 
 _DECODED = _DecodedCache(DECODED_CACHE_BYTES)
+
+
+def set_decoded_cache_bytes(max_bytes: int) -> None:
+    """Bound the process's decoded-chunk cache (the memory budget's share; at start-up,
+    before any presentation reads)."""
+    global _DECODED
+    _DECODED = _DecodedCache(max_bytes)
+# decodes in flight, by the same key: one decode per chunk however many readers
+_DECODING: dict[Hashable, asyncio.Future[bytes]] = {}
+
+
+async def _within(work: Awaitable[bytes], timeout: float, what: str) -> bytes:
+    try:
+        return await asyncio.wait_for(work, timeout)
+    except TimeoutError:
+        raise BackendTimeoutError(what, timeout) from None
+
+
+def _decode_done(key: Hashable) -> Callable[[asyncio.Future[bytes]], None]:
+    def done(future: asyncio.Future[bytes]) -> None:
+        if _DECODING.get(key) is future:
+            del _DECODING[key]
+        if not future.cancelled():
+            future.exception()  # retrieved: every reader may have gone away
+    return done
 
 
 # -- Zarr v2 documents ---------------------------------------------------------

@@ -44,6 +44,7 @@ from zarr.core.buffer import default_buffer_prototype
 
 from vchunkfs.errors import (
     BackendError,
+    BackendTimeoutError,
     NodeNotFoundError,
     NotFoundError,
     SourceChangedError,
@@ -186,6 +187,9 @@ class ViewCaches:
     index_bytes: int = 256 * 1024 * 1024
     index_max_chunks: int = 100_000
     metadata_entries: int = 10_000
+    # deadline (seconds) of a whole-array index build, which runs on even when the reader
+    # that started it gave up (the mount's timeout; None: none)
+    call_timeout: float | None = None
 
     def __post_init__(self) -> None:
         # chunk size by (snapshot, array, linear index); MISSING for a chunk not stored
@@ -558,12 +562,24 @@ class SnapshotView:
             return index
         pending = self._index_builds.get(array)
         if pending is None:
-            pending = asyncio.ensure_future(self._build_index(array, grid))
+            pending = asyncio.ensure_future(self._build_index_within(array, grid))
             self._index_builds[array] = pending
             pending.add_done_callback(lambda _: self._index_builds.pop(array, None))
         index = await asyncio.shield(pending)
         self.caches.indexes[cache_key] = index
         return index
+
+    async def _build_index_within(self, array: str, grid: ChunkGrid) -> ChunkIndex:
+        """:meth:`_build_index` within ``caches.call_timeout``: a build on a hung backend
+        ends, and the next reader starts a new one."""
+        timeout = self.caches.call_timeout
+        if timeout is None:
+            return await self._build_index(array, grid)
+        try:
+            return await asyncio.wait_for(self._build_index(array, grid), timeout)
+        except TimeoutError:
+            raise BackendTimeoutError(f"index of the chunks of {array or '/'} in snapshot "
+                                      f"{self.snapshot_id}", timeout) from None
 
     async def _build_index(self, array: str, grid: ChunkGrid) -> ChunkIndex:
         strides = np.array([int(np.prod(grid.grid_shape[i + 1:])) for i in range(grid.ndim)],
