@@ -207,8 +207,14 @@ def _container_request(args: argparse.Namespace) -> dict[str, Any]:
 # -- ctl commands -------------------------------------------------------------
 
 
+def _warn(message: str) -> None:
+    print(f"vchunkfs: warning: {message}", file=sys.stderr)
+
+
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.socket) if args.socket else Client.for_mountpoint(args.mountpoint)
+    if args.socket:
+        return Client(args.socket, on_warning=_warn)
+    return Client.for_mountpoint(args.mountpoint, on_warning=_warn)
 
 
 def _print(args: argparse.Namespace, result: Any, text: str | None = None) -> int:

@@ -44,8 +44,12 @@ class ControlError(VchunkfsError):
 class Client:
     """One connection to a control socket. Not thread-safe; use one per thread."""
 
-    def __init__(self, path: str, timeout: float | None = 3600.0) -> None:
+    def __init__(self, path: str, timeout: float | None = 3600.0,
+                 on_warning: Callable[[str], None] | None = None) -> None:
         self.path = path
+        # what the server warned about in successful replies (the requests did succeed)
+        self.warnings: list[str] = []
+        self._on_warning = on_warning
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
@@ -110,6 +114,10 @@ class Client:
                 break
             reply = protocol.recv_message(self._sock)
             rid = pending.pop(0)
+            for warning in reply.get("warnings") or ():
+                self.warnings.append(str(warning))
+                if self._on_warning:
+                    self._on_warning(str(warning))
             if not reply.get("ok"):
                 err = reply.get("error") or {}
                 if failure is None:

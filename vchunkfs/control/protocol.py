@@ -7,9 +7,11 @@ followed by ``N`` bytes holding one msgpack map. Requests::
 
 Replies, one per request, in request order::
 
-    {"v": 1, "id": INT, "ok": true, "result": ANY}
+    {"v": 1, "id": INT, "ok": true, "result": ANY[, "warnings": [STR, ...]]}
     {"v": 1, "id": INT | nil, "ok": false, "error": {"code": STR, "message": STR}}
 
+``warnings`` (optional) says what went wrong *after* the request was applied
+(e.g. the mount could not show a commit at once): the request still succeeded.
 A frame that cannot be read as a request gets an error reply with code
 ``protocol`` and ``id`` nil, and the server closes that connection only.
 docs/control-protocol.md is the full reference (operations, arguments, codes).

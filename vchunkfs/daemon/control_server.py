@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from vchunkfs.control import protocol
-from vchunkfs.daemon.control_ops import ControlOps
+from vchunkfs.daemon.control_ops import ControlOps, request_warnings
 from vchunkfs.errors import VchunkfsError
 
 log = logging.getLogger("vchunkfs.control")
@@ -133,14 +133,21 @@ class ControlServer:
         if handler is None:
             return protocol.error(rid, "unknown_op", f"unknown operation {op!r}; known: "
                                   + ", ".join(sorted(self.ops.handlers)))
+        warnings: list[str] = []
+        token = request_warnings.set(warnings)
         try:
-            return protocol.ok(rid, await handler(args))
+            reply = protocol.ok(rid, await handler(args))
         except VchunkfsError as e:
             log.info("%s failed: %s", op, e.message)
             return protocol.error(rid, e.code, e.message)
         except Exception as e:
             log.exception("%s failed unexpectedly", op)
             return protocol.error(rid, "error", f"{type(e).__name__}: {e}")
+        finally:
+            request_warnings.reset(token)
+        if warnings:
+            reply["warnings"] = warnings
+        return reply
 
 
 def _encode_reply(rid: int, reply: dict[str, Any]) -> bytes:

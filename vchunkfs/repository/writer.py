@@ -20,6 +20,7 @@ import asyncio
 import datetime
 import fcntl
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -40,6 +41,8 @@ from vchunkfs.errors import (
 )
 from vchunkfs.repository.repo import Repo, _first_line, engine_errors
 from vchunkfs.repository.snapshot import SnapshotView, ViewCaches, node_tree
+
+log = logging.getLogger("vchunkfs.writer")
 
 Checksum = str | datetime.datetime | None
 
@@ -87,6 +90,9 @@ class Writer:
         # bumped by every change, so each staged state has its own view id
         self.generation = 0
         self._dirty = False
+        # set when a commit landed (or a discard dropped the changes) but no new session
+        # could be opened: this writer must not be used again (the owner opens another)
+        self.spent = False
 
     @classmethod
     async def open(cls, repo: Repo, branch: str = "main") -> Writer:
@@ -237,13 +243,26 @@ class Writer:
                     "discard and redo the changes on the new head") from e
             except ic.IcechunkError as e:
                 raise BackendError(f"commit to {self.branch} failed: {_first_line(e)}") from e
-        # the session is spent; the next change starts from the new head
-        await self._fresh_session()
+        # the session is spent; the next change starts from the new head. The commit has
+        # landed: failing to open that session must not report it as failed
+        try:
+            await self._fresh_session()
+        except Exception as e:
+            log.warning("committed %s on %s, but cannot open the next session: %s",
+                        sid, self.branch, _first_line(e))
+            self._dirty = False
+            self.node_changes = {}
+            self.generation += 1
+            self.spent = True
         return sid
 
     async def discard(self) -> None:
         """Drop every uncommitted change; the next change starts from the branch head."""
-        await self._fresh_session()
+        try:
+            await self._fresh_session()
+        except BaseException:
+            self.spent = True  # the old session may still hold the changes: never reuse it
+            raise
 
     async def _fresh_session(self) -> None:
         self.session = await self.repo.ic.writable_session_async(self.branch)
