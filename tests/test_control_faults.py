@@ -100,3 +100,17 @@ def test_commit_stays_a_success_when_the_next_session_cannot_open(ops, run, monk
 async def run_read(repo: Repo) -> bytes:
     view = await repo.view("main")
     return await view.read("a/c/0")
+
+
+def test_too_many_refs_in_one_request_is_refused_before_anything_is_staged(ops):
+    from vchunkfs.daemon.control_ops import MAX_KEYS_REFS
+
+    control, ns, _repo = ops
+    ns.fail = False
+    server = ControlServer(control, "/nonexistent")
+    ref = {"key": "a/c/0", "location": "file:///x", "offset": 0, "length": 1}
+    reply = trio.run(server._dispatch, 1, "set_virtual_refs_keys",
+                     {"refs": [ref] * (MAX_KEYS_REFS + 1)})
+    assert reply["error"]["code"] == "invalid_input"
+    assert f"the most is {MAX_KEYS_REFS:,}" in reply["error"]["message"]
+    assert control.writers == {}

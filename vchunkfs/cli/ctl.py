@@ -253,39 +253,20 @@ def ctl_set_ref(args: argparse.Namespace) -> int:
 
 def ctl_import_refs(args: argparse.Namespace) -> int:
     rows = _read_refs(args.file)
-    total = 0
     start = time.monotonic()
     with _client(args) as c:
-        def batches() -> Iterator[tuple[str, dict[str, Any]]]:
-            batch: list[dict[str, Any]] = []
-            for row in rows:
-                batch.append(row)
-                if len(batch) >= args.batch:
-                    yield "set_virtual_refs_keys", _keys_request(batch, args.branch)
-                    batch = []
-            if batch:
-                yield "set_virtual_refs_keys", _keys_request(batch, args.branch)
-
         def progress(done: int) -> None:
             if sys.stderr.isatty() and not args.json:
-                rate = done * args.batch / max(time.monotonic() - start, 1e-9)
-                print(f"\r{done * args.batch:,} refs staged ({rate:,.0f}/s)", end="",
+                rate = done / max(time.monotonic() - start, 1e-9)
+                print(f"\r{done:,} refs staged ({rate:,.0f}/s)", end="",
                       file=sys.stderr, flush=True)
 
-        results = c.pipeline(batches(), on_reply=progress)
-        total = sum(int(r["count"]) for r in results)
+        total = c.set_virtual_refs(rows, args.branch, batch_refs=args.batch, progress=progress)
     if sys.stderr.isatty() and not args.json:
         print(file=sys.stderr)
     return _print(args, {"staged_refs": total},
                   f"staged {total:,} refs in {time.monotonic() - start:.1f} s; "
                   "commit with: vchunkfs ctl MOUNTPOINT commit -m MESSAGE")
-
-
-def _keys_request(batch: list[dict[str, Any]], branch: str | None) -> dict[str, Any]:
-    req: dict[str, Any] = {"refs": batch}
-    if branch:
-        req["branch"] = branch
-    return req
 
 
 def _read_refs(file: str) -> Iterator[dict[str, Any]]:

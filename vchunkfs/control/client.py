@@ -151,6 +151,27 @@ class Client:
         self.call("set_virtual_ref", key=key, location=location, offset=offset, length=length,
                   checksum=checksum, **_branch(branch))
 
+    def set_virtual_refs(self, refs: Iterable[dict[str, Any]], branch: str | None = None,
+                         batch_refs: int = 50_000,
+                         progress: Callable[[int], None] | None = None) -> int:
+        """Refs by key (maps of key, location, offset, length[, checksum]), streamed:
+        ``batch_refs`` a request, pipelined, never all held at once. Returns how many
+        were staged; ``progress`` gets about how many so far. Each request is
+        all-or-nothing; a failure leaves earlier ones staged (discard to drop them)."""
+        def batches() -> Iterator[tuple[str, dict[str, Any]]]:
+            batch: list[dict[str, Any]] = []
+            for ref in refs:
+                batch.append(ref)
+                if len(batch) >= batch_refs:
+                    yield "set_virtual_refs_keys", {"refs": batch, **_branch(branch)}
+                    batch = []
+            if batch:
+                yield "set_virtual_refs_keys", {"refs": batch, **_branch(branch)}
+
+        results = self.pipeline(batches(), window=2, on_reply=(
+            (lambda done: progress(done * batch_refs)) if progress else None))
+        return sum(int(r["count"]) for r in results)
+
     def set_virtual_refs_grid(self, array: str, grid_shape: tuple[int, ...],
                               locations: list[str] | np.ndarray[Any, Any],
                               offsets: np.ndarray[Any, Any], lengths: np.ndarray[Any, Any],

@@ -61,6 +61,10 @@ log = logging.getLogger("vchunkfs.control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
+# refs in one set_virtual_refs_keys request: about 8 MB of msgpack, and 50-80 MB of
+# memory while it is served (the client sends 50,000 a request)
+MAX_KEYS_REFS = 100_000
+
 # warnings for the reply of the request being served (set per request by the server)
 request_warnings: ContextVar[list[str] | None] = ContextVar("request_warnings", default=None)
 
@@ -302,10 +306,19 @@ class ControlOps:
         return {"count": int(present.sum())}
 
     async def set_virtual_refs_keys(self, args: dict[str, Any]) -> dict[str, int]:
-        """Refs by chunk key: ``refs`` is a list of {key, location, offset, length[, checksum]}."""
+        """Refs by chunk key: ``refs`` is a list of {key, location, offset, length[, checksum]}.
+
+        The decoded maps are dropped as soon as they are converted, and the refs are
+        staged per array in one bulk call each (memory: one request's refs, once).
+        """
         raw = args.get("refs")
         if not isinstance(raw, list) or not raw:
             raise InvalidInputError("'refs' must be a non-empty list of maps")
+        if len(raw) > MAX_KEYS_REFS:
+            raise InvalidInputError(
+                f"{len(raw):,} refs in one request; the most is {MAX_KEYS_REFS:,}: send them "
+                "in several requests (vchunkfs ctl import-refs and the Python client do), "
+                "or columnar with set_virtual_refs_block")
         refs = []
         for i, r in enumerate(raw):
             if not isinstance(r, dict):
@@ -315,10 +328,15 @@ class ControlOps:
                                        _int(r, "length"), _checksum(r.get("checksum"))))
             except InvalidInputError as e:
                 raise InvalidInputError(f"refs[{i}]: {e.message}") from None
+        raw.clear()  # the request's maps: no longer needed
+        count = len(refs)
         async with self.changing(args) as w:
-            await self.call(lambda: w.set_virtual_refs(refs))
+            specs = await self.call(lambda: w.chunk_specs(refs))
+            refs.clear()
+            await self.call(lambda: w.stage_chunk_specs(specs))
+            specs.clear()
         await self._changed()
-        return {"count": len(refs)}
+        return {"count": count}
 
     async def set_chunk(self, args: dict[str, Any]) -> None:
         key = _str(args, "key")

@@ -20,7 +20,7 @@ import trio
 
 from vchunkfs.bridge import AsyncioBridge
 from vchunkfs.daemon.control_ops import ControlOps
-from vchunkfs.daemon.control_server import ControlServer, default_socket_path
+from vchunkfs.daemon.control_server import ControlLimits, ControlServer, default_socket_path
 from vchunkfs.daemon.options import MountOptions
 from vchunkfs.daemon.run import MountError
 from vchunkfs.errors import VchunkfsError
@@ -73,7 +73,10 @@ def _open_and_serve(opts: MountOptions, ready_fd: int | None) -> int:
         invalidator = KernelInvalidator()
         ops = ControlOps(repo, bridge, namespace, invalidator, opts.mountpoint)
         namespace.staged = ops
-        control = ControlServer(ops, socket_path, owner_uid=os.getuid())
+        control = ControlServer(ops, socket_path, owner_uid=os.getuid(), limits=ControlLimits(
+            max_frame=opts.control_max_frame, buffer_bytes=opts.control_buffer,
+            idle_timeout=opts.control_idle_timeout, stall_timeout=opts.control_stall_timeout,
+            max_connections=opts.control_max_connections))
         return trio.run(_serve, opts, namespace, control, ready_fd)
     finally:
         bridge.close()

@@ -178,20 +178,53 @@ class Writer:
 
     async def set_virtual_refs(self, refs: list[VirtualRef]) -> None:
         """Many refs by key. All are checked (keys name chunks of existing arrays, locations
-        lie in containers) before any is staged."""
+        lie in containers) before any is staged; then each array's refs are staged with
+        one bulk call (icechunk's ``set_virtual_refs``), not one call per ref."""
+        specs = await self.chunk_specs(refs)
+        await self.stage_chunk_specs(specs)
+
+    async def chunk_specs(self, refs: list[VirtualRef]
+                          ) -> dict[str, list[ic.VirtualChunkSpec]]:
+        """Check ``refs`` and group them by array as icechunk chunk specs."""
         view = await self.staged_view()
+        grids: dict[str, Any] = {}
+        checked: set[str] = set()
+        out: dict[str, list[ic.VirtualChunkSpec]] = {}
         for r in refs:
             if r.length <= 0:
                 raise InvalidInputError(f"virtual ref for {r.key}: length must be > 0")
-            self._check_location(r.location)
-            found = await view.resolve(r.key)
-            if found is None or found.kind != "chunk":
+            directory = r.location.rpartition("/")[0]
+            if directory not in checked:  # locations of one directory share a container
+                self._check_location(r.location)
+                checked.add(directory)
+            found = view.locate(r.key)
+            coords = None
+            if found is not None and found[0].kind == "array" and found[1]:
+                node, rest = found
+                grid = grids.get(node.path)
+                if grid is None:
+                    grid = grids[node.path] = await view.grid(node.path)
+                parsed = grid.parse(rest)
+                if parsed is not None and parsed.is_chunk:
+                    coords = parsed.coords
+            if coords is None:
                 raise InvalidInputError(f"{r.key} is not a chunk key of an array in this "
                                         f"session (set the array's metadata first)")
-        for r in refs:
-            await self._write(r.key, lambda r=r: self.store.set_virtual_ref_async(
-                r.key, r.location, offset=r.offset, length=r.length, checksum=r.checksum,
-                validate_container=True))
+            etag = r.checksum if isinstance(r.checksum, str) else None
+            modified = r.checksum if isinstance(r.checksum, datetime.datetime) else None
+            out.setdefault(node.path, []).append(ic.VirtualChunkSpec(
+                list(coords), r.location, r.offset, r.length, etag_checksum=etag,
+                last_updated_at_checksum=modified))
+        return out
+
+    async def stage_chunk_specs(self, specs: dict[str, list[ic.VirtualChunkSpec]]) -> None:
+        for array_path, chunks in specs.items():
+            failed = await self._write(array_path, lambda p=array_path, c=chunks:
+                                       self.store.set_virtual_refs_async(
+                                           p, c, validate_containers=True))
+            if failed:
+                raise InvalidInputError(f"{len(failed)} refs of {array_path} were refused, "
+                                        f"first at chunk {failed[0]}")
 
     async def set_chunk(self, key: str, data: bytes) -> None:
         """Store native chunk bytes (written into the repository itself)."""
