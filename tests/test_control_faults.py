@@ -33,6 +33,9 @@ class FailingNamespace:
     def root_version(self) -> Version:
         return Version("", "branch", "main")
 
+    def stats(self) -> dict[str, int]:
+        return {}
+
     async def poll_branches(self, invalidator: Any) -> list[str]:
         self.polls += 1
         if self.fail:
@@ -114,3 +117,56 @@ def test_too_many_refs_in_one_request_is_refused_before_anything_is_staged(ops):
     assert reply["error"]["code"] == "invalid_input"
     assert f"the most is {MAX_KEYS_REFS:,}" in reply["error"]["message"]
     assert control.writers == {}
+
+
+def test_status_counts_staged_chunks_and_the_cli_shows_them(ops, monkeypatch, capsys):
+    import argparse
+
+    from vchunkfs.cli import ctl
+
+    control, ns, _repo = ops
+    ns.fail = False
+    server = ControlServer(control, "/nonexistent")
+
+    async def scenario() -> dict[str, Any]:
+        await server._dispatch(1, "set_chunk", {"key": "a/c/0", "data": b"\x01"})
+        await server._dispatch(2, "set_chunk", {"key": "a/c/1", "data": b"\x02"})
+        await server._dispatch(3, "delete", {"key": "a/c/1"})
+        return await server._dispatch(4, "status", {})
+
+    status = trio.run(scenario)["result"]
+    assert status["staged"]["main"]["nodes_changed"] == 0  # refs and chunks only
+    assert status["staged"]["main"]["chunks_changed"] == 3
+
+    class FakeClient:
+        def __enter__(self) -> FakeClient:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def status(self) -> dict[str, Any]:
+            return status
+
+    monkeypatch.setattr(ctl, "_client", lambda args: FakeClient())
+    ctl.ctl_status(argparse.Namespace(json=False))
+    assert "main: 0 node changes, 3 chunk writes on" in capsys.readouterr().out
+
+
+def test_a_ref_outside_every_container_names_a_command_that_exists(ops):
+    from vchunkfs.cli.main import build_parser
+
+    control, ns, _repo = ops
+    ns.fail = False
+    server = ControlServer(control, "/nonexistent")
+    reply = trio.run(server._dispatch, 1, "set_virtual_ref",
+                     {"key": "a/c/0", "location": "file:///elsewhere/x.nc", "offset": 0,
+                      "length": 1})
+    message = reply["error"]["message"]
+    assert "vchunkfs ctl MOUNTPOINT containers add PREFIX" in message
+    assert "vchunkfs config REPO containers add PREFIX" in message
+    parser = build_parser()
+    for argv in (["ctl", "/m", "containers", "add", "file:///elsewhere/"],
+                 ["config", "./r", "containers", "add", "file:///elsewhere/"]):
+        args = parser.parse_args(argv)  # both parse: the commands exist
+        assert args.action == "add" and args.prefix == "file:///elsewhere/"

@@ -24,6 +24,7 @@ from vchunkfs.cli.common import (
     storage_options,
 )
 from vchunkfs.control import Client
+from vchunkfs.control.protocol import MAX_KEYS_REFS
 from vchunkfs.errors import UsageError
 from vchunkfs.presentation.history import render_history
 from vchunkfs.repository import Authorization, Commit, Repo, parse_repo_url
@@ -81,7 +82,8 @@ def register(sub: Sub) -> None:
                 "vchunkfs ctl /mnt/oisst import-refs refs.csv && vchunkfs ctl /mnt/oisst "
                 "commit -m 'refs from a file'", ctl=True)
     p.add_argument("file", help="a .csv, .parquet or .msgpack file ('-' reads CSV from stdin)")
-    p.add_argument("--batch", type=int, default=50_000, help="refs per request")
+    p.add_argument("--batch", type=int, default=50_000,
+                   help=f"refs per request (at most {MAX_KEYS_REFS:,})")
     p.add_argument("--branch")
     p.set_defaults(func=ctl_import_refs)
 
@@ -233,8 +235,10 @@ def ctl_status(args: argparse.Namespace) -> int:
              f"root:       {root['kind']} {root['name']} at {root['snapshot']}",
              f"daemon:     pid {s['pid']}, protocol {s['protocol']}"]
     for branch, st in s["staged"].items():
-        lines.append(f"staged:     {branch}: {st['nodes_changed']} node changes on "
-                     f"{st['base']} (see .vchunkfs/staged/{branch}/)")
+        chunks = st.get("chunks_changed")
+        lines.append(f"staged:     {branch}: {st['nodes_changed']:,} node changes"
+                     + (f", {chunks:,} chunk writes" if chunks is not None else "")
+                     + f" on {st['base']} (see .vchunkfs/staged/{branch}/)")
     return _print(args, s, "\n".join(lines))
 
 
@@ -252,6 +256,8 @@ def ctl_set_ref(args: argparse.Namespace) -> int:
 
 
 def ctl_import_refs(args: argparse.Namespace) -> int:
+    if not 1 <= args.batch <= MAX_KEYS_REFS:
+        raise UsageError(f"--batch must be 1 to {MAX_KEYS_REFS:,} (refs per request)")
     rows = _read_refs(args.file)
     start = time.monotonic()
     with _client(args) as c:

@@ -29,6 +29,10 @@ VERSION = 1
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
+# refs in one set_virtual_refs_keys request (about 8 MB of msgpack, 50-80 MB of the
+# daemon's memory while it is served); Client.set_virtual_refs sends 50,000 a request
+MAX_KEYS_REFS = 100_000
+
 # a location index meaning "no chunk here" in set_virtual_refs_block
 NO_LOCATION = 0xFFFFFFFF
 

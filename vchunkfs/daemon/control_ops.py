@@ -41,7 +41,7 @@ import numpy as np
 import trio
 
 from vchunkfs.bridge import AsyncioBridge
-from vchunkfs.control.protocol import NO_LOCATION, VERSION
+from vchunkfs.control.protocol import MAX_KEYS_REFS, NO_LOCATION, VERSION
 from vchunkfs.errors import InvalidInputError, NotFoundError, UsageError
 from vchunkfs.fs.namespace import Invalidator, Namespace
 from vchunkfs.repository import Repo
@@ -60,10 +60,6 @@ from vchunkfs.repository.writer import (
 log = logging.getLogger("vchunkfs.control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-
-# refs in one set_virtual_refs_keys request: about 8 MB of msgpack, and 50-80 MB of
-# memory while it is served (the client sends 50,000 a request)
-MAX_KEYS_REFS = 100_000
 
 # warnings for the reply of the request being served (set per request by the server)
 request_warnings: ContextVar[list[str] | None] = ContextVar("request_warnings", default=None)
@@ -239,7 +235,8 @@ class ControlOps:
             "protocol": VERSION, "pid": os.getpid(), "repository": self.repo.location.url,
             "mountpoint": self.mountpoint,
             "root": {"kind": root.kind, "name": root.name, "snapshot": root.snapshot_id},
-            "staged": {b: {"base": w.base_snapshot, "nodes_changed": len(w.node_changes)}
+            "staged": {b: {"base": w.base_snapshot, "nodes_changed": len(w.node_changes),
+                           "chunks_changed": w.chunks_changed}
                        for b, w in self.writers.items() if w.has_changes},
             "stats": self.namespace.stats(),
         }
@@ -319,13 +316,25 @@ class ControlOps:
                 f"{len(raw):,} refs in one request; the most is {MAX_KEYS_REFS:,}: send them "
                 "in several requests (vchunkfs ctl import-refs and the Python client do), "
                 "or columnar with set_virtual_refs_block")
-        refs = []
+        refs: list[VirtualRef] = []
+        append = refs.append
         for i, r in enumerate(raw):
+            # the checks of _str/_int inlined (a million refs a minute matter here)
+            try:
+                key, location, offset, length = r["key"], r["location"], r["offset"], r["length"]
+                checksum = r.get("checksum")
+            except (KeyError, TypeError):
+                key = None
+            if type(key) is str and key and type(location) is str and location \
+                    and type(offset) is int and offset >= 0 and type(length) is int \
+                    and length >= 0 and (checksum is None or type(checksum) is str):
+                append(VirtualRef(key, location, offset, length, checksum))
+                continue
             if not isinstance(r, dict):
                 raise InvalidInputError(f"refs[{i}] is not a map")
-            try:
-                refs.append(VirtualRef(_str(r, "key"), _str(r, "location"), _int(r, "offset"),
-                                       _int(r, "length"), _checksum(r.get("checksum"))))
+            try:  # the general path, and the message for a bad ref
+                append(VirtualRef(_str(r, "key"), _str(r, "location"), _int(r, "offset"),
+                                  _int(r, "length"), _checksum(r.get("checksum"))))
             except InvalidInputError as e:
                 raise InvalidInputError(f"refs[{i}]: {e.message}") from None
         raw.clear()  # the request's maps: no longer needed

@@ -24,8 +24,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import icechunk as ic
 import numpy as np
@@ -39,6 +38,7 @@ from vchunkfs.errors import (
     ReadOnlyError,
     UsageError,
 )
+from vchunkfs.repository.chunkgrid import ChunkGrid
 from vchunkfs.repository.repo import Repo, _first_line, engine_errors
 from vchunkfs.repository.snapshot import SnapshotView, ViewCaches, node_tree
 
@@ -47,9 +47,10 @@ log = logging.getLogger("vchunkfs.writer")
 Checksum = str | datetime.datetime | None
 
 
-@dataclass(frozen=True)
-class VirtualRef:
-    """One chunk key pointing at ``length`` bytes at ``offset`` of ``location``."""
+class VirtualRef(NamedTuple):
+    """One chunk key pointing at ``length`` bytes at ``offset`` of ``location``.
+
+    A named tuple, not a dataclass: an import makes a million of them."""
 
     key: str
     location: str
@@ -73,6 +74,34 @@ async def commit_lock(repo: Repo) -> AsyncIterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def _chunk_coords(grid: ChunkGrid | None, rest: str) -> list[int] | None:
+    """The coordinates of the chunk ``rest`` (a key relative to its array) names, or None.
+
+    :meth:`ChunkGrid.parse`, with a fast path for the usual keys (a million refs are
+    parsed per import)."""
+    if grid is None:
+        return None
+    shape = grid.grid_shape
+    if grid.separator == "/" and shape:
+        parts = rest.split("/")
+        if grid.root:
+            if parts[0] != grid.root:
+                return None
+            del parts[0]
+        if len(parts) == len(shape):
+            try:
+                coords = [int(p) for p in parts]
+            except ValueError:
+                return None
+            # canonical decimal (no sign, space, '_' or leading zero) inside the grid
+            if all(0 <= c < n and str(c) == p for c, n, p in zip(coords, shape, parts,
+                                                                  strict=True)):
+                return coords
+            return None
+    parsed = grid.parse(rest)
+    return list(parsed.coords) if parsed is not None and parsed.is_chunk else None
+
+
 def _conflict_solver() -> ic.BasicConflictSolver:
     return ic.BasicConflictSolver(on_chunk_conflict=ic.VersionSelection.Fail)
 
@@ -87,6 +116,9 @@ class Writer:
         self.store = session.store
         # node path -> node type set by this session, or None where it deleted a node
         self.node_changes: dict[str, str | None] = {}
+        # chunk writes staged (refs set, native chunks set, chunks deleted): shown by
+        # ``ctl status`` next to the node changes
+        self.chunks_changed = 0
         # bumped by every change, so each staged state has its own view id
         self.generation = 0
         self._dirty = False
@@ -158,6 +190,7 @@ class Writer:
         await self._write(key, lambda: self.store.set_virtual_ref_async(
             key, location, offset=offset, length=length, checksum=checksum,
             validate_container=True))
+        self.chunks_changed += 1
 
     async def set_virtual_refs_arr(self, array_path: str, grid_shape: tuple[int, ...],
                                    locations: list[str],
@@ -175,6 +208,7 @@ class Writer:
         if failed:
             raise InvalidInputError(f"{len(failed)} refs of {array_path} were refused, "
                                     f"first at chunk {failed[0]}")
+        self.chunks_changed += sum(1 for loc in locations if loc)
 
     async def set_virtual_refs(self, refs: list[VirtualRef]) -> None:
         """Many refs by key. All are checked (keys name chunks of existing arrays, locations
@@ -187,9 +221,13 @@ class Writer:
                           ) -> dict[str, list[ic.VirtualChunkSpec]]:
         """Check ``refs`` and group them by array as icechunk chunk specs."""
         view = await self.staged_view()
-        grids: dict[str, Any] = {}
+        grids: dict[str, ChunkGrid] = {}
         checked: set[str] = set()
         out: dict[str, list[ic.VirtualChunkSpec]] = {}
+        Spec = ic.VirtualChunkSpec
+        # the array of the previous key: keys come grouped by array, and nothing lies
+        # below an array but its chunks, so a key under its path is one of its chunks
+        array, prefix, grid, specs = None, "", None, []
         for r in refs:
             if r.length <= 0:
                 raise InvalidInputError(f"virtual ref for {r.key}: length must be > 0")
@@ -197,24 +235,30 @@ class Writer:
             if directory not in checked:  # locations of one directory share a container
                 self._check_location(r.location)
                 checked.add(directory)
-            found = view.locate(r.key)
-            coords = None
-            if found is not None and found[0].kind == "array" and found[1]:
-                node, rest = found
-                grid = grids.get(node.path)
-                if grid is None:
-                    grid = grids[node.path] = await view.grid(node.path)
-                parsed = grid.parse(rest)
-                if parsed is not None and parsed.is_chunk:
-                    coords = parsed.coords
+            key = r.key
+            if array is None or not key.startswith(prefix):
+                found = view.locate(key)
+                array = None
+                if found is not None and found[0].kind == "array" and found[1]:
+                    array = found[0].path
+                    prefix = array + "/" if array else ""
+                    grid = grids.get(array)
+                    if grid is None:
+                        grid = grids[array] = await view.grid(array)
+                    specs = out.setdefault(array, [])
+            coords = _chunk_coords(grid, key[len(prefix):]) if array is not None else None
             if coords is None:
-                raise InvalidInputError(f"{r.key} is not a chunk key of an array in this "
+                raise InvalidInputError(f"{key} is not a chunk key of an array in this "
                                         f"session (set the array's metadata first)")
-            etag = r.checksum if isinstance(r.checksum, str) else None
-            modified = r.checksum if isinstance(r.checksum, datetime.datetime) else None
-            out.setdefault(node.path, []).append(ic.VirtualChunkSpec(
-                list(coords), r.location, r.offset, r.length, etag_checksum=etag,
-                last_updated_at_checksum=modified))
+            checksum = r.checksum
+            if checksum is None:
+                specs.append(Spec(coords, r.location, r.offset, r.length))
+            elif isinstance(checksum, str):
+                specs.append(Spec(coords, r.location, r.offset, r.length,
+                                  etag_checksum=checksum))
+            else:
+                specs.append(Spec(coords, r.location, r.offset, r.length,
+                                  last_updated_at_checksum=checksum))
         return out
 
     async def stage_chunk_specs(self, specs: dict[str, list[ic.VirtualChunkSpec]]) -> None:
@@ -225,16 +269,19 @@ class Writer:
             if failed:
                 raise InvalidInputError(f"{len(failed)} refs of {array_path} were refused, "
                                         f"first at chunk {failed[0]}")
+            self.chunks_changed += len(chunks)
 
     async def set_chunk(self, key: str, data: bytes) -> None:
         """Store native chunk bytes (written into the repository itself)."""
         await self._write(key, lambda: self.store.set(key, _buffer(data)))
+        self.chunks_changed += 1
 
     async def delete(self, key: str) -> None:
         """Delete one chunk, or a whole group or array with everything below it."""
         key = key.strip("/")
         if key.endswith("zarr.json") or not await self.store.exists(_metadata_key(key)):
             await self._write(key, lambda: self.store.delete(key))
+            self.chunks_changed += not key.endswith("zarr.json")
         else:
             await self._write(key, lambda: self.store.delete_dir(key))
             self.node_changes[key] = None
@@ -249,7 +296,8 @@ class Writer:
         if not any(location.startswith(p) for p in prefixes):
             raise InvalidInputError(
                 f"{location} is outside every virtual chunk container of this repository; "
-                "add one whose url_prefix covers it (vchunkfs config add-container PREFIX)")
+                "add one whose url_prefix covers it (vchunkfs ctl MOUNTPOINT containers add "
+                "PREFIX, or vchunkfs config REPO containers add PREFIX)")
 
     # -- commit -------------------------------------------------------------
 
@@ -285,6 +333,7 @@ class Writer:
                         sid, self.branch, _first_line(e))
             self._dirty = False
             self.node_changes = {}
+            self.chunks_changed = 0
             self.generation += 1
             self.spent = True
         return sid
@@ -301,6 +350,7 @@ class Writer:
         self.session = await self.repo.ic.writable_session_async(self.branch)
         self.store = self.session.store
         self.node_changes = {}
+        self.chunks_changed = 0
         self.generation += 1
         self._dirty = False
 
