@@ -96,10 +96,12 @@ class Client:
         results: list[Any] = []
         pending: list[int] = []
         failure: ControlError | None = None
+        ops: list[str] = []  # the op of each pending request
+        lost: OSError | None = None
         it: Iterator[tuple[str, dict[str, Any]]] = iter(requests)
         exhausted = False
         while True:
-            while not exhausted and failure is None and len(pending) < window:
+            while not exhausted and failure is None and lost is None and len(pending) < window:
                 try:
                     op, args = next(it)
                 except StopIteration:
@@ -107,13 +109,27 @@ class Client:
                     break
                 rid = self._next_id
                 self._next_id += 1
-                self._sock.sendall(protocol.encode(
-                    {"v": protocol.VERSION, "id": rid, "op": op, "args": args}))
+                frame = protocol.encode(
+                    {"v": protocol.VERSION, "id": rid, "op": op, "args": args})
                 pending.append(rid)
+                ops.append(op)
+                try:
+                    self._sock.sendall(frame)
+                except OSError as e:
+                    # the server may have refused and closed: its reply says why
+                    lost = e
+                    break
+                del frame
             if not pending:
                 break
-            reply = protocol.recv_message(self._sock)
+            try:
+                reply = protocol.recv_message(self._sock)
+            except (EOFError, OSError) as e:
+                raise self._lost(ops[0], lost or e) from None
+            except protocol.ProtocolError as e:
+                raise ControlError("protocol", f"bad reply from {self.path}: {e}") from None
             rid = pending.pop(0)
+            ops.pop(0)
             for warning in reply.get("warnings") or ():
                 self.warnings.append(str(warning))
                 if self._on_warning:
@@ -135,6 +151,20 @@ class Client:
         if failure is not None:
             raise failure
         return results
+
+    def _lost(self, op: str, e: BaseException) -> ControlError:
+        """The connection failed while ``op`` waited for its reply: one clear error."""
+        if isinstance(e, TimeoutError):
+            what = f"no reply to {op} within {self._sock.gettimeout():g} s"
+        else:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else "connection closed"
+            what = (f"the daemon closed the control connection before answering {op} "
+                    f"({why}; did the daemon exit? see its log)")
+        if op not in _READ_ONLY_OPS:
+            check = "log" if op == "commit" else "changes"
+            what += (f"; whether {op} was applied is unknown: check with "
+                     f"vchunkfs ctl MOUNTPOINT {check}")
+        return ControlError("connection", what)
 
     # -- conveniences ---------------------------------------------------------
 
@@ -226,6 +256,10 @@ class Client:
 
     def discard(self, branch: str | None = None) -> bool:
         return bool(self.call("discard", **_branch(branch))["discarded"])
+
+
+_READ_ONLY_OPS = frozenset({"status", "changes", "branches", "tags", "history", "diff",
+                            "containers"})
 
 
 def _factorize(locations: list[str]) -> tuple[list[str], np.ndarray[Any, np.dtype[np.uint32]]]:

@@ -104,8 +104,10 @@ async def _serve(opts: MountOptions, namespace: Namespace, control: ControlServe
         except RuntimeError as e:
             control.close()
             return _fail(ready_fd, MountError(f"cannot mount at {opts.mountpoint}: {e}"))
+        status = 0  # set when the mount fails to start after pyfuse3.init
         try:
             async def announce_when_answering() -> None:
+                nonlocal status
                 # A stat of the mountpoint returns once the kernel's handshake (FUSE_INIT)
                 # is answered; only then does the kernel keep a read-ahead written to
                 # sysfs (before it, it clamps the value back to 128 KiB). The stat runs
@@ -117,8 +119,8 @@ async def _serve(opts: MountOptions, namespace: Namespace, control: ControlServe
                     await trio.to_thread.run_sync(os.stat, opts.mountpoint,
                                                   abandon_on_cancel=True)
                 except OSError as e:
-                    _fail(ready_fd, MountError(f"the mount at {opts.mountpoint} does not answer: "
-                                               f"{e.strerror or e}"))
+                    status = _fail(ready_fd, MountError(
+                        f"the mount at {opts.mountpoint} does not answer: {e.strerror or e}"))
                     pyfuse3.terminate()
                     return
                 _set_read_ahead(opts.mountpoint, opts.read_ahead_kb)
@@ -141,7 +143,7 @@ async def _serve(opts: MountOptions, namespace: Namespace, control: ControlServe
             control.close()
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", opts.mountpoint)
-    return 0
+    return status
 
 
 async def _stop_on_signal(signals: AsyncIterator[int]) -> None:
