@@ -22,6 +22,8 @@ Concurrency rules (docs/concurrency.md, "Control socket"):
   a session that is being committed or thrown away (which would lose it silently).
 * Showing a change in the mount (``_changed``) happens after it is applied; if
   that fails, the request still succeeds and its reply carries a warning.
+  Control requests refresh one at a time; a request whose change a refresh that
+  began later already covered returns without another.
 """
 
 from __future__ import annotations
@@ -121,6 +123,10 @@ class ControlOps:
         self.writers: dict[str, Writer] = {}
         self._opening: dict[str, trio.Event] = {}
         self._gates: dict[str, _Gate] = {}
+        # refreshes of the mount after changes: requested / completed (see _changed)
+        self._refresh_lock = trio.Lock()
+        self._refresh_wanted = 0
+        self._refresh_done = 0
         self.handlers: dict[str, Handler] = {
             "status": self.status,
             "set_metadata": self.set_metadata,
@@ -215,17 +221,28 @@ class ControlOps:
         """Show the new state in the mount at once (staged views, moved branches).
 
         Called after a change is applied: a failure here must not turn an applied
-        change into an error, so it becomes a warning in the reply.
+        change into an error, so it becomes a warning in the reply. Control requests
+        refresh one at a time, and a refresh that began after this change was applied
+        covers it: many connections changing at once share refreshes.
         """
-        try:
-            await self.namespace.poll_branches(self.invalidator)
-        except Exception as e:
-            log.warning("the change is applied, but the mount could not show it yet: %s", e)
-            warnings = request_warnings.get()
-            if warnings is not None:
-                warnings.append(f"the change is applied, but refreshing the mount failed "
-                                f"({type(e).__name__}: {e}); it shows the change at its "
-                                f"next poll")
+        self._refresh_wanted += 1
+        wanted = self._refresh_wanted
+        async with self._refresh_lock:
+            if self._refresh_done >= wanted:
+                return  # a refresh that started after this change has finished
+            target = self._refresh_wanted
+            try:
+                await self.namespace.poll_branches(self.invalidator)
+            except Exception as e:
+                log.warning("the change is applied, but the mount could not show it yet: %s",
+                            e)
+                warnings = request_warnings.get()
+                if warnings is not None:
+                    warnings.append(f"the change is applied, but refreshing the mount failed "
+                                    f"({type(e).__name__}: {e}); it shows the change at its "
+                                    f"next poll")
+                return
+            self._refresh_done = target
 
     # -- operations -----------------------------------------------------------
 
