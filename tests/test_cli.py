@@ -63,6 +63,8 @@ def test_diff(local_repo):
 @pytest.mark.parametrize("args,status,message", [
     (["log", "/nonexistent/repo"], 3, "no Icechunk repository at file:///nonexistent/repo"),
     (["log", "ftp://x/y"], 2, "unsupported repository URL"),
+    (["ls", "http://[::1"], 2, "bad repository URL 'http://[::1': Invalid IPv6 URL"),
+    (["ls", "http://host:99999/r"], 2, "Port out of range"),
     (["ls", "{repo}@nope"], 3, "no branch, tag or snapshot 'nope'"),
     (["ls", "{repo}", "nope"], 3, "no directory 'nope'"),
     (["show", "{repo}", "sst", "--authorize", "s3://b/no-slash"], 2, "must end with '/'"),
@@ -150,3 +152,124 @@ def test_ctl_json_after_operands_reaches_the_command(tmp_path):
     r = cli("ctl", str(tmp_path), "status", "--json")
     assert r.returncode == 1 and "unrecognized" not in r.stderr, r.stderr
     assert "not a vchunkfs mount" in json.loads(r.stdout)["error"]["message"]
+
+
+# -- the smaller items of issue 11 -------------------------------------------------------
+
+MOUNT = [sys.executable, "-m", "vchunkfs.cli.mount"]
+
+
+def _mounted(path: Path) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == str(path) for line in f)
+
+
+def test_mount_helper_bad_url_is_exit_2(tmp_path):
+    (tmp_path / "m").mkdir()
+    for extra in ([], ["-o", "foreground"]):
+        r = subprocess.run([*MOUNT, "http://[::1", str(tmp_path / "m"), *extra],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (extra, r.stderr)
+        assert "bad repository URL" in r.stderr and "Traceback" not in r.stderr
+    assert not _mounted(tmp_path / "m")
+
+
+def test_foreground_start_failure_after_fuse_init_is_not_exit_0(tmp_path):
+    """The readiness check (a stat of the new mount, from a worker thread) fails: the
+    foreground daemon unmounts and exits non-zero (systemd's Restart=on-failure)."""
+    assert cli("init", str(tmp_path / "repo")).returncode == 0
+    mp = tmp_path / "m"
+    mp.mkdir()
+    script = (
+        "import os, sys, threading\n"
+        "real = os.stat\n"
+        "def stat(p, *a, **k):\n"
+        "    if threading.current_thread() is not threading.main_thread() "
+        "and str(p) == sys.argv[2]:\n"
+        "        raise OSError(5, 'injected')\n"
+        "    return real(p, *a, **k)\n"
+        "os.stat = stat\n"
+        "from vchunkfs.cli.mount import helper_main\n"
+        "sys.exit(helper_main([sys.argv[1], sys.argv[2], '-o', 'foreground,control_socket='"
+        " + sys.argv[3]]))\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "repo"), str(mp),
+                            str(tmp_path / "ctl.sock")], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 32, r.stderr
+        assert "does not answer: injected" in r.stderr
+        assert not _mounted(mp)
+    finally:
+        if _mounted(mp):
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)], check=False)
+
+
+def test_umount_cleans_up_after_a_killed_daemon(tmp_path):
+    from mounting import mounted
+
+    assert cli("init", str(tmp_path / "repo")).returncode == 0
+    mp = tmp_path / "m"
+    with mounted(tmp_path / "repo", mp, f"control_socket={tmp_path / 'ctl.sock'}") as m:
+        m.proc.kill()  # the daemon this test started, by pid
+        m.proc.wait(timeout=30)
+        assert _mounted(mp)
+        with pytest.raises(OSError):  # ENOTCONN: what a dead FUSE mount answers
+            os.listdir(mp)
+        r = subprocess.run([*MOUNT, str(tmp_path / "repo"), str(mp)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 32 and f"vchunkfs umount {mp}" in r.stderr, r.stderr
+        r = cli("umount", str(mp))
+        assert r.returncode == 0, r.stderr
+        assert not _mounted(mp) and os.path.isdir(mp)
+        assert cli("umount", str(mp)).returncode == 2  # now it is not mounted
+
+
+def test_nonempty_mountpoint_is_refused_unless_nonempty(tmp_path):
+    from mounting import mounted
+
+    assert cli("init", str(tmp_path / "repo")).returncode == 0
+    mp = tmp_path / "m"
+    mp.mkdir()
+    (mp / "precious.txt").write_text("x")
+    r = subprocess.run([*MOUNT, str(tmp_path / "repo"), str(mp)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 32 and "is not empty" in r.stderr and "nonempty" in r.stderr, \
+        r.stderr
+    assert not _mounted(mp)
+    with mounted(tmp_path / "repo", mp, "nonempty",
+                 f"control_socket={tmp_path / 'ctl.sock'}") as m:
+        assert os.listdir(m.path) == []  # the mount hides the file
+    assert (mp / "precious.txt").read_text() == "x"
+
+
+def test_ctl_when_the_daemon_dies_mid_request_is_one_line(tmp_path):
+    """A control socket whose server reads the request and closes, as a dying daemon
+    does: one error line and exit status 1, never a traceback."""
+    import socket
+    import threading
+
+    path = str(tmp_path / "ctl.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = server.accept()
+            conn.recv(65536)
+            conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        r = cli("ctl", "--socket", path, str(tmp_path), "commit", "-m", "x")
+        assert r.returncode == 1, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "closed the control connection before answering commit" in lines[0]
+        assert "whether commit was applied is unknown" in lines[0] and " log" in lines[0]
+        r = cli("ctl", "--socket", path, str(tmp_path), "status")
+        assert r.returncode == 1 and "before answering status" in r.stderr
+        assert "unknown" not in r.stderr  # status changes nothing
+    finally:
+        server.close()

@@ -346,3 +346,51 @@ def test_conflict_with_a_direct_writer(setup):
     assert history(m)[:2] == [s2, d2]
     g = zarr.open_group(str(m.path), mode="r")
     assert list(g["a"][:]) == [1, 3, 4, 0]
+
+
+def test_import_refs_is_a_bulk_path(setup):
+    """200,000 refs from a CSV through `ctl import-refs`: staged per array in bulk (it did
+    6.3k refs/s one by one; a million now take about 4 s), every ref where it belongs."""
+    import time
+
+    m, sources, _prefix, tmp = setup
+    n = 200_000
+    meta = tmp / "many.json"
+    meta.write_text(json.dumps({
+        "zarr_format": 3, "node_type": "array", "shape": [n // 1000, 1000],
+        "data_type": "uint8", "chunk_grid": {"name": "regular",
+                                             "configuration": {"chunk_shape": [1, 1]}},
+        "chunk_key_encoding": {"name": "default"}, "fill_value": 0,
+        "codecs": [{"name": "bytes"}], "attributes": {}}))
+    cli("ctl", str(m.path), "set-meta", "many", str(meta))
+    location = sources[0].resolve().as_uri()
+    table = tmp / "many.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "location", "offset", "length"])
+        for i in range(n):
+            w.writerow([f"many/c/{i // 1000}/{i % 1000}", location, i % 4093, 1])
+    t0 = time.monotonic()
+    out = cli("ctl", str(m.path), "import-refs", str(table)).stdout
+    seconds = time.monotonic() - t0
+    assert f"staged {n:,} refs" in out
+    assert seconds < 20, f"{n} refs took {seconds:.1f} s"  # one by one: about 32 s
+    status = json.loads(cli("ctl", str(m.path), "--json", "status").stdout)
+    assert status["staged"]["main"]["chunks_changed"] == n
+    staged = m.path / ".vchunkfs" / "staged" / "main" / "many" / "c"
+    for i in (0, 4093, n - 1):
+        assert (staged / str(i // 1000) / str(i % 1000)).read_bytes() == \
+            pread(sources[0], i % 4093, 1)
+    # a bad key anywhere refuses the whole request: nothing more is staged
+    with open(table, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "location", "offset", "length"])
+        w.writerows([f"many/c/0/{i}", location, 0, 1] for i in range(1000))
+        w.writerow(["many/c/999/0", location, 0, 1])
+    bad = cli("ctl", str(m.path), "import-refs", str(table), check=False)
+    assert bad.returncode == 2 and "many/c/999/0 is not a chunk key" in bad.stderr
+    bad = cli("ctl", str(m.path), "import-refs", str(table), "--batch", "300000", check=False)
+    assert bad.returncode == 2 and "--batch" in bad.stderr and "100,000" in bad.stderr
+    status = json.loads(cli("ctl", str(m.path), "--json", "status").stdout)
+    assert status["staged"]["main"]["chunks_changed"] == n
+    cli("ctl", str(m.path), "discard")

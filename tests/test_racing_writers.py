@@ -85,3 +85,86 @@ def test_local_racing_writers(run, tmp_path, same_chunk):
     keys = ["a/c/0"] * WRITERS if same_chunk else [f"a/c/{i}" for i in range(WRITERS)]
     results = race(url, keys, tmp_path, None)
     (check_same_chunk if same_chunk else check_disjoint)(run, repo, results)
+
+
+# -- many control connections on one mount ---------------------------------------------
+
+CONNECTIONS = 16
+PER_CONNECTION = 12
+
+
+def test_control_connections_race_for_first_writer_and_commits(run, tmp_path):
+    """Many connections open a branch's first writer at the same moment and keep staging
+    while another connection commits: every acknowledged change is in a commit."""
+    import threading
+
+    from mounting import mounted
+
+    from vchunkfs.control import Client, ControlError
+
+    n = CONNECTIONS * PER_CONNECTION
+    url = str(tmp_path / "repo")
+    repo = run(lambda: Repo.create(parse_repo_url(url)))
+    w = run(lambda: Writer.open(repo))
+    run(lambda: w.set_metadata("a", {**ARRAY, "shape": [n]}))
+    run(lambda: w.commit("array a"))
+    sock = str(tmp_path / "ctl.sock")
+    with mounted(url, tmp_path / "m", f"control_socket={sock}") as m:
+        for branch in ("dev", "other"):
+            with Client(sock) as c:
+                c.call("create_branch", name=branch)
+        start = threading.Barrier(CONNECTIONS + 1)
+        acked: dict[str, dict[int, int]] = {"main": {}, "dev": {}}
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def setter(t: int) -> None:
+            try:
+                with Client(sock) as c:
+                    start.wait()
+                    for j in range(PER_CONNECTION):
+                        i = t * PER_CONNECTION + j
+                        branch = "main" if (t + j) % 2 else "dev"
+                        c.set_chunk(f"a/c/{i}", bytes([i % 251 + 1]), branch=branch)
+                        acked[branch][i] = i % 251 + 1
+            except BaseException as e:
+                errors.append(e)
+
+        commits: list[str] = []
+
+        def committer() -> None:
+            try:
+                with Client(sock) as c:
+                    start.wait()
+                    while not stop.is_set():
+                        for branch in ("main", "dev"):
+                            try:
+                                commits.append(c.commit(f"race {len(commits)}", branch=branch))
+                            except ControlError as e:
+                                assert e.code in ("usage", "invalid_input"), e  # nothing yet
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=setter, args=(t,)) for t in range(CONNECTIONS)]
+        # the committer takes the barrier's last place
+        committing = threading.Thread(target=committer)
+        for th in [*threads, committing]:
+            th.start()
+        for th in threads:
+            th.join(timeout=120)
+        stop.set()
+        committing.join(timeout=120)
+        assert not errors, errors
+        with Client(sock) as c:
+            for branch in ("main", "dev"):
+                if c.call("changes", branch=branch)["changed"]:
+                    commits.append(c.commit("the rest", branch=branch))
+            status = c.status()
+        assert status["staged"] == {}
+        assert "Traceback" not in m.log_text()
+    assert len(acked["main"]) + len(acked["dev"]) == n
+    for branch, values in acked.items():
+        view = run(lambda b=branch: repo.view(b))
+        got = {i: run(lambda i=i, v=view: v.read(f"a/c/{i}")) for i in values}
+        lost = {i for i, v in values.items() if got[i] != bytes([v])}
+        assert not lost, f"{branch}: {len(lost)} acknowledged changes lost: {sorted(lost)[:10]}"

@@ -24,6 +24,7 @@ from vchunkfs.cli.common import (
     storage_options,
 )
 from vchunkfs.control import Client
+from vchunkfs.control.protocol import MAX_KEYS_REFS
 from vchunkfs.errors import UsageError
 from vchunkfs.presentation.history import render_history
 from vchunkfs.repository import Authorization, Commit, Repo, parse_repo_url
@@ -81,7 +82,8 @@ def register(sub: Sub) -> None:
                 "vchunkfs ctl /mnt/oisst import-refs refs.csv && vchunkfs ctl /mnt/oisst "
                 "commit -m 'refs from a file'", ctl=True)
     p.add_argument("file", help="a .csv, .parquet or .msgpack file ('-' reads CSV from stdin)")
-    p.add_argument("--batch", type=int, default=50_000, help="refs per request")
+    p.add_argument("--batch", type=int, default=50_000,
+                   help=f"refs per request (at most {MAX_KEYS_REFS:,})")
     p.add_argument("--branch")
     p.set_defaults(func=ctl_import_refs)
 
@@ -207,8 +209,14 @@ def _container_request(args: argparse.Namespace) -> dict[str, Any]:
 # -- ctl commands -------------------------------------------------------------
 
 
+def _warn(message: str) -> None:
+    print(f"vchunkfs: warning: {message}", file=sys.stderr)
+
+
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.socket) if args.socket else Client.for_mountpoint(args.mountpoint)
+    if args.socket:
+        return Client(args.socket, on_warning=_warn)
+    return Client.for_mountpoint(args.mountpoint, on_warning=_warn)
 
 
 def _print(args: argparse.Namespace, result: Any, text: str | None = None) -> int:
@@ -227,8 +235,10 @@ def ctl_status(args: argparse.Namespace) -> int:
              f"root:       {root['kind']} {root['name']} at {root['snapshot']}",
              f"daemon:     pid {s['pid']}, protocol {s['protocol']}"]
     for branch, st in s["staged"].items():
-        lines.append(f"staged:     {branch}: {st['nodes_changed']} node changes on "
-                     f"{st['base']} (see .vchunkfs/staged/{branch}/)")
+        chunks = st.get("chunks_changed")
+        lines.append(f"staged:     {branch}: {st['nodes_changed']:,} node changes"
+                     + (f", {chunks:,} chunk writes" if chunks is not None else "")
+                     + f" on {st['base']} (see .vchunkfs/staged/{branch}/)")
     return _print(args, s, "\n".join(lines))
 
 
@@ -246,40 +256,23 @@ def ctl_set_ref(args: argparse.Namespace) -> int:
 
 
 def ctl_import_refs(args: argparse.Namespace) -> int:
+    if not 1 <= args.batch <= MAX_KEYS_REFS:
+        raise UsageError(f"--batch must be 1 to {MAX_KEYS_REFS:,} (refs per request)")
     rows = _read_refs(args.file)
-    total = 0
     start = time.monotonic()
     with _client(args) as c:
-        def batches() -> Iterator[tuple[str, dict[str, Any]]]:
-            batch: list[dict[str, Any]] = []
-            for row in rows:
-                batch.append(row)
-                if len(batch) >= args.batch:
-                    yield "set_virtual_refs_keys", _keys_request(batch, args.branch)
-                    batch = []
-            if batch:
-                yield "set_virtual_refs_keys", _keys_request(batch, args.branch)
-
         def progress(done: int) -> None:
             if sys.stderr.isatty() and not args.json:
-                rate = done * args.batch / max(time.monotonic() - start, 1e-9)
-                print(f"\r{done * args.batch:,} refs staged ({rate:,.0f}/s)", end="",
+                rate = done / max(time.monotonic() - start, 1e-9)
+                print(f"\r{done:,} refs staged ({rate:,.0f}/s)", end="",
                       file=sys.stderr, flush=True)
 
-        results = c.pipeline(batches(), on_reply=progress)
-        total = sum(int(r["count"]) for r in results)
+        total = c.set_virtual_refs(rows, args.branch, batch_refs=args.batch, progress=progress)
     if sys.stderr.isatty() and not args.json:
         print(file=sys.stderr)
     return _print(args, {"staged_refs": total},
                   f"staged {total:,} refs in {time.monotonic() - start:.1f} s; "
                   "commit with: vchunkfs ctl MOUNTPOINT commit -m MESSAGE")
-
-
-def _keys_request(batch: list[dict[str, Any]], branch: str | None) -> dict[str, Any]:
-    req: dict[str, Any] = {"refs": batch}
-    if branch:
-        req["branch"] = branch
-    return req
 
 
 def _read_refs(file: str) -> Iterator[dict[str, Any]]:

@@ -44,8 +44,12 @@ class ControlError(VchunkfsError):
 class Client:
     """One connection to a control socket. Not thread-safe; use one per thread."""
 
-    def __init__(self, path: str, timeout: float | None = 3600.0) -> None:
+    def __init__(self, path: str, timeout: float | None = 3600.0,
+                 on_warning: Callable[[str], None] | None = None) -> None:
         self.path = path
+        # what the server warned about in successful replies (the requests did succeed)
+        self.warnings: list[str] = []
+        self._on_warning = on_warning
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
@@ -92,10 +96,12 @@ class Client:
         results: list[Any] = []
         pending: list[int] = []
         failure: ControlError | None = None
+        ops: list[str] = []  # the op of each pending request
+        lost: OSError | None = None
         it: Iterator[tuple[str, dict[str, Any]]] = iter(requests)
         exhausted = False
         while True:
-            while not exhausted and failure is None and len(pending) < window:
+            while not exhausted and failure is None and lost is None and len(pending) < window:
                 try:
                     op, args = next(it)
                 except StopIteration:
@@ -103,13 +109,31 @@ class Client:
                     break
                 rid = self._next_id
                 self._next_id += 1
-                self._sock.sendall(protocol.encode(
-                    {"v": protocol.VERSION, "id": rid, "op": op, "args": args}))
+                frame = protocol.encode(
+                    {"v": protocol.VERSION, "id": rid, "op": op, "args": args})
                 pending.append(rid)
+                ops.append(op)
+                try:
+                    self._sock.sendall(frame)
+                except OSError as e:
+                    # the server may have refused and closed: its reply says why
+                    lost = e
+                    break
+                del frame
             if not pending:
                 break
-            reply = protocol.recv_message(self._sock)
+            try:
+                reply = protocol.recv_message(self._sock)
+            except (EOFError, OSError) as e:
+                raise self._lost(ops[0], lost or e) from None
+            except protocol.ProtocolError as e:
+                raise ControlError("protocol", f"bad reply from {self.path}: {e}") from None
             rid = pending.pop(0)
+            ops.pop(0)
+            for warning in reply.get("warnings") or ():
+                self.warnings.append(str(warning))
+                if self._on_warning:
+                    self._on_warning(str(warning))
             if not reply.get("ok"):
                 err = reply.get("error") or {}
                 if failure is None:
@@ -128,6 +152,20 @@ class Client:
             raise failure
         return results
 
+    def _lost(self, op: str, e: BaseException) -> ControlError:
+        """The connection failed while ``op`` waited for its reply: one clear error."""
+        if isinstance(e, TimeoutError):
+            what = f"no reply to {op} within {self._sock.gettimeout():g} s"
+        else:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else "connection closed"
+            what = (f"the daemon closed the control connection before answering {op} "
+                    f"({why}; did the daemon exit? see its log)")
+        if op not in _READ_ONLY_OPS:
+            check = "log" if op == "commit" else "changes"
+            what += (f"; whether {op} was applied is unknown: check with "
+                     f"vchunkfs ctl MOUNTPOINT {check}")
+        return ControlError("connection", what)
+
     # -- conveniences ---------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -142,6 +180,27 @@ class Client:
                         checksum: str | float | None = None, branch: str | None = None) -> None:
         self.call("set_virtual_ref", key=key, location=location, offset=offset, length=length,
                   checksum=checksum, **_branch(branch))
+
+    def set_virtual_refs(self, refs: Iterable[dict[str, Any]], branch: str | None = None,
+                         batch_refs: int = 50_000,
+                         progress: Callable[[int], None] | None = None) -> int:
+        """Refs by key (maps of key, location, offset, length[, checksum]), streamed:
+        ``batch_refs`` a request, pipelined, never all held at once. Returns how many
+        were staged; ``progress`` gets about how many so far. Each request is
+        all-or-nothing; a failure leaves earlier ones staged (discard to drop them)."""
+        def batches() -> Iterator[tuple[str, dict[str, Any]]]:
+            batch: list[dict[str, Any]] = []
+            for ref in refs:
+                batch.append(ref)
+                if len(batch) >= batch_refs:
+                    yield "set_virtual_refs_keys", {"refs": batch, **_branch(branch)}
+                    batch = []
+            if batch:
+                yield "set_virtual_refs_keys", {"refs": batch, **_branch(branch)}
+
+        results = self.pipeline(batches(), window=2, on_reply=(
+            (lambda done: progress(done * batch_refs)) if progress else None))
+        return sum(int(r["count"]) for r in results)
 
     def set_virtual_refs_grid(self, array: str, grid_shape: tuple[int, ...],
                               locations: list[str] | np.ndarray[Any, Any],
@@ -197,6 +256,10 @@ class Client:
 
     def discard(self, branch: str | None = None) -> bool:
         return bool(self.call("discard", **_branch(branch))["discarded"])
+
+
+_READ_ONLY_OPS = frozenset({"status", "changes", "branches", "tags", "history", "diff",
+                            "containers"})
 
 
 def _factorize(locations: list[str]) -> tuple[list[str], np.ndarray[Any, np.dtype[np.uint32]]]:

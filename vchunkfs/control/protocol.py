@@ -7,9 +7,11 @@ followed by ``N`` bytes holding one msgpack map. Requests::
 
 Replies, one per request, in request order::
 
-    {"v": 1, "id": INT, "ok": true, "result": ANY}
+    {"v": 1, "id": INT, "ok": true, "result": ANY[, "warnings": [STR, ...]]}
     {"v": 1, "id": INT | nil, "ok": false, "error": {"code": STR, "message": STR}}
 
+``warnings`` (optional) says what went wrong *after* the request was applied
+(e.g. the mount could not show a commit at once): the request still succeeded.
 A frame that cannot be read as a request gets an error reply with code
 ``protocol`` and ``id`` nil, and the server closes that connection only.
 docs/control-protocol.md is the full reference (operations, arguments, codes).
@@ -26,6 +28,10 @@ import msgpack
 VERSION = 1
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
+
+# refs in one set_virtual_refs_keys request (about 8 MB of msgpack, 50-80 MB of the
+# daemon's memory while it is served); Client.set_virtual_refs sends 50,000 a request
+MAX_KEYS_REFS = 100_000
 
 # a location index meaning "no chunk here" in set_virtual_refs_block
 NO_LOCATION = 0xFFFFFFFF
@@ -44,7 +50,7 @@ def encode(message: dict[str, Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode_body(body: bytes) -> dict[str, Any]:
+def decode_body(body: bytes | bytearray) -> dict[str, Any]:
     try:
         message = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several types for bad input

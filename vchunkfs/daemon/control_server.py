@@ -5,29 +5,107 @@ answered in order. A frame that is not a request gets one ``protocol`` error
 and closes that connection only; an operation that fails gets a typed error
 and changes nothing. The socket is mode 0600 and every peer's uid is checked
 with SO_PEERCRED.
+
+Memory and time are bounded (:class:`ControlLimits`, docs/control-protocol.md
+"Limits"): a frame longer than ``max_frame`` is refused before any of it is
+read; the bytes of the requests being read or served, summed over every
+connection, stay within ``buffer_bytes`` (a request waits for room, up to the
+stall timeout, then is refused with ``busy``); a connection that sends no
+request for ``idle_timeout`` seconds, or stalls inside a frame or while its
+reply is sent for ``stall_timeout`` seconds, is closed; at most
+``max_connections`` are served at once (others get ``busy``). A body is read
+straight into one buffer of its announced size (no copies), and after a large
+request the C heap is trimmed (glibc ``malloc_trim``) once no request holds
+buffer room, so a daemon that grew for one request does not stay grown.
+Timeouts bound only the reading of a request and the sending of its reply, never
+the operation: an applied change is always answered.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
 import socket
 import stat
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from vchunkfs.control import protocol
-from vchunkfs.daemon.control_ops import ControlOps
+from vchunkfs.daemon.control_ops import ControlOps, request_warnings
 from vchunkfs.errors import VchunkfsError
 
 log = logging.getLogger("vchunkfs.control")
 
 _PEERCRED = struct.Struct("3i")
+MiB = 1024 * 1024
+
+
+@dataclass
+class ControlLimits:
+    """The control socket's bounds (mount options ``control_*``; see the protocol doc)."""
+
+    max_frame: int = protocol.MAX_FRAME  # bytes of one request frame
+    buffer_bytes: int = 256 * MiB  # request bytes held at once, all connections together
+    idle_timeout: float = 600.0  # seconds a connection may wait between requests
+    stall_timeout: float = 30.0  # seconds without progress inside a frame or a reply
+    max_connections: int = 256  # connections served at once
+    backlog: int = 4096  # listen backlog (the kernel caps it at net.core.somaxconn)
+    trim_after: int = 1 * MiB  # a request at least this large trims the heap when done
+
+
+class ByteBudget:
+    """Bytes of requests held at once, across connections. Trio thread only.
+
+    ``acquire`` waits until the request fits (a request of at most ``total``
+    always fits once nothing else is held); ``release`` never awaits.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self.peak = 0
+        self._freed = trio.Event()
+
+    async def acquire(self, n: int) -> None:
+        while self.used and self.used + n > self.total:
+            await self._freed.wait()
+        self.used += n
+        self.peak = max(self.peak, self.used)
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._freed.set()
+        self._freed = trio.Event()
+
+
+def _malloc_trim() -> bool:
+    """Give the C heap's free memory back to the system (glibc); False elsewhere."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return bool(trim(0))
+
+
+# operations that drop a staged session (which may hold millions of refs)
+_FREEING_OPS = frozenset({"commit", "discard", "reset_branch", "delete_branch"})
+
+
+class _Closing(Exception):
+    """End this connection after sending ``reply`` (a protocol-level refusal)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.reply = protocol.error(None, code, message)
 
 
 def default_socket_path(mountpoint: str) -> str:
@@ -42,10 +120,16 @@ def default_socket_path(mountpoint: str) -> str:
 
 
 class ControlServer:
-    def __init__(self, ops: ControlOps, path: str, owner_uid: int | None = None) -> None:
+    def __init__(self, ops: ControlOps, path: str, owner_uid: int | None = None,
+                 limits: ControlLimits | None = None) -> None:
         self.ops = ops
         self.path = path
         self.owner_uid = os.getuid() if owner_uid is None else owner_uid
+        self.limits = limits or ControlLimits()
+        self.budget = ByteBudget(max(self.limits.buffer_bytes, self.limits.max_frame))
+        self.connections = 0
+        self.trims = 0
+        self._trim_due = False
         self._listener: trio.socket.SocketType | None = None
 
     async def bind(self) -> None:
@@ -65,7 +149,7 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        sock.listen(64)
+        sock.listen(self.limits.backlog)
         self._listener = sock
 
     def close(self) -> None:
@@ -82,6 +166,12 @@ class ControlServer:
         async with trio.open_nursery() as nursery:
             while True:
                 conn, _ = await listener.accept()
+                if self.connections >= self.limits.max_connections:
+                    nursery.start_soon(self._refuse, conn, "busy",
+                                       f"{self.connections} control connections are open, "
+                                       f"the most this mount serves at once; try again")
+                    continue
+                self.connections += 1
                 nursery.start_soon(self._serve_connection, conn)
 
     def _peer_allowed(self, conn: trio.socket.SocketType) -> tuple[bool, int]:
@@ -89,58 +179,123 @@ class ControlServer:
         _pid, uid, _gid = _PEERCRED.unpack(raw)
         return uid in (0, self.owner_uid), uid
 
+    async def _refuse(self, conn: trio.socket.SocketType, code: str, message: str) -> None:
+        """Send one error and close, letting the peer read it (see ``_close_with``)."""
+        try:
+            await _close_with(conn, protocol.error(None, code, message))
+        finally:
+            conn.close()
+
     async def _serve_connection(self, conn: trio.socket.SocketType) -> None:
-        stream = trio.SocketStream(conn)
+        limits = self.limits
         try:
             allowed, uid = self._peer_allowed(conn)
             if not allowed:
                 log.warning("refused a control connection from uid %d", uid)
-                await stream.send_all(protocol.encode(protocol.error(
+                await _close_with(conn, protocol.error(
                     None, "permission", f"uid {uid} may not control this mount; only its "
-                    f"owner (uid {self.owner_uid}) and root may")))
-                # let the peer finish sending its request (discarded) and read the refusal:
-                # closing now would fail its send with EPIPE before it sees why
-                await stream.send_eof()
-                with trio.move_on_after(1.0):
-                    received = 0
-                    while received < protocol.MAX_FRAME and (chunk := await stream.receive_some()):
-                        received += len(chunk)
+                    f"owner (uid {self.owner_uid}) and root may"))
                 return
-            buffer = bytearray()
+            header = bytearray(protocol.HEADER_SIZE)
             while True:
-                header = await _read(stream, buffer, protocol.HEADER_SIZE)
-                if header is None:
-                    return
-                try:
-                    body = await _read(stream, buffer, protocol.frame_length(header))
-                    if body is None:
-                        return
-                    rid, op, args = protocol.check_request(protocol.decode_body(body))
-                except protocol.ProtocolError as e:
-                    await stream.send_all(protocol.encode(protocol.error(None, "protocol",
-                                                                         str(e))))
-                    return
-                reply = await self._dispatch(rid, op, args)
-                await stream.send_all(_encode_reply(rid, reply))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError,
-                protocol.ProtocolError):
-            pass  # the client went away, or closed inside a frame
+                with trio.move_on_after(limits.idle_timeout) as idle:
+                    first = await conn.recv_into(header, protocol.HEADER_SIZE)
+                if idle.cancelled_caught:
+                    raise _Closing("timeout", f"no request for {limits.idle_timeout:g} s; "
+                                              "closing the connection")
+                if first == 0:
+                    return  # a clean end between requests
+                await self._recv_exact(conn, memoryview(header)[first:])
+                n = struct.unpack(">I", header)[0]
+                if n == 0 or n > limits.max_frame:
+                    raise _Closing("protocol", f"frame of {n} bytes is outside "
+                                               f"1..{limits.max_frame} (the limit is "
+                                               f"{limits.max_frame / MiB:g} MiB); send bulk "
+                                               "refs in several requests")
+                await self._serve_frame(conn, n)
+        except _Closing as e:
+            log.info("control connection closed: %s", e)
+            with contextlib.suppress(OSError, trio.TooSlowError):
+                await _close_with(conn, e.reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass  # the client went away
         finally:
-            await stream.aclose()
+            self.connections -= 1
+            conn.close()
+
+    async def _serve_frame(self, conn: trio.socket.SocketType, n: int) -> None:
+        """Read one frame of ``n`` bytes within the budget, answer it, release the budget."""
+        with trio.move_on_after(self.limits.stall_timeout) as waited:
+            await self.budget.acquire(n)
+        if waited.cancelled_caught:
+            raise _Closing("busy", f"the control socket's buffers are full ({self.budget.used} "
+                                   f"of {self.budget.total} bytes held by other requests) for "
+                                   f"{self.limits.stall_timeout:g} s; try again")
+        try:
+            body = bytearray(n)
+            await self._recv_exact(conn, memoryview(body))
+            try:
+                rid, op, args = protocol.check_request(protocol.decode_body(body))
+            except protocol.ProtocolError as e:
+                raise _Closing("protocol", str(e)) from None
+            del body  # the decoded request is what is held from here on
+            reply = _encode_reply(rid, await self._dispatch(rid, op, args))
+            del args
+            await self._send_all(conn, reply)
+        finally:
+            self.budget.release(n)
+        if n >= self.limits.trim_after or op in _FREEING_OPS:
+            self._trim_due = True
+        if self._trim_due and self.budget.used == 0:
+            # a big request's memory (or a dropped session's) went back to the C heap;
+            # give it to the system
+            self._trim_due = False
+            self.trims += 1
+            await trio.to_thread.run_sync(_malloc_trim)
+
+    async def _recv_exact(self, conn: trio.socket.SocketType, view: memoryview) -> None:
+        """Fill ``view``; each wait for more is bounded by the stall timeout."""
+        got = 0
+        while got < len(view):
+            with trio.move_on_after(self.limits.stall_timeout) as stalled:
+                k = await conn.recv_into(view[got:], len(view) - got)
+            if stalled.cancelled_caught:
+                raise _Closing("timeout", f"no data for {self.limits.stall_timeout:g} s inside "
+                                          f"a frame ({got} of {len(view)} bytes); closing")
+            if k == 0:
+                raise ConnectionError("connection closed inside a frame")
+            got += k
+
+    async def _send_all(self, conn: trio.socket.SocketType, data: bytes) -> None:
+        view = memoryview(data)
+        sent = 0
+        while sent < len(view):
+            with trio.move_on_after(self.limits.stall_timeout) as stalled:
+                sent += await conn.send(view[sent:])
+            if stalled.cancelled_caught:
+                raise ConnectionError(f"the client read nothing of its reply for "
+                                      f"{self.limits.stall_timeout:g} s")
 
     async def _dispatch(self, rid: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
         handler = self.ops.handlers.get(op)
         if handler is None:
             return protocol.error(rid, "unknown_op", f"unknown operation {op!r}; known: "
                                   + ", ".join(sorted(self.ops.handlers)))
+        warnings: list[str] = []
+        token = request_warnings.set(warnings)
         try:
-            return protocol.ok(rid, await handler(args))
+            reply = protocol.ok(rid, await handler(args))
         except VchunkfsError as e:
             log.info("%s failed: %s", op, e.message)
             return protocol.error(rid, e.code, e.message)
         except Exception as e:
             log.exception("%s failed unexpectedly", op)
             return protocol.error(rid, "error", f"{type(e).__name__}: {e}")
+        finally:
+            request_warnings.reset(token)
+        if warnings:
+            reply["warnings"] = warnings
+        return reply
 
 
 def _encode_reply(rid: int, reply: dict[str, Any]) -> bytes:
@@ -150,18 +305,18 @@ def _encode_reply(rid: int, reply: dict[str, Any]) -> bytes:
         return protocol.encode(protocol.error(rid, "too_large", str(e)))
 
 
-async def _read(stream: trio.SocketStream, buffer: bytearray, n: int) -> bytes | None:
-    """Exactly ``n`` bytes, or None at a clean end of stream before any byte."""
-    while len(buffer) < n:
-        chunk = await stream.receive_some(max(65536, n - len(buffer)))
-        if not chunk:
-            if buffer:
-                raise protocol.ProtocolError("connection closed inside a frame")
-            return None
-        buffer += chunk
-    data = bytes(buffer[:n])
-    del buffer[:n]
-    return data
+async def _close_with(conn: trio.socket.SocketType, reply: dict[str, Any]) -> None:
+    """Send ``reply``, then let the peer finish sending (discarded, for a second at most)
+    and read it: closing at once would fail the peer's send with EPIPE before it sees why."""
+    with trio.move_on_after(1.0):
+        data = memoryview(protocol.encode(reply))
+        while data:
+            data = data[await conn.send(data):]
+        conn.shutdown(socket.SHUT_WR)
+        sink = bytearray(65536)
+        received = 0
+        while received < protocol.MAX_FRAME and (k := await conn.recv_into(sink)):
+            received += k
 
 
 async def _answers(path: Path) -> bool:

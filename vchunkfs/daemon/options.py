@@ -69,6 +69,15 @@ mount options (-o opt[,opt...]):
   log_file=PATH         where the daemon logs (default: syslog-less stderr when in the
                         foreground, nowhere when daemonized)
   control_socket=PATH   path of the control socket
+  control_max_frame=BYTES  largest control request frame (default 64M, the most)
+  control_buffer=BYTES  control request bytes held at once over all connections
+                        (default 256M); a request waits for room, then gets "busy"
+  control_idle_timeout=SEC  close a control connection idle this long (default 600)
+  control_stall_timeout=SEC close one stalled this long inside a request or while
+                        its reply is sent (default 30)
+  control_max_connections=N  control connections served at once (default 256)
+  nonempty              mount over a non-empty directory (refused by default, as
+                        mount(8) helpers do: its files would be hidden)
 ignored, for fstab and mount(8): defaults, auto, noauto, nofail, _netdev, rw, ro, user,
   x-systemd.* and the other generic options. The mount is always read-only.
 """
@@ -103,6 +112,12 @@ class MountOptions:
     debug: bool = False
     log_file: str | None = None
     control_socket: str | None = None
+    control_max_frame: int = 64 * 1024 * 1024
+    control_buffer: int = 256 * 1024 * 1024
+    control_idle_timeout: float = 600.0
+    control_stall_timeout: float = 30.0
+    control_max_connections: int = 256
+    nonempty: bool = False
 
 
 def parse_size(text: str) -> int:
@@ -185,6 +200,28 @@ def parse_options(source: str, mountpoint: str, options: list[str]) -> MountOpti
                     opts.log_file = value
                 case "control_socket" if value:
                     opts.control_socket = value
+                case "control_max_frame" if value:
+                    opts.control_max_frame = parse_size(value)
+                    if not 0 < opts.control_max_frame <= 64 * 1024 * 1024:
+                        raise ValueError
+                case "control_buffer" if value:
+                    opts.control_buffer = parse_size(value)
+                    if opts.control_buffer < 1:
+                        raise ValueError
+                case "control_idle_timeout" if value:
+                    opts.control_idle_timeout = float(value)
+                    if opts.control_idle_timeout <= 0:
+                        raise ValueError
+                case "control_stall_timeout" if value:
+                    opts.control_stall_timeout = float(value)
+                    if opts.control_stall_timeout <= 0:
+                        raise ValueError
+                case "control_max_connections" if value:
+                    opts.control_max_connections = int(value)
+                    if opts.control_max_connections < 1:
+                        raise ValueError
+                case "nonempty" if flag:
+                    opts.nonempty = True
                 case _:
                     raise UsageError(f"unknown mount option {raw!r} (see mount.vchunkfs --help)")
         except ValueError:

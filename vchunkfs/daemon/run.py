@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,15 +21,33 @@ from vchunkfs.daemon.options import MountOptions
 from vchunkfs.errors import MountError, UsageError, VchunkfsError
 
 
-def check_mountpoint(path: str) -> str:
+def check_mountpoint(path: str, nonempty: bool = False) -> str:
+    """The absolute mountpoint, or a :class:`MountError` saying why it cannot be used.
+
+    A non-empty directory is refused unless ``nonempty`` (as mount(8) helpers do):
+    mounting over it would hide its files without a word.
+    """
     mp = Path(path).expanduser()
     if not mp.exists():
+        if _fstype(os.path.abspath(mp)) is not None:
+            raise MountError(f"{path} is a mount whose daemon is gone (ENOTCONN); "
+                             f"unmount it first: vchunkfs umount {path}")
         raise MountError(f"mountpoint {path} does not exist")
     if not mp.is_dir():
         raise MountError(f"mountpoint {path} is not a directory")
     if os.path.ismount(mp):
         raise MountError(f"{path} is already a mount point (unmount it first: "
                          f"vchunkfs umount {path})")
+    if not nonempty:
+        try:
+            with os.scandir(mp) as entries:
+                first = next(entries, None)
+        except OSError as e:
+            raise MountError(f"mountpoint {path}: {e.strerror}") from e
+        if first is not None:
+            raise MountError(f"mountpoint {path} is not empty (the mount would hide "
+                             f"{first.name} and the rest); use an empty directory, or "
+                             "mount with -o nonempty to hide them")
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: install fuse3 and load the fuse module "
                          "(modprobe fuse)")
@@ -39,7 +58,7 @@ def check_mountpoint(path: str) -> str:
 
 def mount(opts: MountOptions) -> int:
     """Mount and return 0 once ready; raise :class:`VchunkfsError` on failure."""
-    opts.mountpoint = check_mountpoint(opts.mountpoint)
+    opts.mountpoint = check_mountpoint(opts.mountpoint, opts.nonempty)
     if opts.foreground:
         return _serve_here(opts, ready_fd=None)
     read_end, write_end = os.pipe()
@@ -124,12 +143,20 @@ def _detach_stdio(log_file: str | None) -> None:
 
 
 def unmount(mountpoint: str, lazy: bool = False) -> None:
-    """Unmount a vchunkfs mount (the daemon then exits by itself)."""
-    mp = str(Path(mountpoint).expanduser().resolve())
-    if not os.path.ismount(mp):
+    """Unmount a vchunkfs mount (the daemon then exits by itself).
+
+    Found in the mount table, not by ``stat``: the mountpoint of a daemon that was
+    killed answers every ``stat`` with ENOTCONN, and must be unmounted all the same
+    (as ``fusermount3 -u`` does).
+    """
+    absolute = os.path.abspath(os.path.expanduser(mountpoint))
+    mp, fstype = absolute, _fstype(absolute)
+    if fstype is None:
+        mp = os.path.realpath(absolute)
+        fstype = _fstype(mp)
+    if fstype is None:
         raise UsageError(f"{mountpoint} is not mounted")
-    fstype = _fstype(mp)
-    if fstype is not None and fstype != "fuse.vchunkfs":
+    if fstype != "fuse.vchunkfs":
         raise UsageError(f"{mountpoint} is a {fstype} mount, not vchunkfs")
     cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mp]
     if not shutil.which("fusermount3"):
@@ -144,10 +171,17 @@ def unmount(mountpoint: str, lazy: bool = False) -> None:
 
 
 def _fstype(mountpoint: str) -> str | None:
+    """The type of the last mount at ``mountpoint`` in the mount table, or None."""
+    found = None
     with open("/proc/self/mounts") as f:
         for line in f:
             fields = line.split()
-            if len(fields) > 2 and fields[1] == mountpoint:
-                return fields[2]
-    return None
+            if len(fields) > 2 and _unescape(fields[1]) == mountpoint:
+                found = fields[2]
+    return found
+
+
+def _unescape(field: str) -> str:
+    """/proc/self/mounts writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 

@@ -20,7 +20,7 @@ import trio
 
 from vchunkfs.bridge import AsyncioBridge
 from vchunkfs.daemon.control_ops import ControlOps
-from vchunkfs.daemon.control_server import ControlServer, default_socket_path
+from vchunkfs.daemon.control_server import ControlLimits, ControlServer, default_socket_path
 from vchunkfs.daemon.options import MountOptions
 from vchunkfs.errors import MountError, VchunkfsError
 from vchunkfs.fs.budget import MemoryBudget
@@ -82,7 +82,10 @@ def _open_and_serve(opts: MountOptions, ready_fd: int | None) -> int:
         invalidator = KernelInvalidator()
         ops = ControlOps(repo, bridge, namespace, invalidator, opts.mountpoint)
         namespace.staged = ops
-        control = ControlServer(ops, socket_path, owner_uid=os.getuid())
+        control = ControlServer(ops, socket_path, owner_uid=os.getuid(), limits=ControlLimits(
+            max_frame=opts.control_max_frame, buffer_bytes=opts.control_buffer,
+            idle_timeout=opts.control_idle_timeout, stall_timeout=opts.control_stall_timeout,
+            max_connections=opts.control_max_connections))
         return trio.run(_serve, opts, namespace, control, ready_fd)
     finally:
         bridge.close()
@@ -110,8 +113,10 @@ async def _serve(opts: MountOptions, namespace: Namespace, control: ControlServe
         except RuntimeError as e:
             control.close()
             return _fail(ready_fd, MountError(f"cannot mount at {opts.mountpoint}: {e}"))
+        status = 0  # set when the mount fails to start after pyfuse3.init
         try:
             async def announce_when_answering() -> None:
+                nonlocal status
                 # A stat of the mountpoint returns once the kernel's handshake (FUSE_INIT)
                 # is answered; only then does the kernel keep a read-ahead written to
                 # sysfs (before it, it clamps the value back to 128 KiB). The stat runs
@@ -123,8 +128,8 @@ async def _serve(opts: MountOptions, namespace: Namespace, control: ControlServe
                     await trio.to_thread.run_sync(os.stat, opts.mountpoint,
                                                   abandon_on_cancel=True)
                 except OSError as e:
-                    _fail(ready_fd, MountError(f"the mount at {opts.mountpoint} does not answer: "
-                                               f"{e.strerror or e}"))
+                    status = _fail(ready_fd, MountError(
+                        f"the mount at {opts.mountpoint} does not answer: {e.strerror or e}"))
                     pyfuse3.terminate()
                     return
                 _set_read_ahead(opts.mountpoint, opts.read_ahead_kb)
@@ -147,7 +152,7 @@ async def _serve(opts: MountOptions, namespace: Namespace, control: ControlServe
             control.close()
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", opts.mountpoint)
-    return 0
+    return status
 
 
 async def _stop_on_signal(signals: AsyncIterator[int]) -> None:

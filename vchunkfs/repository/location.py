@@ -81,7 +81,11 @@ def parse_repo_url(url: str) -> RepoLocation:
     if "://" not in url:
         path = str(Path(url).expanduser().resolve())
         return RepoLocation(url=f"file://{path}", scheme="file", path=path)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- parsed lazily: a bad port raises here, not later
+    except ValueError as e:  # "Invalid IPv6 URL", a bad port
+        raise UsageError(f"bad repository URL {url!r}: {e}") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise UsageError(

@@ -20,11 +20,11 @@ import asyncio
 import datetime
 import fcntl
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import icechunk as ic
 import numpy as np
@@ -38,15 +38,19 @@ from vchunkfs.errors import (
     ReadOnlyError,
     UsageError,
 )
+from vchunkfs.repository.chunkgrid import ChunkGrid
 from vchunkfs.repository.repo import Repo, _first_line, engine_errors
 from vchunkfs.repository.snapshot import SnapshotView, ViewCaches, node_tree
+
+log = logging.getLogger("vchunkfs.writer")
 
 Checksum = str | datetime.datetime | None
 
 
-@dataclass(frozen=True)
-class VirtualRef:
-    """One chunk key pointing at ``length`` bytes at ``offset`` of ``location``."""
+class VirtualRef(NamedTuple):
+    """One chunk key pointing at ``length`` bytes at ``offset`` of ``location``.
+
+    A named tuple, not a dataclass: an import makes a million of them."""
 
     key: str
     location: str
@@ -70,6 +74,34 @@ async def commit_lock(repo: Repo) -> AsyncIterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def _chunk_coords(grid: ChunkGrid | None, rest: str) -> list[int] | None:
+    """The coordinates of the chunk ``rest`` (a key relative to its array) names, or None.
+
+    :meth:`ChunkGrid.parse`, with a fast path for the usual keys (a million refs are
+    parsed per import)."""
+    if grid is None:
+        return None
+    shape = grid.grid_shape
+    if grid.separator == "/" and shape:
+        parts = rest.split("/")
+        if grid.root:
+            if parts[0] != grid.root:
+                return None
+            del parts[0]
+        if len(parts) == len(shape):
+            try:
+                coords = [int(p) for p in parts]
+            except ValueError:
+                return None
+            # canonical decimal (no sign, space, '_' or leading zero) inside the grid
+            if all(0 <= c < n and str(c) == p for c, n, p in zip(coords, shape, parts,
+                                                                  strict=True)):
+                return coords
+            return None
+    parsed = grid.parse(rest)
+    return list(parsed.coords) if parsed is not None and parsed.is_chunk else None
+
+
 def _conflict_solver() -> ic.BasicConflictSolver:
     return ic.BasicConflictSolver(on_chunk_conflict=ic.VersionSelection.Fail)
 
@@ -84,9 +116,15 @@ class Writer:
         self.store = session.store
         # node path -> node type set by this session, or None where it deleted a node
         self.node_changes: dict[str, str | None] = {}
+        # chunk writes staged (refs set, native chunks set, chunks deleted): shown by
+        # ``ctl status`` next to the node changes
+        self.chunks_changed = 0
         # bumped by every change, so each staged state has its own view id
         self.generation = 0
         self._dirty = False
+        # set when a commit landed (or a discard dropped the changes) but no new session
+        # could be opened: this writer must not be used again (the owner opens another)
+        self.spent = False
 
     @classmethod
     async def open(cls, repo: Repo, branch: str = "main") -> Writer:
@@ -152,6 +190,7 @@ class Writer:
         await self._write(key, lambda: self.store.set_virtual_ref_async(
             key, location, offset=offset, length=length, checksum=checksum,
             validate_container=True))
+        self.chunks_changed += 1
 
     async def set_virtual_refs_arr(self, array_path: str, grid_shape: tuple[int, ...],
                                    locations: list[str],
@@ -169,33 +208,80 @@ class Writer:
         if failed:
             raise InvalidInputError(f"{len(failed)} refs of {array_path} were refused, "
                                     f"first at chunk {failed[0]}")
+        self.chunks_changed += sum(1 for loc in locations if loc)
 
     async def set_virtual_refs(self, refs: list[VirtualRef]) -> None:
         """Many refs by key. All are checked (keys name chunks of existing arrays, locations
-        lie in containers) before any is staged."""
+        lie in containers) before any is staged; then each array's refs are staged with
+        one bulk call (icechunk's ``set_virtual_refs``), not one call per ref."""
+        specs = await self.chunk_specs(refs)
+        await self.stage_chunk_specs(specs)
+
+    async def chunk_specs(self, refs: list[VirtualRef]
+                          ) -> dict[str, list[ic.VirtualChunkSpec]]:
+        """Check ``refs`` and group them by array as icechunk chunk specs."""
         view = await self.staged_view()
+        grids: dict[str, ChunkGrid] = {}
+        checked: set[str] = set()
+        out: dict[str, list[ic.VirtualChunkSpec]] = {}
+        Spec = ic.VirtualChunkSpec
+        # the array of the previous key: keys come grouped by array, and nothing lies
+        # below an array but its chunks, so a key under its path is one of its chunks
+        array, prefix, grid, specs = None, "", None, []
         for r in refs:
             if r.length <= 0:
                 raise InvalidInputError(f"virtual ref for {r.key}: length must be > 0")
-            self._check_location(r.location)
-            found = await view.resolve(r.key)
-            if found is None or found.kind != "chunk":
-                raise InvalidInputError(f"{r.key} is not a chunk key of an array in this "
+            directory = r.location.rpartition("/")[0]
+            if directory not in checked:  # locations of one directory share a container
+                self._check_location(r.location)
+                checked.add(directory)
+            key = r.key
+            if array is None or not key.startswith(prefix):
+                found = view.locate(key)
+                array = None
+                if found is not None and found[0].kind == "array" and found[1]:
+                    array = found[0].path
+                    prefix = array + "/" if array else ""
+                    grid = grids.get(array)
+                    if grid is None:
+                        grid = grids[array] = await view.grid(array)
+                    specs = out.setdefault(array, [])
+            coords = _chunk_coords(grid, key[len(prefix):]) if array is not None else None
+            if coords is None:
+                raise InvalidInputError(f"{key} is not a chunk key of an array in this "
                                         f"session (set the array's metadata first)")
-        for r in refs:
-            await self._write(r.key, lambda r=r: self.store.set_virtual_ref_async(
-                r.key, r.location, offset=r.offset, length=r.length, checksum=r.checksum,
-                validate_container=True))
+            checksum = r.checksum
+            if checksum is None:
+                specs.append(Spec(coords, r.location, r.offset, r.length))
+            elif isinstance(checksum, str):
+                specs.append(Spec(coords, r.location, r.offset, r.length,
+                                  etag_checksum=checksum))
+            else:
+                specs.append(Spec(coords, r.location, r.offset, r.length,
+                                  last_updated_at_checksum=checksum))
+        return out
+
+    async def stage_chunk_specs(self, specs: dict[str, list[ic.VirtualChunkSpec]]) -> None:
+        for array_path, chunks in specs.items():
+            failed = await self._write(array_path, lambda p=array_path, c=chunks:
+                                       self.store.set_virtual_refs_async(
+                                           p, c, validate_containers=True))
+            if failed:
+                raise InvalidInputError(f"{len(failed)} refs of {array_path} were refused, "
+                                        f"first at chunk {failed[0]}")
+            self.chunks_changed += len(chunks)
 
     async def set_chunk(self, key: str, data: bytes) -> None:
         """Store native chunk bytes (written into the repository itself)."""
         await self._write(key, lambda: self.store.set(key, _buffer(data)))
+        self.chunks_changed += 1
 
     async def delete(self, key: str) -> None:
         """Delete one chunk, or a whole group or array with everything below it."""
         key = key.strip("/")
         if key.endswith("zarr.json") or not await self.store.exists(_metadata_key(key)):
             await self._write(key, lambda: self.store.delete(key))
+            self.chunks_changed += not key.endswith("zarr.json")
         else:
             await self._write(key, lambda: self.store.delete_dir(key))
             self.node_changes[key] = None
@@ -210,7 +296,8 @@ class Writer:
         if not any(location.startswith(p) for p in prefixes):
             raise InvalidInputError(
                 f"{location} is outside every virtual chunk container of this repository; "
-                "add one whose url_prefix covers it (vchunkfs config add-container PREFIX)")
+                "add one whose url_prefix covers it (vchunkfs ctl MOUNTPOINT containers add "
+                "PREFIX, or vchunkfs config REPO containers add PREFIX)")
 
     # -- commit -------------------------------------------------------------
 
@@ -237,18 +324,33 @@ class Writer:
                     "discard and redo the changes on the new head") from e
             except ic.IcechunkError as e:
                 raise BackendError(f"commit to {self.branch} failed: {_first_line(e)}") from e
-        # the session is spent; the next change starts from the new head
-        await self._fresh_session()
+        # the session is spent; the next change starts from the new head. The commit has
+        # landed: failing to open that session must not report it as failed
+        try:
+            await self._fresh_session()
+        except Exception as e:
+            log.warning("committed %s on %s, but cannot open the next session: %s",
+                        sid, self.branch, _first_line(e))
+            self._dirty = False
+            self.node_changes = {}
+            self.chunks_changed = 0
+            self.generation += 1
+            self.spent = True
         return sid
 
     async def discard(self) -> None:
         """Drop every uncommitted change; the next change starts from the branch head."""
-        await self._fresh_session()
+        try:
+            await self._fresh_session()
+        except BaseException:
+            self.spent = True  # the old session may still hold the changes: never reuse it
+            raise
 
     async def _fresh_session(self) -> None:
         self.session = await self.repo.ic.writable_session_async(self.branch)
         self.store = self.session.store
         self.node_changes = {}
+        self.chunks_changed = 0
         self.generation += 1
         self._dirty = False
 
