@@ -79,3 +79,38 @@ def test_close_is_idempotent():
     b.close()
     with pytest.raises(RuntimeError, match="closed"):
         b.submit(asyncio.sleep)  # type: ignore[arg-type]
+
+
+async def test_a_call_past_its_deadline_is_cancelled_and_named(bridge: AsyncioBridge):
+    from vchunkfs.errors import BackendTimeoutError
+
+    cancelled = threading.Event()
+
+    async def hang() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    start = trio.current_time()
+    with pytest.raises(BackendTimeoutError) as e:
+        await bridge.call(hang, timeout=0.2, what="read x/c/0")
+    assert 0.2 <= trio.current_time() - start < 1.0
+    assert str(e.value) == "timed out after 0.2 s: read x/c/0"
+    assert await trio.to_thread.run_sync(cancelled.wait, 5)
+
+    async def quick() -> int:
+        return 7
+
+    assert await bridge.call(quick, timeout=0.2) == 7
+
+
+def test_run_with_a_deadline(bridge: AsyncioBridge):
+    from vchunkfs.errors import BackendTimeoutError
+
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    with pytest.raises(BackendTimeoutError, match="open the repository"):
+        bridge.run(hang, timeout=0.1, what="open the repository")

@@ -484,11 +484,11 @@ def run_core_machine(template: tuple[Path, BuiltRepo], where: Path, bridge: Asyn
 
         @invariant()
         def lookup_counts_match(self) -> None:
-            for ino, node in self.ns._inodes.items():
+            for ino, node in self.ns.inodes.nodes.items():
                 assert node.lookups >= 0, (ino, node)
             for ino, n in self.counts.items():
                 assert n >= 0
-                node = self.ns._inodes.get(ino)
+                node = self.ns.inodes.nodes.get(ino)
                 if n > 0:
                     assert node is not None and node.lookups == n, (ino, n, node)
 
@@ -774,7 +774,7 @@ async def run_fault_campaign(template: tuple[Path, BuiltRepo], where: Path,
         while (sum(plan.injected.values()) < min_faults
                and trio.current_time() - started < max_seconds):
             await trio.sleep(0.1)
-            for ino, node in ns._inodes.items():
+            for ino, node in ns.inodes.nodes.items():
                 assert node.lookups >= 0, (ino, node)
         n.cancel_scope.cancel()
     counts["faults"] = sum(plan.injected.values())

@@ -114,7 +114,7 @@ class AsyncioBridge:
             future.cancel()
             from vchunkfs.errors import BackendTimeoutError
 
-            raise BackendTimeoutError(what, timeout or 0.0)
+            raise BackendTimeoutError(what, max(timeout or 0.0, 0.0))
         return future.result()
 
     def close(self) -> None:

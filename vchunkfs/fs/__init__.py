@@ -1,14 +1,14 @@
-"""The filesystem: a FUSE-agnostic core (:mod:`.namespace`) behind a thin pyfuse3 adapter
-(:mod:`.operations`).
+"""The filesystem: a FUSE-agnostic core behind a thin pyfuse3 adapter (:mod:`.operations`).
 
-Concurrency rules (all of this package runs in one trio thread):
+The core: :mod:`.namespace` (versions, trees, generations, branch following,
+lookups and listings) over :mod:`.inodes` (the inode table and lookup counts) and
+:mod:`.reads` (open files, the block cache of :mod:`.blockcache`, the
+prefetcher), with the vocabulary in :mod:`.nodes`, the memory budget in
+:mod:`.budget`, and the repository behind the :class:`.source.VersionSource`
+seam (:mod:`.faults` injects faults into it for tests).
 
-* inode table, trees and the block cache are touched only from the trio thread,
-  between awaits, so they need no locks;
-* every call into the repository layer crosses the bridge (``await bridge.call``)
-  and may suspend: state read before such an await is re-checked after it;
-* one fetch per block however many readers: the first reader fetches, the
-  others wait for its result (or its error);
-* kernel cache invalidation is queued with ``invalidate_entry_async`` or done
-  outside request handlers (from the branch poller), never inside a handler.
+Concurrency rules: docs/concurrency.md. In short, all of this package runs in one
+trio thread; state read before an ``await`` is re-checked after it; every call
+into the repository layer crosses the bridge with a deadline; one fetch per block
+however many readers; kernel invalidations never inside a request handler.
 """

@@ -23,18 +23,13 @@ get short timeouts and uncacheable negative lookups.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import errno
-import functools
 import json
 import logging
-import math
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import trio
 from cachetools import LRUCache
@@ -46,8 +41,30 @@ from vchunkfs.errors import (
     UnauthorizedContainerError,
     VchunkfsError,
 )
-from vchunkfs.fs.blockcache import BLOCK_SIZE, BlockCache, read_blocks, slice_block
+from vchunkfs.fs.blockcache import BlockCache
 from vchunkfs.fs.budget import MemoryBudget
+from vchunkfs.fs.inodes import InodeTable
+from vchunkfs.fs.nodes import (
+    LONG_TIMEOUT,
+    REFS,
+    REQUEST_DEADLINE,
+    ROOT,
+    SHORT_TIMEOUT,
+    TEXT,
+    TREE,
+    VERSIONS,
+    Attr,
+    DirHandle,
+    FsError,
+    Inode,
+    Invalidator,
+    MountConfig,
+    NodeKey,
+    OpenFile,
+    StagedSource,
+    Tree,
+)
+from vchunkfs.fs.reads import PREFETCH_WORKERS, Reads
 from vchunkfs.fs.source import PresentationFactory, VersionSource
 from vchunkfs.presentation.base import Presentation, make_presentation
 from vchunkfs.presentation.history import render_history
@@ -59,140 +76,24 @@ from vchunkfs.repository.snapshot import Entry, SnapshotView, Unknown
 
 log = logging.getLogger("vchunkfs.fs")
 
-ROOT = 1
+__all__ = [  # the core's vocabulary lives in vchunkfs.fs.nodes; importable from here too
+    "LONG_TIMEOUT", "PREFETCH_WORKERS", "REFS", "REQUEST_DEADLINE", "ROOT", "SHORT_TIMEOUT",
+    "TEXT", "TREE", "VERSIONS", "Attr", "DirHandle", "FsError", "Inode", "Invalidator",
+    "MountConfig", "Namespace", "NodeKey", "OpenFile", "StagedSource", "Tree", "errno_for",
+]
+
 REF_DIRS = ("branches", "tags", "snapshots", "staged")
 TEXT_FILES = ("HEAD", "history")
-LONG_TIMEOUT = 24 * 3600.0  # generations never change
-SHORT_TIMEOUT = 1.0  # floating nodes follow the repository
 HISTORY_LIMIT = 10_000
 # retired inodes (generation nodes the kernel forgot, kept so that the next lookup of
 # the same name needs no new inode), the entry cache and the listings kept are bounded
 # by the memory budget's "names" share (vchunkfs.fs.budget)
-# on a cold read of a chunk file, fetch the array's next chunk files (MountConfig.prefetch
-# of them) into the block cache, through the same icechunk get as any read, with at most
-# PREFETCH_WORKERS at once: the fetches overlap the reader's requests
-PREFETCH_WORKERS = 4
 XATTR_SNAPSHOT = "user.vchunkfs.snapshot"
 XATTR_VERSION = "user.vchunkfs.version"
 XATTR_STATS = "user.vchunkfs.stats"
 XATTR_SOCKET = "user.vchunkfs.control_socket"
 
-TREE, VERSIONS, REFS, TEXT = "tree", "versions", "refs", "text"
 
-# The deadline (trio clock) of the FUSE request the current task serves, set by the
-# adapter: every backend call made for the request ends by then (docs/concurrency.md).
-REQUEST_DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar(
-    "vchunkfs_request_deadline", default=math.inf)
-
-
-@dataclass(frozen=True)
-class NodeKey:
-    """What an inode stands for."""
-
-    kind: str  # TREE, VERSIONS, REFS or TEXT
-    tree: str = ""  # TREE: the tree id ("root", "branch:NAME", "tag:NAME", "snapshot:ID")
-    gen: str = ""  # TREE: the snapshot the node belongs to; "" for the floating mount root
-    path: str = ""  # TREE: path in the presentation; REFS/TEXT: the directory or file name
-    pres: str = ""  # TREE: the presentation; "" for a version's top directory listing several
-
-
-@dataclass(slots=True)
-class Inode:
-    ino: int
-    key: NodeKey
-    parent: int
-    name: str
-    lookups: int = 0
-    # a generation node's attributes (they never change), once known
-    attr: Attr | None = None
-    reply: Any = None  # the adapter's reply for ``attr``, built once by the adapter
-
-
-@dataclass(frozen=True)
-class Attr:
-    """Attributes of one node, FUSE-agnostic. ``ino == 0`` is a cacheable negative entry."""
-
-    ino: int
-    is_dir: bool = False
-    size: int = 0
-    mtime_ns: int = 0
-    timeout: float = SHORT_TIMEOUT
-
-
-@dataclass
-class Tree:
-    """A version shown as a hierarchy; a branch's tree moves with the branch."""
-
-    id: str
-    version: Version
-    mtime_ns: int
-
-    @property
-    def snapshot_id(self) -> str:
-        return self.version.snapshot_id
-
-
-@dataclass(slots=True)
-class OpenFile:
-    key: NodeKey
-    size: int
-    keep_cache: bool
-    presentation: Presentation | None = None
-    text: bytes | None = None
-    cache_key: Hashable = None  # the block cache's key of the file's bytes
-
-
-@dataclass(slots=True)
-class DirHandle:
-    """An open directory: its listing, taken once per pass, served by offset."""
-
-    ino: int
-    entries: list[tuple[str, NodeKey, Attr]] | None = None
-    gen: str = ""  # for a floating tree directory, the generation listed
-
-
-class Invalidator(Protocol):
-    """How the core asks the kernel to forget cached entries (implemented by the adapter)."""
-
-    def invalidate_entry(self, parent: int, name: str) -> None: ...
-
-    def invalidate_inode(self, ino: int) -> None: ...
-
-
-class StagedSource(Protocol):
-    """Uncommitted changes the mount shows under ``.vchunkfs/staged/`` (from the daemon)."""
-
-    def staged_ids(self) -> dict[str, str]:
-        """Branch -> id of its current staged state, for branches with changes."""
-        ...
-
-    async def staged_view(self, staged_id: str) -> SnapshotView:
-        """The view of a staged state (a coroutine for the bridge's loop)."""
-        ...
-
-
-class FsError(Exception):
-    """An operation failed with ``errno``; ``message`` is the one line that was logged."""
-
-    def __init__(self, err: int, message: str = "") -> None:
-        super().__init__(message or errno.errorcode.get(err, str(err)))
-        self.errno = err
-
-
-@dataclass
-class MountConfig:
-    """What the core needs of the mount options; the defaults are those of
-    :class:`vchunkfs.daemon.options.MountOptions` (a test keeps them equal)."""
-
-    version: str = "main"
-    presentation: str = "v3"  # a name, several joined with "+", or "all"
-    cache_bytes: int = 1024 * 1024 * 1024  # the memory budget (vchunkfs.fs.budget)
-    show_versions: bool = False
-    poll_interval: float = 2.0
-    control_socket: str | None = None
-    prefetch: int = 4  # chunk files fetched ahead of a cold read (run_prefetcher serves them)
-    timeout: float | None = 30.0  # seconds any backend call, and any request, may take
-    memory: MemoryBudget | None = None  # the split of cache_bytes, if not the default one
 
 
 @dataclass
@@ -222,28 +123,17 @@ class Namespace:
         self.config = config
         self.memory = config.memory or MemoryBudget.split(config.cache_bytes)
         self.cache = BlockCache(self.memory.blocks)
+        self.reads = Reads(self.cache, config.prefetch, self._call, self._pcall)
         self.presentations = canonical_presentations(config.presentation)
         # with one presentation every tree node has it; with several, a version's top
         # directory lists one subdirectory per presentation (nodes with pres "")
         self._top_pres = self.presentations[0] if len(self.presentations) == 1 else ""
-        self._inodes: dict[int, Inode] = {}
-        self._by_key: dict[tuple[NodeKey, int], int] = {}
-        # (parent inode, name) -> child, for parents inside a generation (whose children
-        # never change): a lookup that hits needs no await and no new objects
-        self._known: dict[tuple[int, str], Inode] = {}
-        self._retired: OrderedDict[int, None] = OrderedDict()
-        self._prefetch_send: trio.MemorySendChannel[tuple[Hashable, Presentation, str, int]] \
-            | None = None
-        # queued or fetched, not yet read -> size
-        self._prefetching: dict[Hashable, int] = {}
-        self._next_ino = ROOT + 1
         self._trees: dict[str, Tree] = {}
         self._generations: LRUCache[str, _Generation] = LRUCache(64)
         # (generation, path) -> entry or None: generations never change, and a hit
         # saves a round trip through the bridge (0.1-0.3 ms) on lookup, getattr, open
         self._entries: LRUCache[tuple[str, str, str], Entry | None] = LRUCache(
             self.memory.entry_cache)
-        self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, DirHandle] = {}
         # listings of generation directories (they never change), bounded in entries
         self._listings: LRUCache[tuple[str, str, str], list[tuple[str, NodeKey, Attr]]] = \
@@ -252,8 +142,8 @@ class Namespace:
         self._next_fh = 1
         # one poll at a time (the poller and control requests both poll)
         self._poll_lock = trio.Lock()
-        root = Inode(ROOT, NodeKey(TREE, "root", "", "", self._top_pres), ROOT, "", lookups=1)
-        self._inodes[ROOT] = root
+        self.inodes = InodeTable(NodeKey(TREE, "root", "", "", self._top_pres),
+                                 self.memory.retired_inodes)
 
     # -- set-up -------------------------------------------------------------
 
@@ -321,73 +211,23 @@ class Namespace:
     async def _snapshot_ids(self) -> set[str]:
         return await self._pcall(self.source.snapshot_ids, "snapshots", "list")
 
-    # -- inode table ----------------------------------------------------------
-
-    def _intern(self, key: NodeKey, parent: int, name: str) -> int:
-        ino = self._by_key.get((key, parent))
-        if ino is None:
-            ino = self._next_ino
-            self._next_ino += 1
-            self._inodes[ino] = Inode(ino, key, parent, name)
-            self._by_key[(key, parent)] = ino
-        return ino
+    # -- inode table (vchunkfs.fs.inodes) -------------------------------------------
 
     def add_lookup(self, ino: int, n: int = 1) -> None:
         """Count a reference the kernel now holds (a lookup reply or readdirplus entry)."""
-        node = self._inodes.get(ino)
-        if node is not None:
-            if node.lookups <= 0:
-                self._retired.pop(ino, None)
-            node.lookups += n
+        self.inodes.add_lookup(ino, n)
 
     def forget(self, ino: int, n: int) -> None:
         """The kernel dropped ``n`` references; never raises."""
-        node = self._inodes.get(ino)
-        if node is None or ino == ROOT:
-            return
-        node.lookups -= n
-        self.drop_if_unreferenced(ino)
+        self.inodes.forget(ino, n)
 
     def drop_if_unreferenced(self, ino: int) -> None:
-        """Forget an inode the kernel no longer holds (or never received: a rejected
-        readdir entry). A generation node is retired instead: kept (up to
-        RETIRED_INODES of them) so that the next lookup of its name answers the same
-        inode, and its children stay known under it."""
-        node = self._inodes.get(ino)
-        if node is None or node.lookups > 0 or ino == ROOT:
-            return
-        if node.key.kind == TREE and node.key.gen:
-            self._retired[ino] = None
-            if len(self._retired) > self.memory.retired_inodes:
-                self._delete(self._retired.popitem(last=False)[0])
-            return
-        self._delete(ino)
-
-    def _delete(self, ino: int) -> None:
-        node = self._inodes.pop(ino, None)
-        if node is None:
-            return
-        self._by_key.pop((node.key, node.parent), None)
-        if self._known.get((node.parent, node.name)) is node:
-            del self._known[(node.parent, node.name)]
-
-    def _remember(self, pnode: Inode, name: str, ino: int, attr: Attr) -> None:
-        """Keep a generation node's attributes for :meth:`lookup_known`."""
-        if pnode.key.kind == TREE and pnode.key.gen and attr.timeout == LONG_TIMEOUT:
-            node = self._inodes[ino]
-            node.attr = attr
-            self._known[(pnode.ino, name)] = node
-
-    def _node(self, ino: int) -> Inode:
-        node = self._inodes.get(ino)
-        if node is None:
-            raise FsError(errno.ESTALE, f"inode {ino} is unknown")
-        return node
+        self.inodes.drop_if_unreferenced(ino)
 
     def is_private(self, ino: int) -> bool:
         """Whether only the daemon's user (and root) may read the node: ``staged/`` and
         everything under it, a user's uncommitted changes, whatever the mount options."""
-        node = self._inodes.get(ino)
+        node = self.inodes.nodes.get(ino)
         if node is None:
             return False
         k = node.key
@@ -397,7 +237,7 @@ class Namespace:
     @property
     def inode_count(self) -> int:
         """Inodes the kernel holds (or was just sent), retired ones not counted."""
-        return len(self._inodes) - len(self._retired)
+        return self.inodes.count
 
     # -- fast paths: synchronous, for requests answered from memory -------------------
     # Each returns None when it cannot answer; then the adapter calls the coroutine.
@@ -405,23 +245,15 @@ class Namespace:
     def lookup_known(self, parent: int, name: str) -> Inode | None:
         """The child ``name`` of a generation directory, if its attributes are known
         (its ``attr``), counted as a kernel reference like :meth:`lookup`."""
-        node = self._known.get((parent, name))
-        if node is None:
-            return None
-        if node.lookups <= 0:
-            self._retired.pop(node.ino, None)
-            node.lookups = 0
-        node.lookups += 1
-        return node
+        return self.inodes.lookup_known(parent, name)
 
     def node_known(self, ino: int) -> Inode | None:
         """The inode if its attributes are known (``attr`` is set)."""
-        node = self._inodes.get(ino)
-        return node if node is not None and node.attr is not None else None
+        return self.inodes.node_known(ino)
 
     def open_known(self, ino: int) -> tuple[int, OpenFile] | None:
         """:meth:`open` of a generation file whose attributes are known."""
-        node = self._inodes.get(ino)
+        node = self.inodes.nodes.get(ino)
         if node is None or node.attr is None or node.attr.is_dir:
             return None
         key = node.key
@@ -429,28 +261,26 @@ class Namespace:
         if gen is None:
             return None
         pres = gen.presentation(key.pres)
-        return self._add_file(OpenFile(key, node.attr.size, True, pres,
+        return self.reads.add_file(OpenFile(key, node.attr.size, True, pres,
                                        cache_key=(key.gen, pres.name, key.path)))
+
+    # -- open files and reads (vchunkfs.fs.reads) ------------------------------------
 
     def read_cached(self, fh: int, offset: int, length: int) -> bytes | memoryview | None:
         """:meth:`read` of a file whose block is in the cache, without copying it."""
-        f = self._files.get(fh)
-        if f is None or f.text is not None or f.size > BLOCK_SIZE:
-            return None
-        key = f.cache_key
-        if self._prefetching and key in self._prefetching:
-            return None  # the first read of a prefetched file moves the window on
-        block = self.cache.peek(key)
-        if block is None:
-            return None
-        end = min(f.size, offset + length)
-        return slice_block(block, offset, end) if offset < end else b""
+        return self.reads.read_cached(fh, offset, length)
 
-    def _add_file(self, f: OpenFile) -> tuple[int, OpenFile]:
-        fh = self._next_fh
-        self._next_fh += 1
-        self._files[fh] = f
-        return fh, f
+    async def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
+        """Bytes of an open file: ``bytes``, or a ``memoryview`` of a cached block."""
+        return await self.reads.read(fh, offset, length)
+
+    def release(self, fh: int) -> None:
+        self.reads.release(fh)
+
+    async def run_prefetcher(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                             ) -> None:
+        """Serve prefetches until cancelled (at unmount): see :class:`Reads`."""
+        await self.reads.run_prefetcher(task_status)
 
     # -- operations -----------------------------------------------------------
 
@@ -460,24 +290,24 @@ class Namespace:
         A missing name is ``Attr(ino=0)`` (a negative entry the kernel may cache)
         inside a generation, and ``FsError(ENOENT)`` under floating directories.
         """
-        pnode = self._node(parent)
+        pnode = self.inodes.node(parent)
         child = await self._child_key(pnode, name)
         if child is None:
             if pnode.key.kind == TREE and pnode.key.gen:
                 return Attr(0, timeout=LONG_TIMEOUT)
             raise FsError(errno.ENOENT)
-        ino = self._intern(child, parent, name)
+        ino = self.inodes.intern(child, parent, name)
         try:
             attr = await self._attr(ino, child)
         except BaseException:
             self.drop_if_unreferenced(ino)
             raise
-        self._remember(pnode, name, ino, attr)
+        self.inodes.remember(pnode, name, ino, attr)
         self.add_lookup(ino)
         return attr
 
     async def getattr(self, ino: int) -> Attr:
-        node = self._node(ino)
+        node = self.inodes.node(ino)
         return await self._attr(ino, node.key)
 
     # -- directory listings: one snapshot per handle, served by offset ----------------
@@ -485,7 +315,7 @@ class Namespace:
     def opendir(self, ino: int) -> int:
         """A directory handle; its listing is taken at the first :meth:`readdir` from
         offset 0 (and again at each rewind) and served by offset from then on."""
-        self._node(ino)
+        self.inodes.node(ino)
         dh = self._next_fh
         self._next_fh += 1
         self._dirs[dh] = DirHandle(ino)
@@ -505,7 +335,7 @@ class Namespace:
         if start == 0 or handle.entries is None:
             handle.entries, handle.gen = await self._list(handle.ino)
         entries = handle.entries
-        parent = self._inodes.get(handle.ino)
+        parent = self.inodes.nodes.get(handle.ino)
         if parent is None:
             raise FsError(errno.ESTALE, f"inode {handle.ino} is unknown")
         # a floating directory whose version moved since the listing was taken: its
@@ -515,15 +345,15 @@ class Namespace:
             name, key, a = entries[i]
             if not key.path:
                 key, a = self._current_ref(key, a)
-            cino = self._intern(key, handle.ino, name)
-            known = self._inodes[cino].attr
+            cino = self.inodes.intern(key, handle.ino, name)
+            known = self.inodes.nodes[cino].attr
             if known is not None and not stale:
                 attr = known  # a generation node listed or looked up before
             elif stale and a.timeout == LONG_TIMEOUT:
                 attr = Attr(cino, a.is_dir, a.size, a.mtime_ns, SHORT_TIMEOUT)
             else:
                 attr = Attr(cino, a.is_dir, a.size, a.mtime_ns, a.timeout)
-                self._remember(parent, name, cino, attr)
+                self.inodes.remember(parent, name, cino, attr)
             if not emit(name, attr, i + 1):
                 self.drop_if_unreferenced(cino)
                 return
@@ -554,7 +384,7 @@ class Namespace:
         dh = self.opendir(ino)
         try:
             def take(name: str, attr: Attr, _next: int) -> bool:
-                out.append((name, self._inodes[attr.ino].key, attr))
+                out.append((name, self.inodes.nodes[attr.ino].key, attr))
                 return True
             await self.readdir(dh, 0, take)
         finally:
@@ -564,7 +394,7 @@ class Namespace:
     async def _list(self, ino: int) -> tuple[list[tuple[str, NodeKey, Attr]], str]:
         """A directory's entries, attributes without inodes (``ino`` 0), and the generation
         a floating tree directory showed ("" for the others)."""
-        node = self._node(ino)
+        node = self.inodes.node(ino)
         key = node.key
         out: list[tuple[str, NodeKey, Attr]] = []
         if key.kind == TREE:
@@ -612,7 +442,7 @@ class Namespace:
         return out, ""
 
     async def open(self, ino: int) -> tuple[int, OpenFile]:
-        node = self._node(ino)
+        node = self.inodes.node(ino)
         key = node.key
         if key.kind == TEXT:
             f = OpenFile(key, 0, keep_cache=False, text=await self._text(key.path))
@@ -628,111 +458,11 @@ class Namespace:
                          cache_key=(key.gen, pres.name, key.path))
         else:
             raise FsError(errno.EISDIR)
-        return self._add_file(f)
-
-    async def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
-        """Bytes of an open file: ``bytes``, or a ``memoryview`` of a cached block."""
-        f = self._files.get(fh)
-        if f is None:
-            raise FsError(errno.EBADF)
-        if f.text is not None:
-            return f.text[offset:offset + length]
-        pres = f.presentation
-        assert pres is not None
-        path = f.key.path
-
-        async def fetch(off: int, n: int) -> bytes:
-            return await self._fetch(pres, path, off, n)
-
-        cache_key = f.cache_key
-        # read ahead when this read fetches (a cold file) or is the first of a prefetched one
-        ahead = (self._prefetch_send is not None and f.size <= BLOCK_SIZE
-                 and (cache_key not in self.cache or cache_key in self._prefetching))
-        data = await read_blocks(self.cache, cache_key, f.size, offset, length, fetch)
-        if ahead:
-            self._prefetching.pop(cache_key, None)
-            self._prefetch_after(pres, f.key.gen, path)
-        return data
-
-    async def _fetch(self, pres: Presentation, path: str, off: int, n: int,
-                     quiet: bool = False) -> bytes:
-        """``n`` bytes of ``path`` from ``off``, fetched through the presentation."""
-        what = f"read {path} [{off}:{off + n}]"
-        if quiet:
-            data = await self._call(lambda: pres.read(path, off, n),
-                                    "prefetch" + what.removeprefix("read"))
-        else:
-            data = await self._pcall(lambda: pres.read(path, off, n), path, what)
-        if len(data) != n:
-            # sizes are exact by contract; anything else is wrong bytes
-            raise FsError(errno.EIO, f"{path}: got {len(data)} bytes, expected {n}")
-        return data
-
-    # -- prefetching ----------------------------------------------------------
-
-    def _prefetch_after(self, pres: Presentation, gen: str, path: str) -> None:
-        """Queue the files after ``path`` that are neither cached nor on their way."""
-        send = self._prefetch_send
-        ahead = self.config.prefetch
-        if send is None or ahead <= 0:
-            return
-        if len(self._prefetching) > 4 * (ahead + PREFETCH_WORKERS):
-            # prefetched files evicted or never read: forget them
-            self._prefetching = {k: n for k, n in self._prefetching.items() if k in self.cache}
-        for next_path, size in pres.following(path, ahead):
-            key = (gen, pres.name, next_path)
-            if size <= 0 or size > BLOCK_SIZE or key in self.cache:
-                continue
-            if size > self.cache.max_bytes // (4 * ahead):
-                return  # the cache is too small to hold a window of files this big
-            if sum(self._prefetching.values()) + size > self.cache.max_bytes // 4:
-                return  # prefetched and unread already fill their share: evicting them
-                # (or what readers are reading) to fetch more would only fetch twice
-            try:
-                send.send_nowait((key, pres, next_path, size))
-            except trio.WouldBlock:
-                return
-            self._prefetching[key] = size
-
-    async def run_prefetcher(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                             ) -> None:
-        """Serve prefetches with PREFETCH_WORKERS tasks until cancelled (at unmount).
-
-        A prefetch is an ordinary read through the presentation (icechunk's get,
-        with its authorization and changed-source checks) whose bytes go to the
-        block cache; its errors are dropped (a reader of that file fetches it
-        again, and sees its own error).
-        """
-        send, receive = trio.open_memory_channel[tuple[Hashable, Presentation, str, int]](
-            max(self.config.prefetch, 1) * PREFETCH_WORKERS)
-
-        async def worker() -> None:
-            async for key, pres, path, size in receive:
-                if key not in self._prefetching:
-                    continue  # read meanwhile
-                try:
-                    await self.cache.prefetch(key, functools.partial(
-                        self._fetch, pres, path, 0, size, quiet=True))
-                except Exception as e:
-                    self._prefetching.pop(key, None)
-                    log.debug("prefetch of %s: %s", path, _first_line(e))
-
-        try:
-            async with trio.open_nursery() as nursery:
-                for _ in range(PREFETCH_WORKERS):
-                    nursery.start_soon(worker)
-                self._prefetch_send = send
-                task_status.started()
-        finally:
-            self._prefetch_send = None
-            self._prefetching.clear()
-
-    def release(self, fh: int) -> None:
-        self._files.pop(fh, None)
+        return self.reads.add_file(f)
 
     def xattr(self, ino: int, name: str) -> bytes | None:
         """Extended attributes: which snapshot and version a node belongs to."""
-        node = self._inodes.get(ino)
+        node = self.inodes.nodes.get(ino)
         if ino == ROOT and name == XATTR_STATS:
             return json.dumps(self.stats()).encode()
         if ino == ROOT and name == XATTR_SOCKET and self.config.control_socket:
@@ -748,7 +478,7 @@ class Namespace:
         return None
 
     def xattr_names(self, ino: int) -> list[str]:
-        node = self._inodes.get(ino)
+        node = self.inodes.nodes.get(ino)
         names = [XATTR_SNAPSHOT, XATTR_VERSION] if node and node.key.kind == TREE else []
         if ino == ROOT:
             names.append(XATTR_STATS)
@@ -765,7 +495,7 @@ class Namespace:
         return {"cache_hits": c.hits, "cache_misses": c.misses, "cache_coalesced": c.coalesced,
                 "prefetched": c.prefetched,
                 "fetched_bytes": c.fetched_bytes, "cache_bytes": self.cache.current_bytes,
-                "inodes": self.inode_count, "open_files": len(self._files)}
+                "inodes": self.inode_count, "open_files": len(self.reads.files)}
 
     # -- attributes and children ----------------------------------------------
 
@@ -943,11 +673,11 @@ class Namespace:
         return changed
 
     def _invalidate_generation(self, tree_id: str, gen: str, invalidator: Invalidator) -> None:
-        for node in list(self._inodes.values()):
+        for node in list(self.inodes.nodes.values()):
             k = node.key
             if k.kind != TREE or k.tree != tree_id or k.gen != gen or node.lookups <= 0:
                 continue  # retired nodes have no kernel entry
-            parent = self._inodes.get(node.parent)
+            parent = self.inodes.nodes.get(node.parent)
             if parent is None or parent.key.tree != tree_id or parent.key.gen != gen:
                 invalidator.invalidate_entry(node.parent, node.name)
         if tree_id == "root":
