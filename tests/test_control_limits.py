@@ -30,6 +30,8 @@ def limited(tmp_path_factory):
                  "control_buffer=256K", "control_idle_timeout=2", "control_stall_timeout=1",
                  "control_max_connections=40") as m:
         yield m, sock
+        assert m.proc.poll() is None, "the daemon exited"
+        assert "Traceback" not in m.log_text(), m.log_text()[-3000:]
 
 
 def connect(sock: str, timeout: float = 10) -> socket.socket:
