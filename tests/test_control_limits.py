@@ -81,6 +81,14 @@ def test_idle_and_stalled_connections_are_closed(limited):
         assert closed(idle)
 
 
+def test_the_client_reconnects_after_an_idle_close(limited):
+    _m, sock = limited
+    with Client(sock) as c:
+        assert c.status()["staged"] == {}
+        time.sleep(2.5)  # past the idle timeout: the daemon closed the connection
+        assert c.status()["staged"] == {}
+
+
 def test_requests_wait_for_buffer_room_then_are_refused_clearly(limited):
     _m, sock = limited
     big = 200 * KiB  # holds most of the 256 KiB budget while it trickles in
