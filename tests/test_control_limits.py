@@ -65,6 +65,15 @@ def test_a_frame_over_the_limit_is_refused_before_it_is_read(limited):
         assert c.status()["staged"] == {}
 
 
+def test_a_request_over_the_protocol_limit_is_a_clear_client_error(limited):
+    _m, sock = limited
+    with Client(sock) as c:
+        with pytest.raises(ControlError) as e:
+            c.set_chunk("x", b"\0" * (65 * 1024 * KiB))
+        assert e.value.code == "too_large" and "exceeds the limit" in e.value.message
+        assert c.status()["staged"] == {}  # the connection is still usable
+
+
 def test_idle_and_stalled_connections_are_closed(limited):
     _m, sock = limited
     with connect(sock) as idle, connect(sock) as stalled:

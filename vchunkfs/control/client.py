@@ -127,8 +127,12 @@ class Client:
                     break
                 rid = self._next_id
                 self._next_id += 1
-                frame = protocol.encode(
-                    {"v": protocol.VERSION, "id": rid, "op": op, "args": args})
+                try:
+                    frame = protocol.encode(
+                        {"v": protocol.VERSION, "id": rid, "op": op, "args": args})
+                except protocol.ProtocolError as e:  # larger than any daemon takes
+                    failure = failure or ControlError("too_large", f"{op}: {e}; split it")
+                    break
                 pending.append(rid)
                 ops.append(op)
                 try:
