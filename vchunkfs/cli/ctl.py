@@ -350,7 +350,12 @@ def ctl_changes(args: argparse.Namespace) -> int:
 
 
 def ctl_commit(args: argparse.Namespace) -> int:
-    meta = json.loads(args.meta) if args.meta else None
+    try:
+        meta = json.loads(args.meta) if args.meta else None
+    except ValueError as e:
+        raise UsageError(f"--meta is not JSON: {e}") from None
+    if meta is not None and not isinstance(meta, dict):
+        raise UsageError("--meta must be a JSON object")
     with _client(args) as c:
         sid = c.commit(args.message, meta, args.branch)
     return _print(args, {"snapshot": sid}, sid)
