@@ -271,5 +271,7 @@ def test_ctl_when_the_daemon_dies_mid_request_is_one_line(tmp_path):
         r = cli("ctl", "--socket", path, str(tmp_path), "status")
         assert r.returncode == 1 and "before answering status" in r.stderr
         assert "unknown" not in r.stderr  # status changes nothing
+        r = cli("ctl", "--socket", path, str(tmp_path), "commit", "-m", "x", "--meta", "{")
+        assert r.returncode == 2 and "--meta is not JSON" in r.stderr, r.stderr
     finally:
         server.close()

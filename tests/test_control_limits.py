@@ -30,6 +30,8 @@ def limited(tmp_path_factory):
                  "control_buffer=256K", "control_idle_timeout=2", "control_stall_timeout=1",
                  "control_max_connections=40") as m:
         yield m, sock
+        assert m.proc.poll() is None, "the daemon exited"
+        assert "Traceback" not in m.log_text(), m.log_text()[-3000:]
 
 
 def connect(sock: str, timeout: float = 10) -> socket.socket:
@@ -63,6 +65,15 @@ def test_a_frame_over_the_limit_is_refused_before_it_is_read(limited):
         assert c.status()["staged"] == {}
 
 
+def test_a_request_over_the_protocol_limit_is_a_clear_client_error(limited):
+    _m, sock = limited
+    with Client(sock) as c:
+        with pytest.raises(ControlError) as e:
+            c.set_chunk("x", b"\0" * (65 * 1024 * KiB))
+        assert e.value.code == "too_large" and "exceeds the limit" in e.value.message
+        assert c.status()["staged"] == {}  # the connection is still usable
+
+
 def test_idle_and_stalled_connections_are_closed(limited):
     _m, sock = limited
     with connect(sock) as idle, connect(sock) as stalled:
@@ -77,6 +88,14 @@ def test_idle_and_stalled_connections_are_closed(limited):
         assert reply["error"]["code"] == "timeout" and "no request for 2 s" in \
             reply["error"]["message"]
         assert closed(idle)
+
+
+def test_the_client_reconnects_after_an_idle_close(limited):
+    _m, sock = limited
+    with Client(sock) as c:
+        assert c.status()["staged"] == {}
+        time.sleep(2.5)  # past the idle timeout: the daemon closed the connection
+        assert c.status()["staged"] == {}
 
 
 def test_requests_wait_for_buffer_room_then_are_refused_clearly(limited):

@@ -161,8 +161,32 @@ def test_control_connections_race_for_first_writer_and_commits(run, tmp_path):
                     commits.append(c.commit("the rest", branch=branch))
             status = c.status()
         assert status["staged"] == {}
+
+        # only the first writer's creation, raced: every connection's first change on a
+        # branch nobody has written through this mount yet lands in one session
+        first = threading.Barrier(CONNECTIONS)
+        acked["other"] = {}
+
+        def first_change(t: int) -> None:
+            try:
+                with Client(sock) as c:
+                    first.wait()
+                    c.set_chunk(f"a/c/{t}", bytes([t + 1]), branch="other")
+                    acked["other"][t] = t + 1
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=first_change, args=(t,)) for t in range(CONNECTIONS)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=120)
+        assert not errors, errors
+        with Client(sock) as c:
+            c.commit("first changes", branch="other")
+            assert c.status()["staged"] == {}
         assert "Traceback" not in m.log_text()
-    assert len(acked["main"]) + len(acked["dev"]) == n
+    assert len(acked["main"]) + len(acked["dev"]) == n and len(acked["other"]) == CONNECTIONS
     for branch, values in acked.items():
         view = run(lambda b=branch: repo.view(b))
         got = {i: run(lambda i=i, v=view: v.read(f"a/c/{i}")) for i in values}

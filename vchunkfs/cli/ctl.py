@@ -8,7 +8,7 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -292,8 +292,7 @@ def _read_refs(file: str) -> Iterator[dict[str, Any]]:
     if file == "-" or file.endswith(".csv"):
         stream = sys.stdin if file == "-" else open(file, newline="")  # noqa: SIM115
         with stream:
-            for i, raw in enumerate(csv.DictReader(stream), start=2):
-                yield row(raw, f"{file}:{i}")
+            yield from _csv_refs(stream, file, row)
     elif file.endswith(".parquet"):
         try:
             import pyarrow.parquet as pq
@@ -310,6 +309,33 @@ def _read_refs(file: str) -> Iterator[dict[str, Any]]:
                 yield row(raw, f"{file} item {i}")
     else:
         raise UsageError(f"{file}: unknown format; use .csv, .parquet or .msgpack")
+
+
+def _csv_refs(stream: Any, file: str,
+              row: Callable[[dict[str, Any], str], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """CSV rows as refs: plain rows by column index (about twice as fast as DictReader
+    on a million rows); any row the fast path does not take goes through ``row``."""
+    reader = csv.reader(stream)
+    header = next(reader, None)
+    if header is None:
+        return
+    col = {name: i for i, name in enumerate(header)}
+    missing = [c for c in ("key", "location", "offset", "length") if c not in col]
+    if missing:
+        raise UsageError(f"{file}: the header has no {', '.join(missing)} column "
+                         "(needs key, location, offset, length; checksum optional)")
+    k, loc, off, ln = col["key"], col["location"], col["offset"], col["length"]
+    ck = col.get("checksum")
+    width = len(header)
+    for i, rec in enumerate(reader, start=2):
+        if len(rec) == width and (ck is None or not rec[ck]):
+            try:
+                yield {"key": rec[k], "location": rec[loc], "offset": int(rec[off]),
+                       "length": int(rec[ln])}
+                continue
+            except ValueError:
+                pass  # the general path says what is wrong
+        yield row(dict(zip(header, rec, strict=False)), f"{file}:{i}")
 
 
 def _read_input(file: str) -> bytes:
@@ -350,7 +376,12 @@ def ctl_changes(args: argparse.Namespace) -> int:
 
 
 def ctl_commit(args: argparse.Namespace) -> int:
-    meta = json.loads(args.meta) if args.meta else None
+    try:
+        meta = json.loads(args.meta) if args.meta else None
+    except ValueError as e:
+        raise UsageError(f"--meta is not JSON: {e}") from None
+    if meta is not None and not isinstance(meta, dict):
+        raise UsageError("--meta must be a JSON object")
     with _client(args) as c:
         sid = c.commit(args.message, meta, args.branch)
     return _print(args, {"snapshot": sid}, sid)

@@ -11,6 +11,7 @@ Every failed request raises a :class:`ControlError` (a ``VchunkfsError``) whose
 from __future__ import annotations
 
 import os
+import select
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -50,15 +51,31 @@ class Client:
         # what the server warned about in successful replies (the requests did succeed)
         self.warnings: list[str] = []
         self._on_warning = on_warning
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        try:
-            self._sock.connect(path)
-        except OSError as e:
-            self._sock.close()
-            raise VchunkfsError(f"cannot connect to control socket {path}: "
-                                f"{e.strerror or e} (is the mount running?)") from e
+        self._timeout = timeout
+        self._sock = self._connect()
         self._next_id = 1
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self._timeout)
+        try:
+            sock.connect(self.path)
+        except OSError as e:
+            sock.close()
+            raise VchunkfsError(f"cannot connect to control socket {self.path}: "
+                                f"{e.strerror or e} (is the mount running?)") from e
+        return sock
+
+    def _reconnect_if_closed(self) -> None:
+        """Reconnect if the daemon closed this idle connection (its idle timeout).
+
+        Called with no request in flight: anything readable then is the daemon's
+        parting ``timeout`` error or the end of the stream, so no request is lost.
+        """
+        readable, _, _ = select.select([self._sock], [], [], 0)
+        if readable:
+            self._sock.close()
+            self._sock = self._connect()
 
     @classmethod
     def for_mountpoint(cls, mountpoint: str | os.PathLike[str], **kw: Any) -> Client:
@@ -93,6 +110,7 @@ class Client:
         Stops at the first error: it is raised once the requests already in
         flight are answered (each of those either fully applied or refused).
         """
+        self._reconnect_if_closed()
         results: list[Any] = []
         pending: list[int] = []
         failure: ControlError | None = None
@@ -109,8 +127,12 @@ class Client:
                     break
                 rid = self._next_id
                 self._next_id += 1
-                frame = protocol.encode(
-                    {"v": protocol.VERSION, "id": rid, "op": op, "args": args})
+                try:
+                    frame = protocol.encode(
+                        {"v": protocol.VERSION, "id": rid, "op": op, "args": args})
+                except protocol.ProtocolError as e:  # larger than any daemon takes
+                    failure = failure or ControlError("too_large", f"{op}: {e}; split it")
+                    break
                 pending.append(rid)
                 ops.append(op)
                 try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Buffer
 from typing import Any
 
 import msgpack
@@ -50,7 +51,7 @@ def encode(message: dict[str, Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode_body(body: bytes | bytearray) -> dict[str, Any]:
+def decode_body(body: Buffer) -> dict[str, Any]:
     try:
         message = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several types for bad input

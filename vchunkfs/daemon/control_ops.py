@@ -415,13 +415,16 @@ class ControlOps:
 
     async def changes(self, args: dict[str, Any]) -> dict[str, Any]:
         branch = self._branch(args)
-        w = self.writers.get(branch)
-        if w is None or not w.has_changes:
-            return {"branch": branch, "changed": False}
-        status = w.session.status()
-        return {"branch": branch, "changed": True, "base": w.base_snapshot,
-                "nodes": {p: k or "deleted" for p, k in w.node_changes.items()},
-                "summary": str(status)}
+        # shared: never during a commit of the branch, whose session lock status() would
+        # wait for in the trio thread (stalling the whole mount for the commit)
+        async with self.gate(branch).shared():
+            w = self.writers.get(branch)
+            if w is None or not w.has_changes:
+                return {"branch": branch, "changed": False}
+            status = w.session.status()
+            return {"branch": branch, "changed": True, "base": w.base_snapshot,
+                    "nodes": {p: k or "deleted" for p, k in w.node_changes.items()},
+                    "chunks_changed": w.chunks_changed, "summary": str(status)}
 
     async def create_branch(self, args: dict[str, Any]) -> dict[str, str]:
         name, source = _str(args, "name"), _opt_str(args, "from")

@@ -13,10 +13,16 @@ connection, stay within ``buffer_bytes`` (a request waits for room, up to the
 stall timeout, then is refused with ``busy``); a connection that sends no
 request for ``idle_timeout`` seconds, or stalls inside a frame or while its
 reply is sent for ``stall_timeout`` seconds, is closed; at most
-``max_connections`` are served at once (others get ``busy``). A body is read
-straight into one buffer of its announced size (no copies), and after a large
-request the C heap is trimmed (glibc ``malloc_trim``) once no request holds
-buffer room, so a daemon that grew for one request does not stay grown.
+``max_connections`` are served at once (others get ``busy``).
+
+A body is read straight into an anonymous mmap of its announced size (no
+copies; pages are taken only as bytes arrive, and unmapped when it is decoded).
+Decoded, a request can take several times its frame, so requests of
+``large_frame`` bytes or more are decoded and served one at a time. After a
+large request (or one that drops a staged session) the C heap is trimmed (glibc
+``malloc_trim``) once no request holds buffer room, so a daemon that grew for one
+request does not stay grown.
+
 Timeouts bound only the reading of a request and the sending of its reply, never
 the operation: an applied change is always answered.
 """
@@ -27,6 +33,7 @@ import contextlib
 import ctypes
 import errno
 import logging
+import mmap
 import os
 import socket
 import stat
@@ -58,6 +65,7 @@ class ControlLimits:
     max_connections: int = 256  # connections served at once
     backlog: int = 4096  # listen backlog (the kernel caps it at net.core.somaxconn)
     trim_after: int = 1 * MiB  # a request at least this large trims the heap when done
+    large_frame: int = 1 * MiB  # requests at least this large are decoded one at a time
 
 
 class ByteBudget:
@@ -96,6 +104,8 @@ def _malloc_trim() -> bool:
     return bool(trim(0))
 
 
+_NO_LOCK = contextlib.nullcontext()
+
 # operations that drop a staged session (which may hold millions of refs)
 _FREEING_OPS = frozenset({"commit", "discard", "reset_branch", "delete_branch"})
 
@@ -130,6 +140,7 @@ class ControlServer:
         self.connections = 0
         self.trims = 0
         self._trim_due = False
+        self._large = trio.Lock()
         self._listener: trio.socket.SocketType | None = None
 
     async def bind(self) -> None:
@@ -219,6 +230,8 @@ class ControlServer:
                 await _close_with(conn, e.reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             pass  # the client went away
+        except Exception:  # a bug here ends this connection, never the daemon
+            log.exception("control connection failed")
         finally:
             self.connections -= 1
             conn.close()
@@ -231,18 +244,28 @@ class ControlServer:
             raise _Closing("busy", f"the control socket's buffers are full ({self.budget.used} "
                                    f"of {self.budget.total} bytes held by other requests) for "
                                    f"{self.limits.stall_timeout:g} s; try again")
+        # anonymous mmap, not bytearray: its pages take memory only as bytes arrive
+        # (a sender that stops halfway costs half), and closing it unmaps them at once
+        body = mmap.mmap(-1, n)
         try:
-            body = bytearray(n)
-            await self._recv_exact(conn, memoryview(body))
-            try:
-                rid, op, args = protocol.check_request(protocol.decode_body(body))
-            except protocol.ProtocolError as e:
-                raise _Closing("protocol", str(e)) from None
-            del body  # the decoded request is what is held from here on
-            reply = _encode_reply(rid, await self._dispatch(rid, op, args))
-            del args
+            with memoryview(body) as view:
+                await self._recv_exact(conn, view)
+            # decoded, a request of many small items takes several times its frame
+            # (400,000 refs: 32 MB of msgpack, about 200 MB of objects), so large ones
+            # are decoded and served one at a time
+            large = self._large if n >= self.limits.large_frame else _NO_LOCK
+            async with large:
+                try:
+                    rid, op, args = protocol.check_request(protocol.decode_body(body))
+                except protocol.ProtocolError as e:
+                    raise _Closing("protocol", str(e)) from None
+                body.close()  # the decoded request is what is held from here on
+                reply = _encode_reply(rid, await self._dispatch(rid, op, args))
+                del args
             await self._send_all(conn, reply)
         finally:
+            with contextlib.suppress(BufferError):  # else unmapped when the last view goes
+                body.close()
             self.budget.release(n)
         if n >= self.limits.trim_after or op in _FREEING_OPS:
             self._trim_due = True
@@ -257,8 +280,12 @@ class ControlServer:
         """Fill ``view``; each wait for more is bounded by the stall timeout."""
         got = 0
         while got < len(view):
-            with trio.move_on_after(self.limits.stall_timeout) as stalled:
-                k = await conn.recv_into(view[got:], len(view) - got)
+            part = view[got:]
+            try:
+                with trio.move_on_after(self.limits.stall_timeout) as stalled:
+                    k = await conn.recv_into(part, len(part))
+            finally:
+                part.release()  # else a traceback holding it keeps the mmap exported
             if stalled.cancelled_caught:
                 raise _Closing("timeout", f"no data for {self.limits.stall_timeout:g} s inside "
                                           f"a frame ({got} of {len(view)} bytes); closing")

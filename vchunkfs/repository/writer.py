@@ -114,6 +114,7 @@ class Writer:
         self.branch = branch
         self.session = session
         self.store = session.store
+        self._base: str = session.snapshot_id
         # node path -> node type set by this session, or None where it deleted a node
         self.node_changes: dict[str, str | None] = {}
         # chunk writes staged (refs set, native chunks set, chunks deleted): shown by
@@ -136,7 +137,11 @@ class Writer:
 
     @property
     def base_snapshot(self) -> str:
-        return self.session.snapshot_id
+        """The snapshot the session started from (or was rebased onto).
+
+        Cached: reading ``session.snapshot_id`` waits for the session's lock, which
+        a running commit holds, and the daemon's trio thread reads this."""
+        return self._base
 
     @property
     def has_changes(self) -> bool:
@@ -324,6 +329,8 @@ class Writer:
                     "discard and redo the changes on the new head") from e
             except ic.IcechunkError as e:
                 raise BackendError(f"commit to {self.branch} failed: {_first_line(e)}") from e
+            finally:  # a rebase may have moved the session's base, committed or not
+                self._base = self.session.snapshot_id
         # the session is spent; the next change starts from the new head. The commit has
         # landed: failing to open that session must not report it as failed
         try:
@@ -349,6 +356,7 @@ class Writer:
     async def _fresh_session(self) -> None:
         self.session = await self.repo.ic.writable_session_async(self.branch)
         self.store = self.session.store
+        self._base = self.session.snapshot_id
         self.node_changes = {}
         self.chunks_changed = 0
         self.generation += 1
