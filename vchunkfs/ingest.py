@@ -68,6 +68,7 @@ class IngestPlan:
     source_region: str | None = None
     source_endpoint: str | None = None
     source_anonymous: bool = False
+    source_account: str | None = None  # Azure storage account of az:// sources
     group: str | None = None
 
 
@@ -84,27 +85,134 @@ class IngestResult:
 Progress = Callable[[int, int], None]
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[str]:
-    """Paths, globs and URLs -> sorted, de-duplicated URLs (local files as file://)."""
+def expand_inputs(inputs: Sequence[str], plan: IngestPlan | None = None) -> list[str]:
+    """Paths, globs and URLs -> sorted, de-duplicated URLs (local files as file://).
+
+    Globs (``*``, ``?``, ``[...]``, and ``**`` for any number of directories) in
+    s3://, gs:// and az:// URLs are expanded by listing the bucket below the part
+    before the first wildcard, with the same options as the sources (``plan``).
+    HTTP cannot list: an http(s):// glob is an error. A glob matching nothing is an
+    error naming it.
+    """
     urls: set[str] = set()
     for item in inputs:
         if "://" in item and not item.startswith("file://"):
-            urls.add(item)
+            scheme = urlsplit(item).scheme
+            if not _has_magic(item):
+                urls.add(item)
+            elif scheme in ("http", "https"):
+                raise UsageError(f"{item}: an {scheme}:// URL cannot be expanded (HTTP cannot "
+                                 "list a directory); give the URLs one by one or with "
+                                 "--files-from FILE")
+            elif scheme in _LISTABLE:
+                found = list_remote_glob(item, plan or IngestPlan(inputs=[]))
+                if not found:
+                    raise NotFoundError(f"no object matches {item!r}")
+                urls.update(found)
+            else:
+                raise UsageError(f"{item}: cannot expand a glob in a {scheme}:// URL "
+                                 f"(only {', '.join(s + '://' for s in _LISTABLE)})")
             continue
         path = item.removeprefix("file://")
-        matches = sorted(glob.glob(os.path.expanduser(path))) if glob.has_magic(path) else [path]
+        matches = (sorted(glob.glob(os.path.expanduser(path), recursive=True))
+                   if glob.has_magic(path) else [path])
         if not matches:
             raise NotFoundError(f"no file matches {item!r}")
         for m in matches:
             p = Path(m).expanduser().resolve()
             if not p.exists():
                 raise NotFoundError(f"{item}: no such file")
+            if p.is_dir() and glob.has_magic(path) and not p.name.endswith(".zarr"):
+                continue  # a ** glob also matches directories
             if not os.access(p, os.R_OK):
                 raise UsageError(f"{p}: cannot read it (permission denied)")
             urls.add(p.as_uri())
     if not urls:
         raise UsageError("no input files")
     return sorted(urls)
+
+
+_LISTABLE = ("s3", "gs", "az", "azure", "abfs")
+
+
+def _has_magic(url: str) -> bool:
+    return glob.has_magic(urlsplit(url).path)
+
+
+def read_files_from(source: str) -> list[str]:
+    """``--files-from``: one URL or path per line (``-``: standard input); blank lines and
+    lines starting with ``#`` are skipped. The entries are taken as they are (no globs)."""
+    import sys
+
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as e:
+        raise NotFoundError(f"--files-from {source}: {e.strerror or e}") from e
+    lines = [ln.strip() for ln in text.splitlines()]
+    items = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not items:
+        raise UsageError(f"--files-from {source}: no file names in it")
+    return items
+
+
+def _glob_regex(pattern: str) -> str:
+    """A regular expression for an object-key glob: ``*`` and ``?`` stay within one
+    ``/``-separated segment, ``[...]`` (``[!...]``) is a character class, and a ``**``
+    segment matches any number of segments, none included. (glob.translate is 3.13+.)"""
+    import re
+
+    out = []
+    segments = pattern.split("/")
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == "**":
+            out.append(".*" if last else "(?:[^/]*/)*")
+            continue
+        j = 0
+        while j < len(seg):
+            c = seg[j]
+            close = seg.find("]", j + 2) if c == "[" else -1
+            if c == "*":
+                out.append("[^/]*")
+            elif c == "?":
+                out.append("[^/]")
+            elif close > 0:
+                body = seg[j + 1:close]
+                body = "^" + body[1:] if body.startswith("!") else body
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                j = close
+            else:
+                out.append(re.escape(c))
+            j += 1
+        if not last:
+            out.append("/")
+    return "".join(out) + r"\Z"
+
+
+def list_remote_glob(pattern: str, plan: IngestPlan) -> list[str]:
+    """The objects of a bucket matching a glob URL, sorted, as URLs."""
+    import re
+
+    import obstore
+
+    parts = urlsplit(pattern)
+    base = f"{parts.scheme}://{parts.netloc}/"
+    key_glob = parts.path.lstrip("/")
+    segments = key_glob.split("/")
+    literal = []
+    for seg in segments:
+        if glob.has_magic(seg):
+            break
+        literal.append(seg)
+    prefix = "/".join(literal)
+    regex = re.compile(_glob_regex(key_glob))
+    store = source_store(base, plan)
+    try:
+        batches = obstore.list(store, prefix=prefix or None).collect()
+    except Exception as e:
+        raise InvalidInputError(f"{pattern}: cannot list {base}{prefix}: {_first_line(e)}") from e
+    found = [base + m["path"] for m in batches if regex.match(m["path"])]
+    return sorted(found)
 
 
 _MAGIC = ((b"\x89HDF\r\n\x1a\n", "hdf"), (b"CDF\x01", "netcdf3"), (b"CDF\x02", "netcdf3"),
@@ -170,10 +278,45 @@ def make_parser(name: str, group: str | None) -> Any:
     raise UsageError(f"unknown parser {name!r}: use one of {', '.join(PARSERS)}")
 
 
+def source_store(base: str, plan: IngestPlan) -> Any:
+    """An obstore store for ``scheme://bucket/`` with the plan's source options.
+
+    Credentials come from the backend's environment variables (obstore reads
+    AWS_*, GOOGLE_*, AZURE_*); ``--source-endpoint`` is the S3 endpoint, the GCS
+    base URL or the Azure blob endpoint; ``--source-anonymous`` skips signing.
+    """
+    from obstore.store import from_url
+
+    scheme = urlsplit(base).scheme
+    kw: dict[str, Any] = {}
+    endpoint = plan.source_endpoint
+    if scheme == "s3":
+        if plan.source_region:
+            kw["region"] = plan.source_region
+        if endpoint:
+            kw["endpoint"] = endpoint
+            kw["virtual_hosted_style_request"] = False
+    elif scheme == "gs":
+        if endpoint:
+            kw["base_url"] = endpoint
+    elif scheme in ("az", "azure", "abfs"):
+        if plan.source_account:
+            kw["account_name"] = plan.source_account
+        if endpoint:
+            kw["endpoint"] = endpoint
+    if plan.source_anonymous:
+        kw["skip_signature"] = True
+    if endpoint and endpoint.startswith("http://"):
+        kw["client_options"] = {"allow_http": True}
+    try:
+        return from_url(base, **kw)
+    except Exception as e:
+        raise UsageError(f"{base}: {_first_line(e)}") from e
+
+
 def make_registry(urls: Sequence[str], plan: IngestPlan) -> Any:
     """An obstore registry with one store per bucket (or one for local files)."""
     from obspec_utils.registry import ObjectStoreRegistry
-    from obstore.store import from_url
 
     stores: dict[str, Any] = {}
     for url in urls:
@@ -185,20 +328,8 @@ def make_registry(urls: Sequence[str], plan: IngestPlan) -> Any:
                 stores["file://"] = LocalStore()
             continue
         base = f"{parts.scheme}://{parts.netloc}/"
-        if base in stores:
-            continue
-        kw: dict[str, Any] = {}
-        if parts.scheme == "s3":
-            if plan.source_region:
-                kw["region"] = plan.source_region
-            if plan.source_endpoint:
-                kw["endpoint"] = plan.source_endpoint
-                kw["virtual_hosted_style_request"] = False
-                if plan.source_endpoint.startswith("http://"):
-                    kw["client_options"] = {"allow_http": True}
-            if plan.source_anonymous:
-                kw["skip_signature"] = True
-        stores[base] = from_url(base, **kw)
+        if base not in stores:
+            stores[base] = source_store(base, plan)
     return ObjectStoreRegistry(stores)
 
 
@@ -542,6 +673,21 @@ async def stamp_etags(store: Any, vds: xr.Dataset, etags: dict[str, str]) -> int
     return stamped
 
 
+def _container_for(prefix: str, plan: IngestPlan) -> Any:
+    """The virtual chunk container ``--container`` adds, with the sources' options."""
+    scheme = urlsplit(prefix).scheme
+    if scheme in ("az", "azure", "abfs"):
+        opts = {"endpoint": plan.source_endpoint} if plan.source_endpoint else {}
+        if plan.source_endpoint and plan.source_endpoint.startswith("http://"):
+            opts["allow_http"] = "true"
+        return make_container(prefix, account=plan.source_account, options=opts)
+    if scheme == "gs":
+        return make_container(prefix, options={"base_url": plan.source_endpoint}
+                              if plan.source_endpoint else None)
+    return make_container(prefix, region=plan.source_region, endpoint_url=plan.source_endpoint,
+                          anonymous=plan.source_anonymous)
+
+
 def _region(plan: IngestPlan) -> Any:
     if plan.region is None:
         return None
@@ -561,9 +707,7 @@ async def write(repo: Repo, vds: xr.Dataset, plan: IngestPlan, checksum: datetim
     import asyncio
 
     if container:
-        await repo.set_container(make_container(container, region=plan.source_region,
-                                                endpoint_url=plan.source_endpoint,
-                                                anonymous=plan.source_anonymous))
+        await repo.set_container(_container_for(container, plan))
     writer = await Writer.open(repo, plan.branch)
     region = _region(plan)
     if plan.append and not plan.concat_dim:
@@ -618,7 +762,7 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
            progress: Progress | None = None) -> IngestResult:
     """The whole ingest; ``run`` executes a repository-layer coroutine (the bridge)."""
     t0 = time.monotonic()
-    urls = expand_inputs(plan.inputs)
+    urls = expand_inputs(plan.inputs, plan)
     plan.inputs = urls
     datasets = scan(urls, plan, progress)
     t1 = time.monotonic()

@@ -8,7 +8,8 @@ import time
 from typing import TYPE_CHECKING
 
 from vchunkfs.cli.common import add_json_option, add_repo_options, emit_json, open_repo, run
-from vchunkfs.ingest import PARSERS, IngestPlan, ingest
+from vchunkfs.errors import UsageError
+from vchunkfs.ingest import PARSERS, IngestPlan, ingest, read_files_from
 
 if TYPE_CHECKING:
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -36,8 +37,13 @@ def register(sub: Sub) -> None:
                "kerchunk-json, kerchunk-parquet; auto picks by content or name.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repo", metavar="REPO")
-    p.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB",
-                   help="paths, globs (quote them) or URLs; sorted before combining")
+    p.add_argument("inputs", nargs="*", metavar="FILE_OR_GLOB",
+                   help="paths, globs (quote them) or URLs; sorted before combining. Globs "
+                        "(*, ?, [...], ** for any depth) in s3://, gs:// and az:// URLs are "
+                        "expanded by listing the bucket; http(s):// cannot be listed")
+    p.add_argument("--files-from", metavar="FILE|-",
+                   help="read more inputs from FILE (- for standard input), one URL or path "
+                        "per line, taken as they are; blank lines and # comments skipped")
     p.add_argument("--concat-dim", metavar="DIM", help="dimension to combine files along")
     p.add_argument("--new-dim", action="store_true",
                    help="--concat-dim is a new leading dimension the files lack (implied "
@@ -64,7 +70,14 @@ def register(sub: Sub) -> None:
     p.add_argument("--group", help="the group inside the files to read (for TIFF: the IFD "
                                    "number, default 0)")
     p.add_argument("--source-region", help="region of s3:// sources")
-    p.add_argument("--source-endpoint", metavar="URL", help="S3-compatible endpoint of sources")
+    p.add_argument("--source-endpoint", metavar="URL",
+                   help="endpoint of the sources' object store: an S3-compatible server, the "
+                        "GCS base URL, or the Azure blob endpoint (an emulator); credentials "
+                        "come from the backend's environment variables (AWS_*, GOOGLE_*, "
+                        "AZURE_STORAGE_*)")
+    p.add_argument("--source-account", metavar="NAME",
+                   help="Azure storage account of az://CONTAINER/... sources (or "
+                        "AZURE_STORAGE_ACCOUNT_NAME)")
     p.add_argument("--source-anonymous", action="store_true", help="read sources unsigned")
     add_repo_options(p)
     add_json_option(p)
@@ -72,12 +85,18 @@ def register(sub: Sub) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    plan = IngestPlan(inputs=args.inputs, concat_dim=args.concat_dim, parser=args.parser,
+    inputs = list(args.inputs)
+    if args.files_from:
+        inputs += read_files_from(args.files_from)
+    if not inputs:
+        raise UsageError("no inputs: give files, globs or URLs, or --files-from FILE")
+    plan = IngestPlan(inputs=inputs, concat_dim=args.concat_dim, parser=args.parser,
                       branch=args.branch, message=args.message, append=args.append,
                       region=args.write_region, container=args.container, workers=args.workers,
                       dask=args.dask, new_dim=args.new_dim, source_region=args.source_region,
                       source_endpoint=args.source_endpoint,
-                      source_anonymous=args.source_anonymous, group=args.group)
+                      source_anonymous=args.source_anonymous,
+                      source_account=args.source_account, group=args.group)
     repo = open_repo(args, args.repo)
     start = time.monotonic()
     tty = sys.stderr.isatty() and not args.json
