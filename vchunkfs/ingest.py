@@ -515,8 +515,9 @@ def _open_many_dask(urls: Sequence[str], registry: Any, parser: Any,
     try:
         return open_virtual_mfdataset(list(urls), registry=registry, parser=parser,
                                       concat_dim=plan.concat_dim, combine="nested",
-                                      coords="minimal", compat="override",
-                                      combine_attrs="override", parallel="dask")
+                                      data_vars="minimal", coords="minimal",
+                                      compat="override", combine_attrs="override",
+                                      parallel="dask")
     except ImportError as e:
         raise UsageError("--dask needs dask (pip install 'dask[distributed]')") from e
 
@@ -558,6 +559,100 @@ def check_agree(urls: Sequence[str], datasets: Sequence[xr.Dataset], concat_dim:
                         f"{got[name][what]} instead of {want[name][what]}")
 
 
+STATIC_BYTES_COMPARED = 4 << 20  # a static variable's stored bytes are compared up to this
+
+
+def static_names(ds: xr.Dataset, concat_dim: str | None) -> list[str]:
+    """The variables (coordinates included) without ``concat_dim``: kept once."""
+    if not concat_dim:
+        return []
+    return sorted(str(k) for k, v in ds.variables.items() if concat_dim not in v.dims)
+
+
+def _fetch(registry: Any, refs: Sequence[tuple[str, int, int]]) -> list[bytes]:
+    import obstore
+
+    out = []
+    for url, offset, length in refs:
+        store, path = registry.resolve(url)
+        out.append(bytes(obstore.get_range(store, path, start=offset, length=length)))
+    return out
+
+
+def _manifest_refs(var: xr.Variable) -> list[tuple[str, int, int]]:
+    import numpy as np
+
+    m = var.data.manifest
+    return [(str(p), int(o), int(n)) for p, o, n in zip(
+        np.ravel(m._paths), np.ravel(m._offsets), np.ravel(m._lengths), strict=True) if p]
+
+
+def static_difference(a: xr.Variable, b: xr.Variable, a_bytes: Callable[[], list[bytes]],
+                      b_bytes: Callable[[], list[bytes]]) -> str | None:
+    """What differs between two copies of a static variable, or None.
+
+    Compared: shape, dtype and attributes; for variables loaded in memory (coordinates)
+    the values; for virtual ones the chunk grid, codecs and fill value, the length of
+    every chunk, and the chunks' stored bytes when they total at most
+    ``STATIC_BYTES_COMPARED`` (larger ones are compared by layout only).
+    """
+    import numpy as np
+
+    if a.shape != b.shape:
+        return f"shape {b.shape} instead of {a.shape}"
+    if a.dtype != b.dtype:
+        return f"dtype {b.dtype} instead of {a.dtype}"
+    ma, mb = getattr(a.data, "manifest", None), getattr(b.data, "manifest", None)
+    if (ma is None) != (mb is None):
+        return "it is virtual in one file and loaded in the other"
+    if ma is None:
+        va, vb = np.asarray(a.values), np.asarray(b.values)
+        same = (np.array_equal(va, vb, equal_nan=True) if va.dtype.kind in "fc"
+                else np.array_equal(va, vb))
+        return None if same else "different values"
+    meta_a, meta_b = a.data.metadata, b.data.metadata
+    if tuple(meta_a.chunk_grid.chunk_shape) != tuple(meta_b.chunk_grid.chunk_shape):
+        return "a different chunking"
+    if [c.to_dict() for c in meta_a.codecs] != [c.to_dict() for c in meta_b.codecs]:
+        return "different codecs"
+    fa, fb = meta_a.fill_value, meta_b.fill_value
+    if not (fa == fb or (fa != fa and fb != fb)):
+        return f"fill value {fb} instead of {fa}"
+    ra, rb = _manifest_refs(a), _manifest_refs(b)
+    if [n for _, _, n in ra] != [n for _, _, n in rb]:
+        return "chunks of different sizes (different bytes)"
+    if sum(n for _, _, n in ra) <= STATIC_BYTES_COMPARED and a_bytes() != b_bytes():
+        return "different bytes"
+    return None
+
+
+def check_static(urls: Sequence[str], datasets: Sequence[xr.Dataset], concat_dim: str | None,
+                 registry: Any) -> None:
+    """Every file holds the same static variables (see :func:`static_difference`);
+    raise naming the variable and the first file that differs from the first file."""
+    first = datasets[0]
+    for name in static_names(first, concat_dim):
+        a = first.variables[name]
+        cache: list[list[bytes]] = []
+
+        def first_bytes(a: xr.Variable = a, cache: list[list[bytes]] = cache) -> list[bytes]:
+            if not cache:
+                cache.append(_fetch(registry, _manifest_refs(a)))
+            return cache[0]
+
+        for url, ds in zip(urls[1:], datasets[1:], strict=True):
+            b = ds.variables[name]
+
+            def other_bytes(b: xr.Variable = b) -> list[bytes]:
+                return _fetch(registry, _manifest_refs(b))
+
+            diff = static_difference(a, b, first_bytes, other_bytes)
+            if diff:
+                raise InvalidInputError(
+                    f"{url}: variable {name!r} (without {concat_dim}, kept once) differs from "
+                    f"{urls[0]}: {diff}")
+
+
 def combine(datasets: Sequence[xr.Dataset], concat_dim: str | None,
             new_dim: bool = False) -> xr.Dataset:
     """The files combined like the guide's ``xr.concat``. With ``new_dim``, a
@@ -573,8 +668,11 @@ def combine(datasets: Sequence[xr.Dataset], concat_dim: str | None,
         datasets = [ds.expand_dims(concat_dim) for ds in datasets]
     if len(datasets) == 1:
         return datasets[0]
-    return xr.concat(list(datasets), dim=concat_dim, coords="minimal", compat="override",
-                     combine_attrs="override")
+    # data_vars="minimal": a variable without concat_dim (an orography, a land-sea mask)
+    # is kept once, from the first file (check_static made sure the others agree); the
+    # guide's snippet leaves xr.concat's default "all", which stacks one copy per file
+    return xr.concat(list(datasets), dim=concat_dim, data_vars="minimal", coords="minimal",
+                     compat="override", combine_attrs="override")
 
 
 def ensure_container(repo: Repo, urls: Sequence[str], plan: IngestPlan) -> str | None:
@@ -673,6 +771,158 @@ async def stamp_etags(store: Any, vds: xr.Dataset, etags: dict[str, str]) -> int
     return stamped
 
 
+def _stored_arrays(store: Any) -> dict[str, Any]:
+    import zarr
+
+    group = zarr.open_group(store, mode="r", zarr_format=3)
+    return {str(name): arr for name, arr in group.arrays()}
+
+
+def check_against_stored(store: Any, vds: xr.Dataset, plan: IngestPlan) -> None:
+    """For --append and --replace-region: the new files hold the variables the branch
+    holds, with the same dtype, chunking and codecs, and the same static variables
+    (the comparison of :func:`static_difference`, against the stored refs' bytes).
+    Runs in a thread (zarr's synchronous API)."""
+    import asyncio
+
+    import numpy as np
+
+    stored = _stored_arrays(store)
+    dim = plan.concat_dim
+    decoded: xr.Dataset | None = None
+    new = {str(k): v for k, v in vds.variables.items()}
+    missing = sorted(set(stored) - set(new))
+    extra = sorted(set(new) - set(stored))
+    if missing or extra:
+        raise InvalidInputError(
+            f"{plan.inputs[0]} does not match the repository's dataset: "
+            + ", ".join(([f"missing variables {missing}"] if missing else [])
+                        + ([f"variables not in the repository {extra}"] if extra else [])))
+    for name, var in sorted(new.items()):
+        arr = stored[name]
+        where = f"{plan.inputs[0]}: variable {name!r}"
+        stored_dims = tuple(arr.metadata.dimension_names or ())
+        if stored_dims and stored_dims != tuple(var.dims):
+            hint = (f" (stored with {dim}: ingested one copy per file, as the guide's snippet "
+                    "does; re-ingest the whole dataset)" if dim in stored_dims
+                    and dim not in var.dims else "")
+            raise InvalidInputError(f"{where} has dimensions {tuple(var.dims)} instead of "
+                                    f"{stored_dims}{hint}")
+        meta = getattr(var.data, "metadata", None)
+        if meta is not None:  # (loaded variables are decoded: compared as values below)
+            if np.dtype(var.dtype) != arr.dtype:
+                raise InvalidInputError(f"{where} has dtype {var.dtype} instead of {arr.dtype}")
+            if tuple(meta.chunk_grid.chunk_shape) != tuple(arr.chunks):
+                raise InvalidInputError(f"{where} has chunks {tuple(meta.chunk_grid.chunk_shape)}"
+                                        f" instead of {tuple(arr.chunks)}")
+            mine = [c.to_dict() for c in meta.codecs]
+            theirs = [c.to_dict() for c in arr.metadata.codecs]
+            if mine != theirs:
+                raise InvalidInputError(f"{where} has codecs {mine} instead of {theirs}")
+        if dim in var.dims:
+            continue
+        # a static variable: the same as the stored one
+        if var.shape != arr.shape:
+            raise InvalidInputError(f"{where} (without {dim}, kept once) has shape "
+                                    f"{var.shape} instead of {arr.shape}")
+        if meta is None:
+            if decoded is None:
+                decoded = xr.open_zarr(store, consolidated=False, zarr_format=3, chunks=None)
+            have = np.asarray(decoded[name].values)
+            same = (np.array_equal(have, np.asarray(var.values), equal_nan=True)
+                    if have.dtype.kind in "fc" else np.array_equal(have, np.asarray(var.values)))
+            if not same:
+                raise InvalidInputError(f"{where} (without {dim}, kept once) differs from "
+                                        "the stored one: different values")
+            continue
+        refs = asyncio.run(_stored_refs(store, name))
+        ours = _manifest_refs(var)
+        diff = None
+        if sorted(n for _, _, n in refs) != sorted(n for _, _, n in ours):
+            diff = "chunks of different sizes (different bytes)"
+        elif (sum(n for _, _, n in ours) <= STATIC_BYTES_COMPARED
+              and not {u for u, _, _ in refs} & set(plan.inputs)):
+            # (stored refs into a file read again here may be stale: rewrite_stale_refs
+            # points them at this ingest's copy, which check_static compared across files)
+            registry = make_registry(sorted({u for u, _, _ in refs} | {u for u, _, _ in ours}),
+                                     plan)
+            if _fetch(registry, refs) != _fetch(registry, ours):
+                diff = "different bytes"
+        if diff:
+            raise InvalidInputError(f"{where} (without {dim}, kept once) differs from the "
+                                    f"stored one (refs into {refs[0][0] if refs else '?'}): "
+                                    f"{diff}")
+
+
+async def _stored_refs(store: Any, name: str) -> list[tuple[str, int, int]]:
+    """The virtual refs of an array, in row-major chunk order."""
+    out = []
+    async for coords, kinds, paths, offsets, lengths, _i in store.array_chunk_iterator(
+            name, 100_000):
+        for i, path in enumerate(paths):
+            if kinds[i] == 2:
+                out.append((tuple(int(c) for c in coords[i]), (path, int(offsets[i]),
+                                                                 int(lengths[i]))))
+    return [r for _, r in sorted(out)]
+
+
+async def rewrite_stale_refs(store: Any, vds: xr.Dataset, concat_dim: str | None,
+                             checksum: datetime.datetime) -> list[str]:
+    """Refs an earlier ingest wrote into a file this ingest read again, that this ingest
+    did not produce: the file changed since (re-parsed, it gives other offsets), so
+    those refs would read the wrong bytes under the file's new source record.
+
+    A static variable's refs (kept once, pointing into the first file) are rewritten
+    with this ingest's refs for it; any other such ref is refused. Returns the names
+    of the arrays rewritten.
+    """
+    import icechunk as ic
+    import numpy as np
+
+    produced: dict[str, set[tuple[int, int]]] = {}
+    for var in vds.variables.values():
+        m = getattr(var.data, "manifest", None)
+        if m is None:
+            continue
+        for p, o, n in zip(np.ravel(m._paths), np.ravel(m._offsets), np.ravel(m._lengths),
+                           strict=True):
+            if p:
+                produced.setdefault(str(p), set()).add((int(o), int(n)))
+    import asyncio
+
+    arrays = await asyncio.to_thread(lambda: sorted(_stored_arrays(store)))
+    statics = set(static_names(vds, concat_dim))
+    rewritten = []
+    for name in arrays:
+        stale = None
+        async for _c, kinds, paths, offsets, lengths, _i in store.array_chunk_iterator(
+                name, 100_000):
+            for i, path in enumerate(paths):
+                if kinds[i] == 2 and path in produced and (
+                        int(offsets[i]), int(lengths[i])) not in produced[path]:
+                    stale = path
+                    break
+            if stale:
+                break
+        if not stale:
+            continue
+        static = vds.variables.get(name)
+        m = getattr(static.data, "manifest", None) if static is not None else None
+        if name not in statics or m is None:
+            raise SourceChangedError(
+                f"{stale} changed since it was ingested, and {name} keeps refs into it that "
+                "this ingest does not replace; nothing was committed (re-ingest the whole "
+                "dataset, or publish the new file under a new name)")
+        specs = [ic.VirtualChunkSpec(list(idx), str(m._paths[idx]), int(m._offsets[idx]),
+                                     int(m._lengths[idx]), last_updated_at_checksum=checksum)
+                 for idx in np.ndindex(m._paths.shape) if m._paths[idx]]
+        failed = await store.set_virtual_refs_async(name, specs)
+        if failed:
+            raise InvalidInputError(f"rewriting the refs of {name} failed at chunks {failed[:3]}")
+        rewritten.append(name)
+    return rewritten
+
+
 def _container_for(prefix: str, plan: IngestPlan) -> Any:
     """The virtual chunk container ``--container`` adds, with the sources' options."""
     scheme = urlsplit(prefix).scheme
@@ -718,11 +968,18 @@ async def write(repo: Repo, vds: xr.Dataset, plan: IngestPlan, checksum: datetim
             raise UsageError(f"--append: branch {plan.branch} holds no dataset yet; ingest "
                              "without --append first")
     store = writer.store
+    full = vds
+    if plan.append or region is not None:
+        await asyncio.to_thread(check_against_stored, store, vds, plan)
     dims = set(region) if isinstance(region, dict) else {plan.concat_dim} - {None}
     if region is not None and dims:
         # a region replaces slices along its dimensions; variables without them (lat, lon)
         # are not part of any region and stay as stored, as xarray's to_zarr requires
         vds = vds.drop_vars([k for k, v in vds.variables.items() if not dims & set(v.dims)])
+    elif plan.append:
+        # variables without the concat dimension are stored once: they stay as they are
+        # (check_against_stored made sure the new files agree with them)
+        vds = vds.drop_vars(static_names(vds, plan.concat_dim))
 
     def to_icechunk() -> None:
         try:
@@ -735,8 +992,11 @@ async def write(repo: Repo, vds: xr.Dataset, plan: IngestPlan, checksum: datetim
 
     # to_icechunk is synchronous and runs its own event loop: keep it off the bridge's loop
     await asyncio.to_thread(to_icechunk)
+    rewritten = await rewrite_stale_refs(store, full, plan.concat_dim, checksum)
     if etags:
         await stamp_etags(store, vds, etags)
+        for name in rewritten:
+            await stamp_etags(store, full[[name]], etags)
     writer.mark_changed()
     n = len(plan.inputs)
     message = plan.message or ("append" if plan.append else "ingest") + f" {n} file" \
@@ -768,6 +1028,8 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
     t1 = time.monotonic()
     if not plan.dask:
         check_agree(urls, datasets, plan.concat_dim)
+        if plan.concat_dim in datasets[0].dims:  # (else combine stacks along a new one)
+            check_static(urls, datasets, plan.concat_dim, make_registry(urls, plan))
     # TIFF files are single images: they stack along a new dimension by nature
     vds = combine(datasets, plan.concat_dim,
                   new_dim=plan.new_dim or parser_name(urls, plan) == "tiff")

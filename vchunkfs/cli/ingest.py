@@ -22,7 +22,15 @@ def register(sub: Sub) -> None:
         description="Read only the files' metadata (VirtualiZarr), combine them along "
                     "--concat-dim like the Icechunk guide, check that they agree, write "
                     "virtual refs with VirtualiZarr's to_icechunk and commit. A failed "
-                    "ingest commits nothing.",
+                    "ingest commits nothing.\n\n"
+                    "Variables without --concat-dim (an orography, a land-sea mask, lat/lon) "
+                    "are kept once, with refs to the first file, not stacked once per file "
+                    "as the guide's xr.concat snippet does (data_vars='all'): every file "
+                    "must hold the same ones (shape, dtype, attributes; values of loaded "
+                    "coordinates; chunking, codecs, fill value, chunk sizes, and the chunk "
+                    "bytes up to 4 MiB per variable), or the ingest names the variable and "
+                    "the first file that differs. --append and --replace-region keep them "
+                    "as stored after the same comparison with the stored refs.",
         epilog="examples:\n"
                "  vchunkfs ingest ./oisst 'data/oisst-*.nc' --concat-dim time "
                "--container file:///abs/data/\n"
