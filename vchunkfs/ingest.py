@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import xarray as xr
 
 from vchunkfs.errors import (
+    ConflictError,
     InvalidInputError,
     NotFoundError,
     SourceChangedError,
@@ -69,6 +70,7 @@ class IngestPlan:
     source_endpoint: str | None = None
     source_anonymous: bool = False
     source_account: str | None = None  # Azure storage account of az:// sources
+    new_only: bool = False  # skip the inputs the branch's refs already point into
     group: str | None = None
 
 
@@ -80,6 +82,7 @@ class IngestResult:
     refs: int
     container: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    skipped: int = 0  # --new-only: inputs already referenced
 
 
 Progress = Callable[[int, int], None]
@@ -950,18 +953,43 @@ def _region(plan: IngestPlan) -> Any:
     return {dim: slice(int(start), int(stop))}
 
 
+COMMIT_TRIES = 5  # an append or region write redone on a moved branch at most this often
+
+
 async def write(repo: Repo, vds: xr.Dataset, plan: IngestPlan, checksum: datetime.datetime,
                 container: str | None, records: dict[str, list[int]] | None = None,
                 etags: dict[str, str] | None = None) -> str:
-    """Write the combined dataset with VirtualiZarr's to_icechunk and commit (asyncio side)."""
-    import asyncio
+    """Write the combined dataset with VirtualiZarr's to_icechunk and commit (asyncio side).
 
+    An append or region write is checked against what the branch holds (variables,
+    static variables, and for an append that the new coordinates follow the stored
+    ones) and committed without rebasing: the commit lands only on the snapshot the
+    checks read (icechunk's conflict detection; the commit lock on a local
+    repository). If another writer moved the branch meanwhile, the whole write is
+    redone on the new head, checks included, up to ``COMMIT_TRIES`` times.
+    """
     if container:
         await repo.set_container(_container_for(container, plan))
-    writer = await Writer.open(repo, plan.branch)
-    region = _region(plan)
     if plan.append and not plan.concat_dim:
         raise UsageError("--append needs --concat-dim")
+    guarded = plan.append or plan.region is not None
+    for attempt in range(COMMIT_TRIES if guarded else 1):
+        try:
+            return await _write_once(repo, vds, plan, checksum, records, etags,
+                                     rebase=not guarded)
+        except ConflictError:
+            if attempt == COMMIT_TRIES - 1 or not guarded:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _write_once(repo: Repo, vds: xr.Dataset, plan: IngestPlan,
+                      checksum: datetime.datetime, records: dict[str, list[int]] | None,
+                      etags: dict[str, str] | None, rebase: bool) -> str:
+    import asyncio
+
+    writer = await Writer.open(repo, plan.branch)
+    region = _region(plan)
     if plan.append:
         existing = await writer.store.exists("zarr.json")
         if not existing:
@@ -971,6 +999,8 @@ async def write(repo: Repo, vds: xr.Dataset, plan: IngestPlan, checksum: datetim
     full = vds
     if plan.append or region is not None:
         await asyncio.to_thread(check_against_stored, store, vds, plan)
+    if plan.append and plan.concat_dim:
+        await asyncio.to_thread(check_follows, store, vds, plan)
     dims = set(region) if isinstance(region, dict) else {plan.concat_dim} - {None}
     if region is not None and dims:
         # a region replaces slices along its dimensions; variables without them (lat, lon)
@@ -1010,7 +1040,46 @@ async def write(repo: Repo, vds: xr.Dataset, plan: IngestPlan, checksum: datetim
                                  "committed (run the ingest again)")
     return await writer.commit(message, {"vchunkfs": {
         "ingest": {"files": n, "append": plan.append, "concat_dim": plan.concat_dim},
-        RECORDS_KEY: records}})
+        RECORDS_KEY: records}}, rebase=rebase)
+
+
+def check_follows(store: Any, vds: xr.Dataset, plan: IngestPlan) -> None:
+    """An append's coordinates along the concat dimension increase and follow the
+    stored ones; else the files arrived out of order (a day missing, then filled in),
+    which only --replace-region auto can place. Runs in a thread."""
+    import numpy as np
+
+    dim = plan.concat_dim
+    if dim is None or dim not in vds.variables:
+        return
+    stored = xr.open_zarr(store, consolidated=False, zarr_format=3, chunks=None)
+    if dim not in stored.variables:
+        return
+    have = np.asarray(stored[dim].values)
+    new = np.asarray(vds[dim].values)
+    if have.size == 0 or new.size == 0:
+        return
+    if new.size > 1 and not bool(np.all(new[1:] > new[:-1])):
+        raise InvalidInputError(f"the files' {dim} values do not increase in the order of "
+                                "their names; ingest them in separate runs, in order")
+    if not bool(new[0] > have[-1]):
+        where = int(np.searchsorted(have, new[0]))
+        exists = where < have.size and have[where] == new[0]
+        raise InvalidInputError(
+            f"{plan.inputs[0]}: its {dim} {_show(new[0])} does not follow the stored last "
+            f"{dim} {_show(have[-1])} ("
+            + (f"it is at index {where}: replace it with --replace-region auto"
+               if exists else "out of order: a gap filled in later cannot be appended; "
+               "re-ingest the dataset")
+            + "); nothing was committed")
+
+
+def _show(value: Any) -> str:
+    import numpy as np
+
+    if isinstance(value, np.datetime64):
+        return str(np.datetime_as_string(value, unit="s"))
+    return str(value)
 
 
 def _first_line(e: BaseException) -> str:
@@ -1023,6 +1092,15 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
     """The whole ingest; ``run`` executes a repository-layer coroutine (the bridge)."""
     t0 = time.monotonic()
     urls = expand_inputs(plan.inputs, plan)
+    skipped = 0
+    if plan.new_only:
+        known = run(lambda: referenced_urls(repo, plan.branch))
+        fresh = [u for u in urls if u not in known]
+        skipped = len(urls) - len(fresh)
+        if not fresh:
+            return IngestResult("", 0, [], 0, None, {"scan": time.monotonic() - t0},
+                                skipped=skipped)
+        urls = fresh
     plan.inputs = urls
     datasets = scan(urls, plan, progress)
     t1 = time.monotonic()
@@ -1045,4 +1123,12 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
     sid = run(lambda: write(repo, vds, plan, checksum, container, records, etags))
     t2 = time.monotonic()
     return IngestResult(sid, len(urls), sorted(map(str, vds.data_vars)), refs, container,
-                        {"scan": t1 - t0, "write_commit": t2 - t1})
+                        {"scan": t1 - t0, "write_commit": t2 - t1}, skipped=skipped)
+
+
+async def referenced_urls(repo: Repo, branch: str) -> set[str]:
+    """Every url the branch's virtual refs point into (from the stored refs)."""
+    if branch not in await repo.ic.list_branches_async():
+        raise NotFoundError(f"no branch {branch!r} in {repo.location.url}")
+    session = await repo.ic.readonly_session_async(branch=branch)
+    return {str(u) for u in await session.all_virtual_chunk_locations_async()}

@@ -60,6 +60,10 @@ def register(sub: Sub) -> None:
                    help="how to read the files (default: by their content)")
     p.add_argument("--append", action="store_true",
                    help="append along --concat-dim to the existing arrays")
+    p.add_argument("--new-only", action="store_true",
+                   help="with --append: skip the inputs the branch's refs already point "
+                        "into (a daily job can run the same line every day); nothing new "
+                        "commits nothing and says so")
     p.add_argument("--replace-region", dest="write_region", metavar="auto|DIM=START:STOP",
                    help="point the slice START:STOP of DIM (or where the files' "
                         "coordinates fall, with auto) at these files instead; arrays "
@@ -104,7 +108,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                       dask=args.dask, new_dim=args.new_dim, source_region=args.source_region,
                       source_endpoint=args.source_endpoint,
                       source_anonymous=args.source_anonymous,
-                      source_account=args.source_account, group=args.group)
+                      source_account=args.source_account, group=args.group,
+                      new_only=args.new_only)
     repo = open_repo(args, args.repo)
     start = time.monotonic()
     tty = sys.stderr.isatty() and not args.json
@@ -117,12 +122,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"\rscanning [{bar}] {done}/{total} files ({rate:.1f} files/s)", end="",
                   file=sys.stderr, flush=True)
 
+    if args.new_only and not args.append:
+        raise UsageError("--new-only goes with --append (the first ingest takes every file)")
     result = ingest(repo, plan, run, progress)
-    if tty:
+    if tty and result.files:
         print(file=sys.stderr)
+    if not result.files:  # --new-only, and every input is referenced already
+        if args.json:
+            emit_json({"snapshot": None, "files": 0, "skipped": result.skipped})
+        else:
+            print(f"nothing new: the {result.skipped} inputs are all referenced by branch "
+                  f"{args.branch} already; nothing committed")
+        return 0
     doc = {"snapshot": result.snapshot, "files": result.files, "refs": result.refs,
            "variables": result.variables, "container_added": result.container,
-           "seconds": {k: round(v, 3) for k, v in result.timings.items()}}
+           "seconds": {k: round(v, 3) for k, v in result.timings.items()},
+           "skipped": result.skipped}
     if args.json:
         emit_json(doc)
     else:
@@ -130,6 +145,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"added virtual chunk container {result.container}")
         print(f"{'appended' if args.append else 'ingested'} {result.files} files "
               f"({result.refs} refs; {', '.join(result.variables)}) in "
-              f"{sum(result.timings.values()):.1f} s")
+              f"{sum(result.timings.values()):.1f} s"
+              + (f"; skipped {result.skipped} already referenced" if result.skipped else ""))
         print(result.snapshot)
     return 0
