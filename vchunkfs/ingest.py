@@ -712,7 +712,8 @@ def _common_prefix(urls: Sequence[str]) -> str:
     return common[:common.rfind("/") + 1]
 
 
-def last_updated(urls: Sequence[str], registry: Any
+def last_updated(urls: Sequence[str], registry: Any,
+                 sizes: dict[str, int] | None = None
                  ) -> tuple[datetime.datetime, dict[str, str]]:
     """The newest modification time among the sources, rounded up to whole seconds, and
     the ETag of every object-store source that has one.
@@ -727,16 +728,42 @@ def last_updated(urls: Sequence[str], registry: Any
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme == "file":
-            newest = max(newest, os.stat(parts.path).st_mtime)
+            st = os.stat(parts.path)
+            newest = max(newest, st.st_mtime)
+            if sizes is not None:
+                sizes[url] = st.st_size
         else:
             import obstore
 
             store, path = registry.resolve(url)
-            meta = obstore.head(store, path)
+            try:
+                meta = obstore.head(store, path)
+            except Exception as e:
+                raise InvalidInputError(f"{url}: cannot read it: {_first_line(e)}") from e
+            if sizes is not None:
+                sizes[url] = int(meta["size"])
             newest = max(newest, meta["last_modified"].timestamp())
             if meta.get("e_tag"):
                 etags[url] = str(meta["e_tag"])
     return datetime.datetime.fromtimestamp(math.ceil(newest), datetime.UTC), etags
+
+
+def check_extents(vds: xr.Dataset, sizes: dict[str, int]) -> None:
+    """Every ref lies inside its source: a file cut short after its metadata (a partial
+    download, a copy still running) is refused rather than read as EIO later."""
+    import numpy as np
+
+    for name, var in vds.variables.items():
+        m = getattr(var.data, "manifest", None)
+        if m is None:
+            continue
+        ends = np.ravel(m._offsets).astype("uint64") + np.ravel(m._lengths).astype("uint64")
+        for path, end in zip(np.ravel(m._paths), ends, strict=True):
+            size = sizes.get(str(path))
+            if path and size is not None and int(end) > size:
+                raise InvalidInputError(
+                    f"{path}: truncated: {name} has a chunk ending at byte {int(end)} of a "
+                    f"{size}-byte file")
 
 
 async def stamp_etags(store: Any, vds: xr.Dataset, etags: dict[str, str]) -> int:
@@ -1117,7 +1144,9 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
     # what each local source is now, in the commit's metadata: the mount's check of
     # local sources (vchunkfs.repository.sources) compares every read with it
     records = record_local_sources(sources)
-    checksum, etags = last_updated(sources, make_registry(sources, plan))
+    sizes: dict[str, int] = {}
+    checksum, etags = last_updated(sources, make_registry(sources, plan), sizes)
+    check_extents(vds, sizes)
     refs = sum(len(v.data.manifest.dict()) for v in vds.variables.values()
                if hasattr(v.data, "manifest"))
     sid = run(lambda: write(repo, vds, plan, checksum, container, records, etags))
