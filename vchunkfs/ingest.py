@@ -48,7 +48,8 @@ from vchunkfs.repository.containers import make_container
 from vchunkfs.repository.sources import RECORDS_KEY, record_local_sources
 from vchunkfs.repository.writer import Writer
 
-PARSERS = ("auto", "hdf", "netcdf3", "tiff", "zarr", "kerchunk-json", "kerchunk-parquet")
+PARSERS = ("auto", "hdf", "netcdf3", "tiff", "grib", "zarr", "kerchunk-json",
+           "kerchunk-parquet")
 
 
 @dataclass
@@ -220,7 +221,8 @@ def list_remote_glob(pattern: str, plan: IngestPlan) -> list[str]:
 
 _MAGIC = ((b"\x89HDF\r\n\x1a\n", "hdf"), (b"CDF\x01", "netcdf3"), (b"CDF\x02", "netcdf3"),
           (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),  # TIFF, little and big endian
-          (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"))  # BigTIFF
+          (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"),  # BigTIFF
+          (b"GRIB", "grib"))
 
 
 def detect_parser(url: str) -> str:
@@ -233,6 +235,8 @@ def detect_parser(url: str) -> str:
         return "zarr"
     if url.lower().endswith((".tif", ".tiff")):
         return "tiff"
+    if url.lower().endswith((".grib", ".grib2", ".grb", ".grb2")):
+        return "grib"
     if url.startswith("file://"):
         path = Path(url[7:])
         if path.is_dir():
@@ -242,7 +246,7 @@ def detect_parser(url: str) -> str:
         for magic, name in _MAGIC:
             if head.startswith(magic):
                 return name
-        raise InvalidInputError(f"{path}: not netCDF/HDF5, netCDF3, TIFF, Zarr or kerchunk "
+        raise InvalidInputError(f"{path}: not netCDF/HDF5, netCDF3, TIFF, GRIB, Zarr or kerchunk "
                                 "references (pass --parser to force one)")
     return "hdf"  # remote: netCDF4/HDF5 is by far the most common; --parser overrides
 
@@ -270,6 +274,10 @@ def make_parser(name: str, group: str | None) -> Any:
             return parsers.KerchunkJSONParser(group=group)
         case "kerchunk-parquet":
             return parsers.KerchunkParquetParser(group=group)
+        case "grib":
+            from vchunkfs.grib import GribParser
+
+            return GribParser()
         case "tiff":
             # VirtualiZarr's TIFF parser lives in its own package; --group is the IFD
             try:

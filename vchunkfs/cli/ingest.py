@@ -41,8 +41,11 @@ def register(sub: Sub) -> None:
                "  vchunkfs ingest ./scenes 'tiles/*.tif' --concat-dim time   "
                "# TIFFs: a new dimension\n"
                "  vchunkfs ingest ./oisst refs.json --parser kerchunk-json\n\n"
-               "parsers: hdf (netCDF4/HDF5), netcdf3, tiff (needs virtual-tiff), zarr, "
-               "kerchunk-json, kerchunk-parquet; auto picks by content or name.",
+               "parsers: hdf (netCDF4/HDF5), netcdf3, tiff (needs virtual-tiff), grib (GRIB2: "
+               "needs vchunkfs[grib]; messages -> arrays along time and level, decoded by "
+               "ecCodes; the mount's v2-decoded/v3-decoded presentations serve them "
+               "decoded), zarr, kerchunk-json, kerchunk-parquet; auto picks by content or "
+               "name.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repo", metavar="REPO")
     p.add_argument("inputs", nargs="*", metavar="FILE_OR_GLOB",
