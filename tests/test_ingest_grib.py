@@ -107,3 +107,44 @@ def test_grib_days_through_the_decoded_presentations(tmp_path, packing):
             theirs = ref.t.sel(isobaricInhPa=850).values
             assert theirs.dtype == np.float32
             np.testing.assert_array_equal(mine.astype("float32"), theirs)
+
+
+@pytest.fixture(scope="module")
+def mounted_grib(tmp_path_factory):
+    base = tmp_path_factory.mktemp("grib-readers")
+    data = base / "data"
+    data.mkdir()
+    files = []
+    for day in (1, 2):
+        files.append(data / f"fc.202408{day:02d}.grib2")
+        write_day(files[-1], day, "grid_ccsds")
+    prefix = data.as_uri() + "/"
+    cli("init", str(base / "repo"), "--container", prefix)
+    cli("ingest", str(base / "repo"), *map(str, files), "--concat-dim", "time")
+    fields = [eccodes_fields(f) for f in files]
+    levels = sorted(LEVELS)  # isobar ascends: 500, 850 hPa
+    truth = np.stack([np.stack([f["tmp", lv] for lv in levels]) for f in fields])
+    with mounted(base / "repo", base / "m", f"authorize={prefix}",
+                 "presentation=v2-decoded+v3-decoded") as m:
+        yield m.path, truth
+
+
+@pytest.mark.parametrize("form", ["v2-decoded", "v3-decoded"])
+@pytest.mark.parametrize("reader_name", ["zarr-python", "xarray", "netcdf4-python",
+                                         "tensorstore", "gdal-python", "gdalmdiminfo",
+                                         "gdal_translate", "ncdump", "zarr.js"])
+def test_readers_on_decoded_grib(mounted_grib, reader_name, form):
+    """The readers of docs/readers.md on a GRIB array through the decoded presentations:
+    each reads it as it reads an uncompressed float array (expected.py's table)."""
+    from readers.expected import expected_cell, require_reader
+    from readers.harness import READERS, Expected, classify
+
+    assert reader_name in READERS
+    mnt, truth = mounted_grib
+    reader = require_reader(reader_name)
+    result = reader.read(mnt / form, "tmp")
+    got = classify(result, Expected(truth))
+    verdict, fragment = expected_cell(reader_name, form, "tmp", uncompressed=True)
+    assert (got.verdict, fragment in got.detail) == (verdict, True), (
+        f"{reader_name} {reader.version()} on {form}/tmp: {got.verdict}: {got.detail}"
+        f"\n{result.log[-1000:]}")
