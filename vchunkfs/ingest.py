@@ -72,6 +72,7 @@ class IngestPlan:
     source_anonymous: bool = False
     source_account: str | None = None  # Azure storage account of az:// sources
     new_only: bool = False  # skip the inputs the branch's refs already point into
+    scheduler: str | None = None  # a dask.distributed scheduler (tcp://HOST:PORT) to scan on
     group: str | None = None
 
 
@@ -84,6 +85,7 @@ class IngestResult:
     container: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     skipped: int = 0  # --new-only: inputs already referenced
+    scan_processes: int = 0  # --scheduler: how many worker processes read files
 
 
 Progress = Callable[[int, int], None]
@@ -372,6 +374,8 @@ def scan(urls: Sequence[str], plan: IngestPlan, progress: Progress | None = None
     registry = make_registry(urls, plan)
     name = parser_name(urls, plan)
     parser = make_parser(name, plan.group)
+    if plan.scheduler:
+        return _scan_distributed(urls, plan, name, progress)
     if plan.dask:
         return [_open_many_dask(urls, registry, parser, plan)]
     out: list[xr.Dataset] = []
@@ -517,6 +521,65 @@ def _scan_with_helpers(urls: Sequence[str], plan: IngestPlan, parser_name: str, 
             if proc.is_alive():
                 proc.kill()
     return [d for d in out if d is not None]
+
+
+_WORKER_STATE: dict[str, Any] = {}  # per worker process: (registry, parser) by plan
+
+
+def _open_on_worker(i: int, url: str, urls: Sequence[str], plan: IngestPlan,
+                    parser_name: str) -> tuple[int, int, xr.Dataset]:
+    """A dask.distributed task: open one file; (index, worker pid, dataset)."""
+    key = repr((plan.source_region, plan.source_endpoint, plan.source_anonymous,
+                plan.source_account, parser_name, plan.group, sorted({
+                    f"{urlsplit(u).scheme}://{urlsplit(u).netloc}/" for u in urls})))
+    state = _WORKER_STATE.get(key)
+    if state is None:
+        state = _WORKER_STATE[key] = (make_registry(urls, plan),
+                                      make_parser(parser_name, plan.group))
+    return i, os.getpid(), _open_one(url, *state)
+
+
+def _scan_distributed(urls: Sequence[str], plan: IngestPlan, parser_name: str,
+                      progress: Progress | None) -> list[xr.Dataset]:
+    """Open the files on an existing dask.distributed cluster, one task per file, in
+    order of completion (progress), returned in the inputs' order."""
+    import importlib
+
+    try:
+        dist: Any = importlib.import_module("distributed")  # (untyped)
+    except ImportError as e:
+        raise UsageError("--scheduler needs dask.distributed (pip install "
+                         "'vchunkfs[dask]')") from e
+    try:
+        client = dist.Client(plan.scheduler, timeout=30, set_as_default=False)
+    except Exception as e:
+        raise UsageError(f"--scheduler {plan.scheduler}: cannot connect: {_first_line(e)}"
+                         ) from e
+    out: list[xr.Dataset | None] = [None] * len(urls)
+    pids: set[int] = set()
+    try:
+        shared = client.scatter([list(urls), plan], broadcast=True)
+        futures = [client.submit(_open_on_worker, i, url, shared[0], shared[1], parser_name,
+                                 pure=False) for i, url in enumerate(urls)]
+        for done, fut in enumerate(dist.as_completed(futures, loop=client.loop),
+                                         start=1):
+            try:
+                i, pid, ds = fut.result()
+            except VchunkfsError:
+                raise
+            except Exception as e:
+                raise InvalidInputError(f"reading on {plan.scheduler}: {_first_line(e)}") from e
+            out[i] = ds
+            pids.add(pid)
+            if progress:
+                progress(done, len(urls))
+    finally:
+        client.close()  # (its unfinished tasks are released with it)
+    _SCAN_INFO["processes"] = len(pids)
+    return [d for d in out if d is not None]
+
+
+_SCAN_INFO: dict[str, int] = {}
 
 
 def _open_many_dask(urls: Sequence[str], registry: Any, parser: Any,
@@ -1139,7 +1202,7 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
     plan.inputs = urls
     datasets = scan(urls, plan, progress)
     t1 = time.monotonic()
-    if not plan.dask:
+    if not plan.dask or plan.scheduler:
         check_agree(urls, datasets, plan.concat_dim)
         if plan.concat_dim in datasets[0].dims:  # (else combine stacks along a new one)
             check_static(urls, datasets, plan.concat_dim, make_registry(urls, plan))
@@ -1160,7 +1223,8 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
     sid = run(lambda: write(repo, vds, plan, checksum, container, records, etags))
     t2 = time.monotonic()
     return IngestResult(sid, len(urls), sorted(map(str, vds.data_vars)), refs, container,
-                        {"scan": t1 - t0, "write_commit": t2 - t1}, skipped=skipped)
+                        {"scan": t1 - t0, "write_commit": t2 - t1}, skipped=skipped,
+                        scan_processes=_SCAN_INFO.pop("processes", 0))
 
 
 async def referenced_urls(repo: Repo, branch: str) -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -82,6 +83,10 @@ def register(sub: Sub) -> None:
     p.add_argument("--dask", action="store_true",
                    help="read metadata on Dask (VirtualiZarr's parallel open), for thousands "
                         "of files on a cluster")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="read metadata on this dask.distributed scheduler's workers, one task "
+                        "per file (default with --dask: $DASK_SCHEDULER_ADDRESS, if set); the "
+                        "files are then checked and combined here as without it")
     p.add_argument("--group", help="the group inside the files to read (for TIFF: the IFD "
                                    "number, default 0)")
     p.add_argument("--source-region", help="region of s3:// sources")
@@ -112,7 +117,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                       source_endpoint=args.source_endpoint,
                       source_anonymous=args.source_anonymous,
                       source_account=args.source_account, group=args.group,
-                      new_only=args.new_only)
+                      new_only=args.new_only,
+                      scheduler=args.scheduler or (os.environ.get("DASK_SCHEDULER_ADDRESS")
+                                                   if args.dask else None) or None)
     repo = open_repo(args, args.repo)
     start = time.monotonic()
     tty = sys.stderr.isatty() and not args.json
@@ -140,7 +147,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     doc = {"snapshot": result.snapshot, "files": result.files, "refs": result.refs,
            "variables": result.variables, "container_added": result.container,
            "seconds": {k: round(v, 3) for k, v in result.timings.items()},
-           "skipped": result.skipped}
+           "skipped": result.skipped, "scan_processes": result.scan_processes}
     if args.json:
         emit_json(doc)
     else:
