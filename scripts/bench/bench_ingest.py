@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -142,25 +141,38 @@ def busy_seconds() -> float:
 LAST_OTHER = [0.0]  # CPU seconds used by everything else during the last timed() call
 
 
+LAST_RSS = [0.0]  # peak resident memory (MiB) of the last timed() process and its children
+
+
 def timed(cmd: list[str], env: dict[str, str] | None = None
           ) -> tuple[float, float, float, str]:
-    """Run cmd; return (spawn time, wall seconds, child cpu seconds, stdout)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run cmd; return (spawn time, wall seconds, child cpu seconds, stdout). The child's
+    own rusage (os.wait4) gives its CPU time and peak RSS (the largest of it and the
+    children it waited for, e.g. --workers helpers), in LAST_RSS."""
+    import tempfile
+
     busy0 = busy_seconds()
-    t_spawn = time.time()
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env or child_env())
-    wall = time.perf_counter() - t0
-    busy1 = busy_seconds()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t_spawn = time.time()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True,
+                                env=env or child_env())
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        busy1 = busy_seconds()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode < 0:
         CRASHES.append(f"{' '.join(cmd[:2])}: signal {-proc.returncode}")
         raise Crashed
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stdout}{stderr}")
+    cpu = usage.ru_utime + usage.ru_stime
     LAST_OTHER[0] = max(busy1 - busy0 - cpu, 0.0)
-    return t_spawn, wall, cpu, proc.stdout
+    LAST_RSS[0] = usage.ru_maxrss / 1024
+    return t_spawn, wall, cpu, stdout
 
 
 def run_one(who: str, data: Path, repo: Path, baseline: Path | None = None
@@ -181,15 +193,20 @@ def _run_one(who: str, data: Path, repo: Path, baseline: Path | None) -> dict[st
         t_spawn, wall, cpu, out = timed([sys.executable, "-c", GUIDE, str(data), str(repo)])
         committed = float(out.split()[0])
         return {"wall": wall, "cpu": cpu, "to_commit": committed - t_spawn,
-                "other": LAST_OTHER[0]}
+                "other": LAST_OTHER[0], "rss": LAST_RSS[0]}
     env = child_env(baseline if who in BASELINE and baseline else PROJECT)
     timed([*vchunkfs_cmd(), "init", str(repo)], env)  # not timed: a crash here is redone too
     cmd = [*vchunkfs_cmd(), "ingest", str(repo), f"{data}/*.nc", "--concat-dim", "time",
            "--container", data.resolve().as_uri() + "/"]
     if who.endswith("-w2"):
         cmd += ["--workers", "2"]
+    if who == "vchunkfs-sched":
+        cmd += ["--scheduler", SCHEDULER[0]]
     _, wall, cpu, _ = timed(cmd, env)
-    return {"wall": wall, "cpu": cpu, "other": LAST_OTHER[0]}
+    return {"wall": wall, "cpu": cpu, "other": LAST_OTHER[0], "rss": LAST_RSS[0]}
+
+
+SCHEDULER = [""]  # address of the LocalCluster of --scheduler-workers
 
 
 def check_same(data: Path, repos: list[Path], with_xarray: bool) -> str:
@@ -273,6 +290,10 @@ def main() -> int:
     ap.add_argument("--baseline-src", type=Path, metavar="DIR",
                     help="also time vchunkfs from this source tree (contestants base, base-w2)")
     ap.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    ap.add_argument("--scheduler-workers", type=int, default=0, metavar="N",
+                    help="also time --scheduler with a dask.distributed LocalCluster of N "
+                         "worker processes started here (contestant vchunkfs-sched; its "
+                         "workers' CPU and memory are not counted)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     root = args.root.resolve()
@@ -281,6 +302,15 @@ def main() -> int:
     datas = {n: ensure_data(root, n, args.scale) for n in sizes}
 
     who_all = CONTESTANTS + (BASELINE if args.baseline_src else ())
+    cluster = None
+    if args.scheduler_workers:
+        from distributed import LocalCluster
+
+        os.environ["PYTHONPATH"] = child_env()["PYTHONPATH"]  # the workers import vchunkfs
+        cluster = LocalCluster(n_workers=args.scheduler_workers, threads_per_worker=1,
+                               processes=True, host="127.0.0.1", dashboard_address=None)
+        SCHEDULER[0] = cluster.scheduler_address
+        who_all += ("vchunkfs-sched",)
     results: dict[int, dict[str, list[dict[str, float]]]] = {
         n: {c: [] for c in who_all} for n in sizes}
     verdicts: dict[int, str] = {}
@@ -313,17 +343,21 @@ def main() -> int:
              "",
              "| files | guide (to commit) | " + " | ".join(
                  {"vchunkfs": "vchunkfs ingest", "vchunkfs-w2": "--workers 2",
+                  "vchunkfs-sched": f"--scheduler ({args.scheduler_workers} workers)",
                   "base": "baseline", "base-w2": "baseline --workers 2"}[c]
-                 for c in who_all[1:]) + " | cpu " + " / ".join(who_all) + " |",
-             "|---:|---:|" + "---:|" * len(who_all)]
+                 for c in who_all[1:]) + " | cpu " + " / ".join(who_all)
+             + " | peak RSS MiB " + " / ".join(who_all) + " |",
+             "|---:|---:|" + "---:|" * len(who_all) + "---:|"]
     for n in sizes:
         med = {c: statistics.median(f["wall"] for f in results[n][c]) for c in who_all}
         cpu = {c: statistics.median(f["cpu"] for f in results[n][c]) for c in who_all}
         to_commit = statistics.median(f["to_commit"] for f in results[n]["guide"])
+        rss = {c: statistics.median(f["rss"] for f in results[n][c]) for c in who_all}
         g = med["guide"]
         lines.append(f"| {n} | {fmt(g)} s ({fmt(to_commit)}) | " + " | ".join(
             f"{fmt(med[c])} s (x{med[c] / g:.2f})" for c in who_all[1:])
-            + f" | {' / '.join(fmt(cpu[c]) for c in who_all)} s |")
+            + f" | {' / '.join(fmt(cpu[c]) for c in who_all)} s"
+            + f" | {' / '.join(f'{rss[c]:.0f}' for c in who_all)} |")
     lines.append("")
     for n in sizes:
         lines.append(f"N={n} runs (wall s [cpu of other processes meanwhile]): " + "; ".join(
@@ -333,8 +367,11 @@ def main() -> int:
         lines.append(f"N={n} repositories: {v}")
     lines.append(f"processes killed by a signal and redone: {len(CRASHES)}"
                  + (f" ({'; '.join(CRASHES)})" if CRASHES else ""))
+    lines.append("command: " + " ".join(sys.argv))
     text = "\n".join(lines)
     print(text)
+    if cluster is not None:
+        cluster.close()
     if args.out:
         args.out.write_text(text + "\n")
         (args.out.with_suffix(".json")).write_text(json.dumps(results, indent=1))
