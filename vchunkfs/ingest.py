@@ -526,23 +526,27 @@ def _scan_with_helpers(urls: Sequence[str], plan: IngestPlan, parser_name: str, 
 _WORKER_STATE: dict[str, Any] = {}  # per worker process: (registry, parser) by plan
 
 
-def _open_on_worker(i: int, url: str, urls: Sequence[str], plan: IngestPlan,
-                    parser_name: str) -> tuple[int, int, xr.Dataset]:
-    """A dask.distributed task: open one file; (index, worker pid, dataset)."""
+def _open_batch(first: int, urls: Sequence[str], bases: Sequence[str], plan: IngestPlan,
+                parser_name: str) -> tuple[int, int, list[xr.Dataset]]:
+    """A dask.distributed task: open a run of files; (index of the first, worker pid,
+    datasets). Each worker process keeps one registry and parser per plan."""
     key = repr((plan.source_region, plan.source_endpoint, plan.source_anonymous,
-                plan.source_account, parser_name, plan.group, sorted({
-                    f"{urlsplit(u).scheme}://{urlsplit(u).netloc}/" for u in urls})))
+                plan.source_account, parser_name, plan.group, list(bases)))
     state = _WORKER_STATE.get(key)
     if state is None:
-        state = _WORKER_STATE[key] = (make_registry(urls, plan),
+        state = _WORKER_STATE[key] = (make_registry([b + "x" for b in bases], plan),
                                       make_parser(parser_name, plan.group))
-    return i, os.getpid(), _open_one(url, *state)
+    return first, os.getpid(), [_open_one(url, *state) for url in urls]
+
+
+_TASKS_PER_WORKER = 8  # files are sent in runs: this many tasks per worker (progress, balance)
 
 
 def _scan_distributed(urls: Sequence[str], plan: IngestPlan, parser_name: str,
                       progress: Progress | None) -> list[xr.Dataset]:
-    """Open the files on an existing dask.distributed cluster, one task per file, in
-    order of completion (progress), returned in the inputs' order."""
+    """Open the files on an existing dask.distributed cluster, in runs of files (about
+    ``_TASKS_PER_WORKER`` tasks per worker), gathered in order of completion (progress)
+    and returned in the inputs' order."""
     import importlib
 
     try:
@@ -557,20 +561,25 @@ def _scan_distributed(urls: Sequence[str], plan: IngestPlan, parser_name: str,
                          ) from e
     out: list[xr.Dataset | None] = [None] * len(urls)
     pids: set[int] = set()
+    bases = sorted({"file://" if u.startswith("file://") else
+                    f"{urlsplit(u).scheme}://{urlsplit(u).netloc}/" for u in urls})
     try:
-        shared = client.scatter([list(urls), plan], broadcast=True)
-        futures = [client.submit(_open_on_worker, i, url, shared[0], shared[1], parser_name,
-                                 pure=False) for i, url in enumerate(urls)]
-        for done, fut in enumerate(dist.as_completed(futures, loop=client.loop),
-                                         start=1):
+        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        size = max(1, math.ceil(len(urls) / (workers * _TASKS_PER_WORKER)))
+        futures = [client.submit(_open_batch, i, list(urls[i:i + size]), bases, plan,
+                                 parser_name, pure=False)
+                   for i in range(0, len(urls), size)]
+        done = 0
+        for fut in dist.as_completed(futures, loop=client.loop):
             try:
-                i, pid, ds = fut.result()
+                first, pid, got = fut.result()
             except VchunkfsError:
                 raise
             except Exception as e:
                 raise InvalidInputError(f"reading on {plan.scheduler}: {_first_line(e)}") from e
-            out[i] = ds
+            out[first:first + len(got)] = got
             pids.add(pid)
+            done += len(got)
             if progress:
                 progress(done, len(urls))
     finally:

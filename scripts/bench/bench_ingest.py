@@ -95,6 +95,48 @@ print(time.time(), sid, flush=True)
 """
 
 
+GUIDE_S3 = """\
+import os, sys, time
+import icechunk as ic
+import obstore
+import xarray as xr
+from obspec_utils.registry import ObjectStoreRegistry
+from obstore.store import S3Store
+from virtualizarr import open_virtual_dataset
+from virtualizarr.parsers import HDFParser
+
+bucket, prefix, endpoint, repo_path = sys.argv[1:5]
+store = S3Store(bucket, endpoint=endpoint, region="us-east-1",
+                virtual_hosted_style_request=False, client_options={"allow_http": True})
+keys = sorted(m["path"] for batch in obstore.list(store, prefix=prefix) for m in batch
+              if m["path"].endswith(".nc"))  # the guide's fs.glob
+registry = ObjectStoreRegistry({f"s3://{bucket}/": store})
+vds = xr.concat([open_virtual_dataset(f"s3://{bucket}/{k}", registry=registry,
+                                      parser=HDFParser()) for k in keys],
+                dim="time", coords="minimal", compat="override", combine_attrs="override")
+config = ic.RepositoryConfig.default()
+config.set_virtual_chunk_container(ic.VirtualChunkContainer(
+    f"s3://{bucket}/{prefix}", ic.s3_store(region="us-east-1", endpoint_url=endpoint,
+                                            allow_http=True, s3_compatible=True,
+                                            force_path_style=True)))
+repo = ic.Repository.create(ic.local_filesystem_storage(repo_path), config)
+repo.save_config()
+session = repo.writable_session("main")
+vds.vz.to_icechunk(session.store)
+sid = session.commit("ingest %d files" % len(keys))
+print(time.time(), sid, flush=True)
+"""
+S3: dict[str, str] = {}  # with --source moto: endpoint, bucket
+
+
+def source_of(data: Path) -> tuple[str, str]:
+    """(glob of the files, container prefix) for vchunkfs ingest: local, or on moto."""
+    if S3:
+        prefix = f"s3://{S3['bucket']}/{data.name}/"
+        return prefix + "*.nc", prefix
+    return f"{data}/*.nc", data.resolve().as_uri() + "/"
+
+
 def vchunkfs_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("vchunkfs")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "vchunkfs.cli.main"]
@@ -190,14 +232,19 @@ def run_one(who: str, data: Path, repo: Path, baseline: Path | None = None
 def _run_one(who: str, data: Path, repo: Path, baseline: Path | None) -> dict[str, float]:
     shutil.rmtree(repo, ignore_errors=True)
     if who == "guide":
-        t_spawn, wall, cpu, out = timed([sys.executable, "-c", GUIDE, str(data), str(repo)])
+        cmd = ([sys.executable, "-c", GUIDE_S3, S3["bucket"], data.name + "/", S3["endpoint"],
+                str(repo)] if S3 else [sys.executable, "-c", GUIDE, str(data), str(repo)])
+        t_spawn, wall, cpu, out = timed(cmd)
         committed = float(out.split()[0])
         return {"wall": wall, "cpu": cpu, "to_commit": committed - t_spawn,
                 "other": LAST_OTHER[0], "rss": LAST_RSS[0]}
     env = child_env(baseline if who in BASELINE and baseline else PROJECT)
     timed([*vchunkfs_cmd(), "init", str(repo)], env)  # not timed: a crash here is redone too
-    cmd = [*vchunkfs_cmd(), "ingest", str(repo), f"{data}/*.nc", "--concat-dim", "time",
-           "--container", data.resolve().as_uri() + "/"]
+    pattern, prefix = source_of(data)
+    cmd = [*vchunkfs_cmd(), "ingest", str(repo), pattern, "--concat-dim", "time",
+           "--container", prefix]
+    if S3:
+        cmd += ["--source-endpoint", S3["endpoint"], "--source-region", "us-east-1"]
     if who.endswith("-w2"):
         cmd += ["--workers", "2"]
     if who == "vchunkfs-sched":
@@ -211,7 +258,8 @@ SCHEDULER = [""]  # address of the LocalCluster of --scheduler-workers
 
 def check_same(data: Path, repos: list[Path], with_xarray: bool) -> str:
     """Compare the repositories in a child process; return its one-line verdict."""
-    proc = subprocess.run([sys.executable, __file__, "--check", str(data), *map(str, repos),
+    proc = subprocess.run([sys.executable, __file__, "--check", source_of(data)[1],
+                           *map(str, repos),
                            *(["--xarray"] if with_xarray else [])],
                           capture_output=True, text=True, env=child_env())
     if proc.returncode != 0:
@@ -225,9 +273,13 @@ def check_main(data: str, repos: list[str], with_xarray: bool) -> int:
     import icechunk as ic
     from zarr.core.buffer import default_buffer_prototype
 
-    prefix = Path(data).resolve().as_uri() + "/"
+    prefix = data  # the container prefix
+    creds = (ic.s3_static_credentials(access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                                      secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+             if prefix.startswith("s3://") else None)
     sessions = [ic.Repository.open(ic.local_filesystem_storage(r),
-                                   authorize_virtual_chunk_access={prefix: None}
+                                   authorize_virtual_chunk_access=ic.containers_credentials(
+                                       {prefix: creds}) if creds else {prefix: None}
                                    ).readonly_session("main") for r in repos]
 
     async def contents(store: ic.IcechunkStore) -> dict[str, object]:
@@ -290,6 +342,9 @@ def main() -> int:
     ap.add_argument("--baseline-src", type=Path, metavar="DIR",
                     help="also time vchunkfs from this source tree (contestants base, base-w2)")
     ap.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    ap.add_argument("--source", choices=("local", "moto"), default="local",
+                    help="read the files from local disk, or from a moto S3 server started "
+                         "here (the files uploaded first; both sides list the bucket)")
     ap.add_argument("--scheduler-workers", type=int, default=0, metavar="N",
                     help="also time --scheduler with a dask.distributed LocalCluster of N "
                          "worker processes started here (contestant vchunkfs-sched; its "
@@ -300,6 +355,25 @@ def main() -> int:
     repos_dir = root / "repos"
     repos_dir.mkdir(parents=True, exist_ok=True)
     datas = {n: ensure_data(root, n, args.scale) for n in sizes}
+    moto = None
+    if args.source == "moto":
+        import contextlib
+        import uuid
+
+        sys.path.insert(0, str(PROJECT / "tests"))
+        import servers
+
+        moto = contextlib.ExitStack()
+        s3 = moto.enter_context(servers.moto_s3_server())
+        os.environ.update({"AWS_ACCESS_KEY_ID": s3.access_key_id,
+                           "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+                           "AWS_REGION": s3.region})
+        S3.update(endpoint=s3.endpoint_url, bucket="bench-" + uuid.uuid4().hex[:8])
+        s3.create_bucket(S3["bucket"])
+        for n, data in datas.items():
+            print(f"uploading {n} files ...", file=sys.stderr, flush=True)
+            for f in sorted(data.glob("*.nc")):
+                s3.put_object(S3["bucket"], f"{data.name}/{f.name}", f.read_bytes())
 
     who_all = CONTESTANTS + (BASELINE if args.baseline_src else ())
     cluster = None
@@ -372,6 +446,8 @@ def main() -> int:
     print(text)
     if cluster is not None:
         cluster.close()
+    if moto is not None:
+        moto.close()
     if args.out:
         args.out.write_text(text + "\n")
         (args.out.with_suffix(".json")).write_text(json.dumps(results, indent=1))
