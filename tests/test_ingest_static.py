@@ -124,3 +124,25 @@ def test_a_rewritten_first_file_gets_its_static_refs_rewritten(tmp_path):
         np.testing.assert_array_equal(ds.orog.values, h5(files[0], "orog"))
         np.testing.assert_array_equal(ds.sst.values,
                                       np.concatenate([read_h5(f, "sst") for f in files]))
+
+
+def test_refs_into_a_rewritten_file_that_this_ingest_does_not_replace_are_refused(tmp_path):
+    """Day 1's file is rewritten in place (other offsets) and written into day 2's slot:
+    day 1's slot still has refs to the old offsets, which the file's new source record
+    would pass. Refused (6), nothing committed."""
+    files = make_days(tmp_path / "data", 3)
+    prefix = tmp_path.as_uri() + "/"
+    repo = tmp_path / "repo"
+    cli("init", str(repo), "--container", prefix)
+    cli("ingest", str(repo), *map(str, files), "--concat-dim", "time")
+    before = history(repo)
+    with netCDF4.Dataset(files[0], "a") as nc:
+        nc.setncattr("history", "reprocessed " * 20000)
+        nc["sst"][0, 0, 0, 0] = nc["sst"][0, 0, 0, 0] + 1  # the chunk is rewritten, elsewhere
+    r = cli("ingest", str(repo), str(files[0]), "--concat-dim", "time", "--replace-region",
+            "time=1:2", check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 6 and len(lines) == 1, r.stderr
+    assert f"{files[0].as_uri()} changed since it was ingested, and " in lines[0], r.stderr
+    assert "keeps refs into it that this ingest does not replace" in lines[0], r.stderr
+    assert history(repo) == before

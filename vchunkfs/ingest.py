@@ -976,16 +976,43 @@ async def _stored_refs(store: Any, name: str) -> list[tuple[str, int, int]]:
     return [r for _, r in sorted(out)]
 
 
+async def changed_sources(repo: Repo, base: str, urls: Sequence[str],
+                          records: dict[str, list[int]]) -> set[str]:
+    """The local sources this ingest reads again (the branch already references them)
+    whose source record is not the one their refs were written with: the newest record
+    of the url in the base snapshot's ancestry differs from the file now."""
+    from vchunkfs.repository.sources import SourceRecord, records_in_metadata
+
+    session = await repo.ic.readonly_session_async(snapshot_id=base)
+    referenced = {str(u) for u in await session.all_virtual_chunk_locations_async()}
+    want = {u for u in urls if u in referenced and u in records}
+    found: dict[str, SourceRecord] = {}
+    if want:
+        async for snap in repo.ic.async_ancestry(snapshot_id=base):
+            for url, rec in records_in_metadata(snap.metadata).items():
+                if url in want and url not in found:
+                    found[url] = rec
+            if len(found) == len(want):
+                break
+    return {u for u, rec in found.items() if rec != SourceRecord.from_json(records[u])}
+
+
 async def rewrite_stale_refs(store: Any, vds: xr.Dataset, concat_dim: str | None,
-                             checksum: datetime.datetime) -> list[str]:
-    """Refs an earlier ingest wrote into a file this ingest read again, that this ingest
-    did not produce: the file changed since (re-parsed, it gives other offsets), so
-    those refs would read the wrong bytes under the file's new source record.
+                             checksum: datetime.datetime, changed: set[str] | None = None,
+                             updated: dict[str, set[tuple[int, ...]]] | None = None
+                             ) -> list[str]:
+    """Refs an earlier ingest wrote into a file this ingest read again, which this ingest
+    does not replace: the file changed since (its source record differs, ``changed``,
+    or re-parsed it gives other offsets), so those refs would read other bytes than
+    they were written for, under the file's new source record. ``updated``: the chunks
+    this session wrote, by array (their refs are this ingest's).
 
     A static variable's refs (kept once, pointing into the first file) are rewritten
     with this ingest's refs for it; any other such ref is refused. Returns the names
     of the arrays rewritten.
     """
+    changed = changed or set()
+    updated = updated or {}
     import icechunk as ic
     import numpy as np
 
@@ -1005,10 +1032,13 @@ async def rewrite_stale_refs(store: Any, vds: xr.Dataset, concat_dim: str | None
     rewritten = []
     for name in arrays:
         stale = None
-        async for _c, kinds, paths, offsets, lengths, _i in store.array_chunk_iterator(
+        mine = updated.get(name, set())
+        async for coords, kinds, paths, offsets, lengths, _i in store.array_chunk_iterator(
                 name, 100_000):
             for i, path in enumerate(paths):
-                if kinds[i] == 2 and path in produced and (
+                if kinds[i] != 2 or path not in produced:
+                    continue
+                if (path in changed and tuple(int(c) for c in coords[i]) not in mine) or (
                         int(offsets[i]), int(lengths[i])) not in produced[path]:
                     stale = path
                     break
@@ -1129,7 +1159,12 @@ async def _write_once(repo: Repo, vds: xr.Dataset, plan: IngestPlan,
 
     # to_icechunk is synchronous and runs its own event loop: keep it off the bridge's loop
     await asyncio.to_thread(to_icechunk)
-    rewritten = await rewrite_stale_refs(store, full, plan.concat_dim, checksum)
+    changed = await changed_sources(repo, writer.base_snapshot, source_urls(full),
+                                    records or {})
+    updated = {path.strip("/"): {tuple(int(c) for c in idx) for idx in chunks}
+               for path, chunks in writer.session.status().updated_chunks.items()}
+    rewritten = await rewrite_stale_refs(store, full, plan.concat_dim, checksum, changed,
+                                         updated)
     if etags:
         await stamp_etags(store, vds, etags)
         for name in rewritten:
@@ -1141,9 +1176,9 @@ async def _write_once(repo: Repo, vds: xr.Dataset, plan: IngestPlan,
     records = records or {}
     # the records must describe the files the refs were made from: a file that changed
     # while it was scanned would be recorded as its new self
-    changed = [u for u, r in record_local_sources(records).items() if r != records[u]]
-    if changed:
-        raise SourceChangedError(f"{changed[0]} changed while it was ingested; nothing was "
+    moved = [u for u, r in record_local_sources(records).items() if r != records[u]]
+    if moved:
+        raise SourceChangedError(f"{moved[0]} changed while it was ingested; nothing was "
                                  "committed (run the ingest again)")
     return await writer.commit(message, {"vchunkfs": {
         "ingest": {"files": n, "append": plan.append, "concat_dim": plan.concat_dim},
