@@ -146,3 +146,16 @@ def test_refs_into_a_rewritten_file_that_this_ingest_does_not_replace_are_refuse
     assert f"{files[0].as_uri()} changed since it was ingested, and " in lines[0], r.stderr
     assert "keeps refs into it that this ingest does not replace" in lines[0], r.stderr
     assert history(repo) == before
+
+
+def test_static_attributes_are_compared(tmp_path):
+    files = make_days(tmp_path / "data", 2)
+    add_orog(files)
+    with netCDF4.Dataset(files[1], "a") as nc:
+        nc["orog"].units = "ft"
+    prefix = tmp_path.as_uri() + "/"
+    cli("init", str(tmp_path / "repo"), "--container", prefix)
+    r = cli("ingest", str(tmp_path / "repo"), *map(str, files), "--concat-dim", "time",
+            check=False)
+    assert r.returncode == 2 and "variable 'orog' (without time, kept once) differs from " \
+        f"{files[0].as_uri()}: different attributes (units)" in r.stderr, r.stderr

@@ -685,6 +685,11 @@ def static_difference(a: xr.Variable, b: xr.Variable, a_bytes: Callable[[], list
         return f"shape {b.shape} instead of {a.shape}"
     if a.dtype != b.dtype:
         return f"dtype {b.dtype} instead of {a.dtype}"
+    if _attrs_key(a.attrs) != _attrs_key(b.attrs):
+        differ = sorted(set(map(str, a.attrs)) ^ set(map(str, b.attrs))) or sorted(
+            str(k) for k in a.attrs if _attrs_key({k: a.attrs[k]}) != _attrs_key(
+                {k: b.attrs.get(k)}))
+        return f"different attributes ({', '.join(differ[:3])})"
     ma, mb = getattr(a.data, "manifest", None), getattr(b.data, "manifest", None)
     if (ma is None) != (mb is None):
         return "it is virtual in one file and loaded in the other"
@@ -707,6 +712,20 @@ def static_difference(a: xr.Variable, b: xr.Variable, a_bytes: Callable[[], list
     if sum(n for _, _, n in ra) <= STATIC_BYTES_COMPARED and a_bytes() != b_bytes():
         return "different bytes"
     return None
+
+
+def _attrs_key(attrs: Any) -> str:
+    """Attributes as comparable text (values may be numpy arrays)."""
+    import numpy as np
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        if isinstance(v, np.generic):
+            return v.item()
+        return v
+
+    return repr(sorted((str(k), repr(plain(v))) for k, v in dict(attrs).items()))
 
 
 def check_static(urls: Sequence[str], datasets: Sequence[xr.Dataset], concat_dim: str | None,

@@ -31,7 +31,8 @@ def register(sub: Sub) -> None:
                     "coordinates; chunking, codecs, fill value, chunk sizes, and the chunk "
                     "bytes up to 4 MiB per variable), or the ingest names the variable and "
                     "the first file that differs. --append and --replace-region keep them "
-                    "as stored after the same comparison with the stored refs.",
+                    "as stored after comparing the new copies with the stored arrays "
+                    "(the same, less attributes).",
         epilog="examples:\n"
                "  vchunkfs ingest ./oisst 'data/oisst-*.nc' --concat-dim time "
                "--container file:///abs/data/\n"
