@@ -131,6 +131,9 @@ def test_gcs_glob_on_fake_gcs_server(tmp_path, monkeypatch):
         ds = read_icechunk(repo, container,
                            ic.gcs_credentials(service_account_key=gcs.service_account_key))
         check_values(ds, files)
+        # through the mount, with the environment's credentials (GOOGLE_SERVICE_ACCOUNT_KEY)
+        with mounted(repo, tmp_path / "m", f"authorize={prefix}") as m:
+            assert_reads_like_files(m.path, files)
         r = cli("ingest", str(repo), f"gs://{bucket}/oisst/*.grib2", "--concat-dim", "time",
                 "--append", "--source-endpoint", gcs.url, check=False)
         assert r.returncode == 3 and "no object matches" in r.stderr, r.stderr
@@ -155,3 +158,10 @@ def test_azure_glob_on_azurite(tmp_path, monkeypatch):
             account=az.account, config={"endpoint": az.blob_endpoint, "allow_http": "true"}))
         ds = read_icechunk(repo, container, ic.azure_credentials(access_key=az.account_key))
         check_values(ds, files)
+        # through the mount, with the environment's credentials (AZURE_STORAGE_ACCOUNT_KEY)
+        with mounted(repo, tmp_path / "m", f"authorize={prefix}",
+                     "presentation=v3+v2-decoded") as m:
+            assert_reads_like_files(m.path / "v3", files)
+            dec = xr.open_zarr(str(m.path / "v2-decoded"), consolidated=False, zarr_format=2,
+                               chunks=None, mask_and_scale=False)
+            check_values(dec, files)
