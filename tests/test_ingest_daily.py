@@ -127,3 +127,50 @@ def test_two_appends_at_once_keep_the_time_axis_in_order(tmp_path, round_):
                        mask_and_scale=False).sst.values
     landed = days if len(times) == 31 else [*days[:10], *days[20:]]
     np.testing.assert_array_equal(sst, np.concatenate([read_h5(f, "sst") for f in landed]))
+
+
+def test_two_appends_at_once_on_an_s3_repository(tmp_path, monkeypatch):
+    """The same race with the repository on S3 (moto): no commit lock there, icechunk's
+    conditional branch update alone makes the loser redo its checks."""
+    import servers
+
+    days = make_days(tmp_path / "data", 31)
+    prefix = (tmp_path / "data").as_uri() + "/"
+    with servers.moto_s3_server() as s3:
+        env = {**os.environ, "ICECHUNK_LOG": "error", "AWS_ACCESS_KEY_ID": s3.access_key_id,
+               "AWS_SECRET_ACCESS_KEY": s3.secret_access_key, "AWS_REGION": s3.region}
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+            monkeypatch.setenv(k, env[k])
+        s3.create_bucket("repos")
+        repo = "s3://repos/daily"
+        at = ["--endpoint-url", s3.endpoint_url]
+        cli("init", repo, *at, "--container", prefix)
+        cli("ingest", repo, *at, *map(str, days[:10]), "--concat-dim", "time")
+        runs = {name: subprocess.Popen([*CLI, "ingest", repo, *at, *map(str, part),
+                                        "--concat-dim", "time", "--append"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, env=env)
+                for name, part in (("early", days[10:20]), ("late", days[20:]))}
+        done = {name: (p.wait(timeout=240), p.stderr.read() if p.stderr else "")
+                for name, p in runs.items()}
+        import icechunk as ic
+
+        r = ic.Repository.open(
+            ic.s3_storage(bucket="repos", prefix="daily", region=s3.region,
+                          endpoint_url=s3.endpoint_url, allow_http=True, force_path_style=True,
+                          access_key_id=s3.access_key_id,
+                          secret_access_key=s3.secret_access_key),
+            authorize_virtual_chunk_access=ic.containers_credentials(
+                {prefix: ic.credentials.LocalFileSystemAccess}))
+        ds = xr.open_zarr(r.readonly_session("main").store, consolidated=False, chunks=None,
+                          mask_and_scale=False)
+        times = ds.time.values
+        assert (np.diff(times) > np.timedelta64(0)).all(), times
+        if done["early"][0] == 0 and done["late"][0] == 0:
+            landed = days
+        else:
+            assert done["late"][0] == 0 and done["early"][0] == 2, done
+            assert "does not follow the stored last time" in done["early"][1], done
+            landed = [*days[:10], *days[20:]]
+        np.testing.assert_array_equal(ds.sst.values,
+                                      np.concatenate([read_h5(f, "sst") for f in landed]))

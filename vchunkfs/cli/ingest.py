@@ -50,10 +50,14 @@ def register(sub: Sub) -> None:
                "name.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repo", metavar="REPO")
-    p.add_argument("inputs", nargs="*", metavar="FILE_OR_GLOB",
+    inputs = p.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB",
                    help="paths, globs (quote them) or URLs; sorted before combining. Globs "
                         "(*, ?, [...], ** for any depth) in s3://, gs:// and az:// URLs are "
                         "expanded by listing the bucket; http(s):// cannot be listed")
+    # "+", not "*": a "*" positional matches nothing right after REPO and then refuses
+    # the files given after an option (REPO --endpoint-url URL FILES); optional only so
+    # that --files-from can stand alone
+    inputs.required = False
     p.add_argument("--files-from", metavar="FILE|-",
                    help="read more inputs from FILE (- for standard input), one URL or path "
                         "per line, taken as they are; blank lines and # comments skipped")
@@ -106,7 +110,7 @@ def register(sub: Sub) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    inputs = list(args.inputs)
+    inputs = list(args.inputs or [])
     if args.files_from:
         inputs += read_files_from(args.files_from)
     if not inputs:
