@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import xarray as xr
 
 from vchunkfs.errors import (
+    ConflictError,
     InvalidInputError,
     NotFoundError,
     SourceChangedError,
@@ -47,7 +48,8 @@ from vchunkfs.repository.containers import make_container
 from vchunkfs.repository.sources import RECORDS_KEY, record_local_sources
 from vchunkfs.repository.writer import Writer
 
-PARSERS = ("auto", "hdf", "netcdf3", "tiff", "zarr", "kerchunk-json", "kerchunk-parquet")
+PARSERS = ("auto", "hdf", "netcdf3", "tiff", "grib", "zarr", "kerchunk-json",
+           "kerchunk-parquet")
 
 
 @dataclass
@@ -68,6 +70,9 @@ class IngestPlan:
     source_region: str | None = None
     source_endpoint: str | None = None
     source_anonymous: bool = False
+    source_account: str | None = None  # Azure storage account of az:// sources
+    new_only: bool = False  # skip the inputs the branch's refs already point into
+    scheduler: str | None = None  # a dask.distributed scheduler (tcp://HOST:PORT) to scan on
     group: str | None = None
 
 
@@ -79,26 +84,52 @@ class IngestResult:
     refs: int
     container: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    skipped: int = 0  # --new-only: inputs already referenced
+    scan_processes: int = 0  # --scheduler: how many worker processes read files
 
 
 Progress = Callable[[int, int], None]
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[str]:
-    """Paths, globs and URLs -> sorted, de-duplicated URLs (local files as file://)."""
+def expand_inputs(inputs: Sequence[str], plan: IngestPlan | None = None) -> list[str]:
+    """Paths, globs and URLs -> sorted, de-duplicated URLs (local files as file://).
+
+    Globs (``*``, ``?``, ``[...]``, and ``**`` for any number of directories) in
+    s3://, gs:// and az:// URLs are expanded by listing the bucket below the part
+    before the first wildcard, with the same options as the sources (``plan``).
+    HTTP cannot list: an http(s):// glob is an error. A glob matching nothing is an
+    error naming it.
+    """
     urls: set[str] = set()
     for item in inputs:
         if "://" in item and not item.startswith("file://"):
-            urls.add(item)
+            scheme = urlsplit(item).scheme
+            if not _has_magic(item):
+                urls.add(item)
+            elif scheme in ("http", "https"):
+                raise UsageError(f"{item}: an {scheme}:// URL cannot be expanded (HTTP cannot "
+                                 "list a directory); give the URLs one by one or with "
+                                 "--files-from FILE")
+            elif scheme in _LISTABLE:
+                found = list_remote_glob(item, plan or IngestPlan(inputs=[]))
+                if not found:
+                    raise NotFoundError(f"no object matches {item!r}")
+                urls.update(found)
+            else:
+                raise UsageError(f"{item}: cannot expand a glob in a {scheme}:// URL "
+                                 f"(only {', '.join(s + '://' for s in _LISTABLE)})")
             continue
         path = item.removeprefix("file://")
-        matches = sorted(glob.glob(os.path.expanduser(path))) if glob.has_magic(path) else [path]
+        matches = (sorted(glob.glob(os.path.expanduser(path), recursive=True))
+                   if glob.has_magic(path) else [path])
         if not matches:
             raise NotFoundError(f"no file matches {item!r}")
         for m in matches:
             p = Path(m).expanduser().resolve()
             if not p.exists():
                 raise NotFoundError(f"{item}: no such file")
+            if p.is_dir() and glob.has_magic(path) and not p.name.endswith(".zarr"):
+                continue  # a ** glob also matches directories
             if not os.access(p, os.R_OK):
                 raise UsageError(f"{p}: cannot read it (permission denied)")
             urls.add(p.as_uri())
@@ -107,9 +138,93 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
     return sorted(urls)
 
 
+_LISTABLE = ("s3", "gs", "az", "azure", "abfs")
+
+
+def _has_magic(url: str) -> bool:
+    return glob.has_magic(urlsplit(url).path)
+
+
+def read_files_from(source: str) -> list[str]:
+    """``--files-from``: one URL or path per line (``-``: standard input); blank lines and
+    lines starting with ``#`` are skipped. The entries are taken as they are (no globs)."""
+    import sys
+
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as e:
+        raise NotFoundError(f"--files-from {source}: {e.strerror or e}") from e
+    lines = [ln.strip() for ln in text.splitlines()]
+    items = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not items:
+        raise UsageError(f"--files-from {source}: no file names in it")
+    return items
+
+
+def _glob_regex(pattern: str) -> str:
+    """A regular expression for an object-key glob: ``*`` and ``?`` stay within one
+    ``/``-separated segment, ``[...]`` (``[!...]``) is a character class, and a ``**``
+    segment matches any number of segments, none included. (glob.translate is 3.13+.)"""
+    import re
+
+    out = []
+    segments = pattern.split("/")
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == "**":
+            out.append(".*" if last else "(?:[^/]*/)*")
+            continue
+        j = 0
+        while j < len(seg):
+            c = seg[j]
+            close = seg.find("]", j + 2) if c == "[" else -1
+            if c == "*":
+                out.append("[^/]*")
+            elif c == "?":
+                out.append("[^/]")
+            elif close > 0:
+                body = seg[j + 1:close]
+                body = "^" + body[1:] if body.startswith("!") else body
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                j = close
+            else:
+                out.append(re.escape(c))
+            j += 1
+        if not last:
+            out.append("/")
+    return "".join(out) + r"\Z"
+
+
+def list_remote_glob(pattern: str, plan: IngestPlan) -> list[str]:
+    """The objects of a bucket matching a glob URL, sorted, as URLs."""
+    import re
+
+    import obstore
+
+    parts = urlsplit(pattern)
+    base = f"{parts.scheme}://{parts.netloc}/"
+    key_glob = parts.path.lstrip("/")
+    segments = key_glob.split("/")
+    literal = []
+    for seg in segments:
+        if glob.has_magic(seg):
+            break
+        literal.append(seg)
+    prefix = "/".join(literal)
+    regex = re.compile(_glob_regex(key_glob))
+    store = source_store(base, plan)
+    try:
+        batches = obstore.list(store, prefix=prefix or None).collect()
+    except Exception as e:
+        raise InvalidInputError(f"{pattern}: cannot list {base}{prefix}: {_first_line(e)}") from e
+    found = [base + m["path"] for m in batches if regex.match(m["path"])]
+    return sorted(found)
+
+
 _MAGIC = ((b"\x89HDF\r\n\x1a\n", "hdf"), (b"CDF\x01", "netcdf3"), (b"CDF\x02", "netcdf3"),
           (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),  # TIFF, little and big endian
-          (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"))  # BigTIFF
+          (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"),  # BigTIFF
+          (b"GRIB", "grib"))
 
 
 def detect_parser(url: str) -> str:
@@ -122,6 +237,8 @@ def detect_parser(url: str) -> str:
         return "zarr"
     if url.lower().endswith((".tif", ".tiff")):
         return "tiff"
+    if url.lower().endswith((".grib", ".grib2", ".grb", ".grb2")):
+        return "grib"
     if url.startswith("file://"):
         path = Path(url[7:])
         if path.is_dir():
@@ -131,7 +248,7 @@ def detect_parser(url: str) -> str:
         for magic, name in _MAGIC:
             if head.startswith(magic):
                 return name
-        raise InvalidInputError(f"{path}: not netCDF/HDF5, netCDF3, TIFF, Zarr or kerchunk "
+        raise InvalidInputError(f"{path}: not netCDF/HDF5, netCDF3, TIFF, GRIB, Zarr or kerchunk "
                                 "references (pass --parser to force one)")
     return "hdf"  # remote: netCDF4/HDF5 is by far the most common; --parser overrides
 
@@ -159,6 +276,10 @@ def make_parser(name: str, group: str | None) -> Any:
             return parsers.KerchunkJSONParser(group=group)
         case "kerchunk-parquet":
             return parsers.KerchunkParquetParser(group=group)
+        case "grib":
+            from vchunkfs.grib import GribParser
+
+            return GribParser()
         case "tiff":
             # VirtualiZarr's TIFF parser lives in its own package; --group is the IFD
             try:
@@ -170,10 +291,45 @@ def make_parser(name: str, group: str | None) -> Any:
     raise UsageError(f"unknown parser {name!r}: use one of {', '.join(PARSERS)}")
 
 
+def source_store(base: str, plan: IngestPlan) -> Any:
+    """An obstore store for ``scheme://bucket/`` with the plan's source options.
+
+    Credentials come from the backend's environment variables (obstore reads
+    AWS_*, GOOGLE_*, AZURE_*); ``--source-endpoint`` is the S3 endpoint, the GCS
+    base URL or the Azure blob endpoint; ``--source-anonymous`` skips signing.
+    """
+    from obstore.store import from_url
+
+    scheme = urlsplit(base).scheme
+    kw: dict[str, Any] = {}
+    endpoint = plan.source_endpoint
+    if scheme == "s3":
+        if plan.source_region:
+            kw["region"] = plan.source_region
+        if endpoint:
+            kw["endpoint"] = endpoint
+            kw["virtual_hosted_style_request"] = False
+    elif scheme == "gs":
+        if endpoint:
+            kw["base_url"] = endpoint
+    elif scheme in ("az", "azure", "abfs"):
+        if plan.source_account:
+            kw["account_name"] = plan.source_account
+        if endpoint:
+            kw["endpoint"] = endpoint
+    if plan.source_anonymous:
+        kw["skip_signature"] = True
+    if endpoint and endpoint.startswith("http://"):
+        kw["client_options"] = {"allow_http": True}
+    try:
+        return from_url(base, **kw)
+    except Exception as e:
+        raise UsageError(f"{base}: {_first_line(e)}") from e
+
+
 def make_registry(urls: Sequence[str], plan: IngestPlan) -> Any:
     """An obstore registry with one store per bucket (or one for local files)."""
     from obspec_utils.registry import ObjectStoreRegistry
-    from obstore.store import from_url
 
     stores: dict[str, Any] = {}
     for url in urls:
@@ -185,20 +341,8 @@ def make_registry(urls: Sequence[str], plan: IngestPlan) -> Any:
                 stores["file://"] = LocalStore()
             continue
         base = f"{parts.scheme}://{parts.netloc}/"
-        if base in stores:
-            continue
-        kw: dict[str, Any] = {}
-        if parts.scheme == "s3":
-            if plan.source_region:
-                kw["region"] = plan.source_region
-            if plan.source_endpoint:
-                kw["endpoint"] = plan.source_endpoint
-                kw["virtual_hosted_style_request"] = False
-                if plan.source_endpoint.startswith("http://"):
-                    kw["client_options"] = {"allow_http": True}
-            if plan.source_anonymous:
-                kw["skip_signature"] = True
-        stores[base] = from_url(base, **kw)
+        if base not in stores:
+            stores[base] = source_store(base, plan)
     return ObjectStoreRegistry(stores)
 
 
@@ -230,6 +374,8 @@ def scan(urls: Sequence[str], plan: IngestPlan, progress: Progress | None = None
     registry = make_registry(urls, plan)
     name = parser_name(urls, plan)
     parser = make_parser(name, plan.group)
+    if plan.scheduler:
+        return _scan_distributed(urls, plan, name, progress)
     if plan.dask:
         return [_open_many_dask(urls, registry, parser, plan)]
     out: list[xr.Dataset] = []
@@ -377,6 +523,74 @@ def _scan_with_helpers(urls: Sequence[str], plan: IngestPlan, parser_name: str, 
     return [d for d in out if d is not None]
 
 
+_WORKER_STATE: dict[str, Any] = {}  # per worker process: (registry, parser) by plan
+
+
+def _open_batch(first: int, urls: Sequence[str], bases: Sequence[str], plan: IngestPlan,
+                parser_name: str) -> tuple[int, int, list[xr.Dataset]]:
+    """A dask.distributed task: open a run of files; (index of the first, worker pid,
+    datasets). Each worker process keeps one registry and parser per plan."""
+    key = repr((plan.source_region, plan.source_endpoint, plan.source_anonymous,
+                plan.source_account, parser_name, plan.group, list(bases)))
+    state = _WORKER_STATE.get(key)
+    if state is None:
+        state = _WORKER_STATE[key] = (make_registry([b + "x" for b in bases], plan),
+                                      make_parser(parser_name, plan.group))
+    return first, os.getpid(), [_open_one(url, *state) for url in urls]
+
+
+_TASKS_PER_WORKER = 8  # files are sent in runs: this many tasks per worker (progress, balance)
+
+
+def _scan_distributed(urls: Sequence[str], plan: IngestPlan, parser_name: str,
+                      progress: Progress | None) -> list[xr.Dataset]:
+    """Open the files on an existing dask.distributed cluster, in runs of files (about
+    ``_TASKS_PER_WORKER`` tasks per worker), gathered in order of completion (progress)
+    and returned in the inputs' order."""
+    import importlib
+
+    try:
+        dist: Any = importlib.import_module("distributed")  # (untyped)
+    except ImportError as e:
+        raise UsageError("--scheduler needs dask.distributed (pip install "
+                         "'vchunkfs[dask]')") from e
+    try:
+        client = dist.Client(plan.scheduler, timeout=30, set_as_default=False)
+    except Exception as e:
+        raise UsageError(f"--scheduler {plan.scheduler}: cannot connect: {_first_line(e)}"
+                         ) from e
+    out: list[xr.Dataset | None] = [None] * len(urls)
+    pids: set[int] = set()
+    bases = sorted({"file://" if u.startswith("file://") else
+                    f"{urlsplit(u).scheme}://{urlsplit(u).netloc}/" for u in urls})
+    try:
+        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        size = max(1, math.ceil(len(urls) / (workers * _TASKS_PER_WORKER)))
+        futures = [client.submit(_open_batch, i, list(urls[i:i + size]), bases, plan,
+                                 parser_name, pure=False)
+                   for i in range(0, len(urls), size)]
+        done = 0
+        for fut in dist.as_completed(futures, loop=client.loop):
+            try:
+                first, pid, got = fut.result()
+            except VchunkfsError:
+                raise
+            except Exception as e:
+                raise InvalidInputError(f"reading on {plan.scheduler}: {_first_line(e)}") from e
+            out[first:first + len(got)] = got
+            pids.add(pid)
+            done += len(got)
+            if progress:
+                progress(done, len(urls))
+    finally:
+        client.close()  # (its unfinished tasks are released with it)
+    _SCAN_INFO["processes"] = len(pids)
+    return [d for d in out if d is not None]
+
+
+_SCAN_INFO: dict[str, int] = {}
+
+
 def _open_many_dask(urls: Sequence[str], registry: Any, parser: Any,
                     plan: IngestPlan) -> xr.Dataset:
     from virtualizarr import open_virtual_mfdataset
@@ -384,8 +598,9 @@ def _open_many_dask(urls: Sequence[str], registry: Any, parser: Any,
     try:
         return open_virtual_mfdataset(list(urls), registry=registry, parser=parser,
                                       concat_dim=plan.concat_dim, combine="nested",
-                                      coords="minimal", compat="override",
-                                      combine_attrs="override", parallel="dask")
+                                      data_vars="minimal", coords="minimal",
+                                      compat="override", combine_attrs="override",
+                                      parallel="dask")
     except ImportError as e:
         raise UsageError("--dask needs dask (pip install 'dask[distributed]')") from e
 
@@ -427,6 +642,119 @@ def check_agree(urls: Sequence[str], datasets: Sequence[xr.Dataset], concat_dim:
                         f"{got[name][what]} instead of {want[name][what]}")
 
 
+STATIC_BYTES_COMPARED = 4 << 20  # a static variable's stored bytes are compared up to this
+
+
+def static_names(ds: xr.Dataset, concat_dim: str | None) -> list[str]:
+    """The variables (coordinates included) without ``concat_dim``: kept once."""
+    if not concat_dim:
+        return []
+    return sorted(str(k) for k, v in ds.variables.items() if concat_dim not in v.dims)
+
+
+def _fetch(registry: Any, refs: Sequence[tuple[str, int, int]]) -> list[bytes]:
+    import obstore
+
+    out = []
+    for url, offset, length in refs:
+        store, path = registry.resolve(url)
+        out.append(bytes(obstore.get_range(store, path, start=offset, length=length)))
+    return out
+
+
+def _manifest_refs(var: xr.Variable) -> list[tuple[str, int, int]]:
+    import numpy as np
+
+    m = var.data.manifest
+    return [(str(p), int(o), int(n)) for p, o, n in zip(
+        np.ravel(m._paths), np.ravel(m._offsets), np.ravel(m._lengths), strict=True) if p]
+
+
+def static_difference(a: xr.Variable, b: xr.Variable, a_bytes: Callable[[], list[bytes]],
+                      b_bytes: Callable[[], list[bytes]]) -> str | None:
+    """What differs between two copies of a static variable, or None.
+
+    Compared: shape, dtype and attributes; for variables loaded in memory (coordinates)
+    the values; for virtual ones the chunk grid, codecs and fill value, the length of
+    every chunk, and the chunks' stored bytes when they total at most
+    ``STATIC_BYTES_COMPARED`` (larger ones are compared by layout only).
+    """
+    import numpy as np
+
+    if a.shape != b.shape:
+        return f"shape {b.shape} instead of {a.shape}"
+    if a.dtype != b.dtype:
+        return f"dtype {b.dtype} instead of {a.dtype}"
+    if _attrs_key(a.attrs) != _attrs_key(b.attrs):
+        differ = sorted(set(map(str, a.attrs)) ^ set(map(str, b.attrs))) or sorted(
+            str(k) for k in a.attrs if _attrs_key({k: a.attrs[k]}) != _attrs_key(
+                {k: b.attrs.get(k)}))
+        return f"different attributes ({', '.join(differ[:3])})"
+    ma, mb = getattr(a.data, "manifest", None), getattr(b.data, "manifest", None)
+    if (ma is None) != (mb is None):
+        return "it is virtual in one file and loaded in the other"
+    if ma is None:
+        va, vb = np.asarray(a.values), np.asarray(b.values)
+        same = (np.array_equal(va, vb, equal_nan=True) if va.dtype.kind in "fc"
+                else np.array_equal(va, vb))
+        return None if same else "different values"
+    meta_a, meta_b = a.data.metadata, b.data.metadata
+    if tuple(meta_a.chunk_grid.chunk_shape) != tuple(meta_b.chunk_grid.chunk_shape):
+        return "a different chunking"
+    if [c.to_dict() for c in meta_a.codecs] != [c.to_dict() for c in meta_b.codecs]:
+        return "different codecs"
+    fa, fb = meta_a.fill_value, meta_b.fill_value
+    if not (fa == fb or (fa != fa and fb != fb)):
+        return f"fill value {fb} instead of {fa}"
+    ra, rb = _manifest_refs(a), _manifest_refs(b)
+    if [n for _, _, n in ra] != [n for _, _, n in rb]:
+        return "chunks of different sizes (different bytes)"
+    if sum(n for _, _, n in ra) <= STATIC_BYTES_COMPARED and a_bytes() != b_bytes():
+        return "different bytes"
+    return None
+
+
+def _attrs_key(attrs: Any) -> str:
+    """Attributes as comparable text (values may be numpy arrays)."""
+    import numpy as np
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        if isinstance(v, np.generic):
+            return v.item()
+        return v
+
+    return repr(sorted((str(k), repr(plain(v))) for k, v in dict(attrs).items()))
+
+
+def check_static(urls: Sequence[str], datasets: Sequence[xr.Dataset], concat_dim: str | None,
+                 registry: Any) -> None:
+    """Every file holds the same static variables (see :func:`static_difference`);
+    raise naming the variable and the first file that differs from the first file."""
+    first = datasets[0]
+    for name in static_names(first, concat_dim):
+        a = first.variables[name]
+        cache: list[list[bytes]] = []
+
+        def first_bytes(a: xr.Variable = a, cache: list[list[bytes]] = cache) -> list[bytes]:
+            if not cache:
+                cache.append(_fetch(registry, _manifest_refs(a)))
+            return cache[0]
+
+        for url, ds in zip(urls[1:], datasets[1:], strict=True):
+            b = ds.variables[name]
+
+            def other_bytes(b: xr.Variable = b) -> list[bytes]:
+                return _fetch(registry, _manifest_refs(b))
+
+            diff = static_difference(a, b, first_bytes, other_bytes)
+            if diff:
+                raise InvalidInputError(
+                    f"{url}: variable {name!r} (without {concat_dim}, kept once) differs from "
+                    f"{urls[0]}: {diff}")
+
+
 def combine(datasets: Sequence[xr.Dataset], concat_dim: str | None,
             new_dim: bool = False) -> xr.Dataset:
     """The files combined like the guide's ``xr.concat``. With ``new_dim``, a
@@ -442,8 +770,11 @@ def combine(datasets: Sequence[xr.Dataset], concat_dim: str | None,
         datasets = [ds.expand_dims(concat_dim) for ds in datasets]
     if len(datasets) == 1:
         return datasets[0]
-    return xr.concat(list(datasets), dim=concat_dim, coords="minimal", compat="override",
-                     combine_attrs="override")
+    # data_vars="minimal": a variable without concat_dim (an orography, a land-sea mask)
+    # is kept once, from the first file (check_static made sure the others agree); the
+    # guide's snippet leaves xr.concat's default "all", which stacks one copy per file
+    return xr.concat(list(datasets), dim=concat_dim, data_vars="minimal", coords="minimal",
+                     compat="override", combine_attrs="override")
 
 
 def ensure_container(repo: Repo, urls: Sequence[str], plan: IngestPlan) -> str | None:
@@ -480,7 +811,8 @@ def _common_prefix(urls: Sequence[str]) -> str:
     return common[:common.rfind("/") + 1]
 
 
-def last_updated(urls: Sequence[str], registry: Any
+def last_updated(urls: Sequence[str], registry: Any,
+                 sizes: dict[str, int] | None = None
                  ) -> tuple[datetime.datetime, dict[str, str]]:
     """The newest modification time among the sources, rounded up to whole seconds, and
     the ETag of every object-store source that has one.
@@ -495,16 +827,42 @@ def last_updated(urls: Sequence[str], registry: Any
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme == "file":
-            newest = max(newest, os.stat(parts.path).st_mtime)
+            st = os.stat(parts.path)
+            newest = max(newest, st.st_mtime)
+            if sizes is not None:
+                sizes[url] = st.st_size
         else:
             import obstore
 
             store, path = registry.resolve(url)
-            meta = obstore.head(store, path)
+            try:
+                meta = obstore.head(store, path)
+            except Exception as e:
+                raise InvalidInputError(f"{url}: cannot read it: {_first_line(e)}") from e
+            if sizes is not None:
+                sizes[url] = int(meta["size"])
             newest = max(newest, meta["last_modified"].timestamp())
             if meta.get("e_tag"):
                 etags[url] = str(meta["e_tag"])
     return datetime.datetime.fromtimestamp(math.ceil(newest), datetime.UTC), etags
+
+
+def check_extents(vds: xr.Dataset, sizes: dict[str, int]) -> None:
+    """Every ref lies inside its source: a file cut short after its metadata (a partial
+    download, a copy still running) is refused rather than read as EIO later."""
+    import numpy as np
+
+    for name, var in vds.variables.items():
+        m = getattr(var.data, "manifest", None)
+        if m is None:
+            continue
+        ends = np.ravel(m._offsets).astype("uint64") + np.ravel(m._lengths).astype("uint64")
+        for path, end in zip(np.ravel(m._paths), ends, strict=True):
+            size = sizes.get(str(path))
+            if path and size is not None and int(end) > size:
+                raise InvalidInputError(
+                    f"{path}: truncated: {name} has a chunk ending at byte {int(end)} of a "
+                    f"{size}-byte file")
 
 
 async def stamp_etags(store: Any, vds: xr.Dataset, etags: dict[str, str]) -> int:
@@ -542,6 +900,203 @@ async def stamp_etags(store: Any, vds: xr.Dataset, etags: dict[str, str]) -> int
     return stamped
 
 
+def _stored_arrays(store: Any) -> dict[str, Any]:
+    import zarr
+
+    group = zarr.open_group(store, mode="r", zarr_format=3)
+    return {str(name): arr for name, arr in group.arrays()}
+
+
+def check_against_stored(store: Any, vds: xr.Dataset, plan: IngestPlan) -> None:
+    """For --append and --replace-region: the new files hold the variables the branch
+    holds, with the same dtype, chunking and codecs, and the same static variables
+    (the comparison of :func:`static_difference`, against the stored refs' bytes).
+    Runs in a thread (zarr's synchronous API)."""
+    import asyncio
+
+    import numpy as np
+
+    stored = _stored_arrays(store)
+    dim = plan.concat_dim
+    decoded: xr.Dataset | None = None
+    new = {str(k): v for k, v in vds.variables.items()}
+    missing = sorted(set(stored) - set(new))
+    extra = sorted(set(new) - set(stored))
+    if missing or extra:
+        raise InvalidInputError(
+            f"{plan.inputs[0]} does not match the repository's dataset: "
+            + ", ".join(([f"missing variables {missing}"] if missing else [])
+                        + ([f"variables not in the repository {extra}"] if extra else [])))
+    for name, var in sorted(new.items()):
+        arr = stored[name]
+        where = f"{plan.inputs[0]}: variable {name!r}"
+        stored_dims = tuple(arr.metadata.dimension_names or ())
+        if stored_dims and stored_dims != tuple(var.dims):
+            hint = (f" (stored with {dim}: ingested one copy per file, as the guide's snippet "
+                    "does; re-ingest the whole dataset)" if dim in stored_dims
+                    and dim not in var.dims else "")
+            raise InvalidInputError(f"{where} has dimensions {tuple(var.dims)} instead of "
+                                    f"{stored_dims}{hint}")
+        meta = getattr(var.data, "metadata", None)
+        if meta is not None:  # (loaded variables are decoded: compared as values below)
+            if np.dtype(var.dtype) != arr.dtype:
+                raise InvalidInputError(f"{where} has dtype {var.dtype} instead of {arr.dtype}")
+            if tuple(meta.chunk_grid.chunk_shape) != tuple(arr.chunks):
+                raise InvalidInputError(f"{where} has chunks {tuple(meta.chunk_grid.chunk_shape)}"
+                                        f" instead of {tuple(arr.chunks)}")
+            mine = [c.to_dict() for c in meta.codecs]
+            theirs = [c.to_dict() for c in arr.metadata.codecs]
+            if mine != theirs:
+                raise InvalidInputError(f"{where} has codecs {mine} instead of {theirs}")
+        if dim in var.dims:
+            continue
+        # a static variable: the same as the stored one
+        if var.shape != arr.shape:
+            raise InvalidInputError(f"{where} (without {dim}, kept once) has shape "
+                                    f"{var.shape} instead of {arr.shape}")
+        if meta is None:
+            if decoded is None:
+                decoded = xr.open_zarr(store, consolidated=False, zarr_format=3, chunks=None)
+            have = np.asarray(decoded[name].values)
+            same = (np.array_equal(have, np.asarray(var.values), equal_nan=True)
+                    if have.dtype.kind in "fc" else np.array_equal(have, np.asarray(var.values)))
+            if not same:
+                raise InvalidInputError(f"{where} (without {dim}, kept once) differs from "
+                                        "the stored one: different values")
+            continue
+        refs = asyncio.run(_stored_refs(store, name))
+        ours = _manifest_refs(var)
+        diff = None
+        if sorted(n for _, _, n in refs) != sorted(n for _, _, n in ours):
+            diff = "chunks of different sizes (different bytes)"
+        elif (sum(n for _, _, n in ours) <= STATIC_BYTES_COMPARED
+              and not {u for u, _, _ in refs} & set(plan.inputs)):
+            # (stored refs into a file read again here may be stale: rewrite_stale_refs
+            # points them at this ingest's copy, which check_static compared across files)
+            registry = make_registry(sorted({u for u, _, _ in refs} | {u for u, _, _ in ours}),
+                                     plan)
+            if _fetch(registry, refs) != _fetch(registry, ours):
+                diff = "different bytes"
+        if diff:
+            raise InvalidInputError(f"{where} (without {dim}, kept once) differs from the "
+                                    f"stored one (refs into {refs[0][0] if refs else '?'}): "
+                                    f"{diff}")
+
+
+async def _stored_refs(store: Any, name: str) -> list[tuple[str, int, int]]:
+    """The virtual refs of an array, in row-major chunk order."""
+    out = []
+    async for coords, kinds, paths, offsets, lengths, _i in store.array_chunk_iterator(
+            name, 100_000):
+        for i, path in enumerate(paths):
+            if kinds[i] == 2:
+                out.append((tuple(int(c) for c in coords[i]), (path, int(offsets[i]),
+                                                                 int(lengths[i]))))
+    return [r for _, r in sorted(out)]
+
+
+async def changed_sources(repo: Repo, base: str, urls: Sequence[str],
+                          records: dict[str, list[int]]) -> set[str]:
+    """The local sources this ingest reads again (the branch already references them)
+    whose source record is not the one their refs were written with: the newest record
+    of the url in the base snapshot's ancestry differs from the file now."""
+    from vchunkfs.repository.sources import SourceRecord, records_in_metadata
+
+    session = await repo.ic.readonly_session_async(snapshot_id=base)
+    referenced = {str(u) for u in await session.all_virtual_chunk_locations_async()}
+    want = {u for u in urls if u in referenced and u in records}
+    found: dict[str, SourceRecord] = {}
+    if want:
+        async for snap in repo.ic.async_ancestry(snapshot_id=base):
+            for url, rec in records_in_metadata(snap.metadata).items():
+                if url in want and url not in found:
+                    found[url] = rec
+            if len(found) == len(want):
+                break
+    return {u for u, rec in found.items() if rec != SourceRecord.from_json(records[u])}
+
+
+async def rewrite_stale_refs(store: Any, vds: xr.Dataset, concat_dim: str | None,
+                             checksum: datetime.datetime, changed: set[str] | None = None,
+                             updated: dict[str, set[tuple[int, ...]]] | None = None
+                             ) -> list[str]:
+    """Refs an earlier ingest wrote into a file this ingest read again, which this ingest
+    does not replace: the file changed since (its source record differs, ``changed``,
+    or re-parsed it gives other offsets), so those refs would read other bytes than
+    they were written for, under the file's new source record. ``updated``: the chunks
+    this session wrote, by array (their refs are this ingest's).
+
+    A static variable's refs (kept once, pointing into the first file) are rewritten
+    with this ingest's refs for it; any other such ref is refused. Returns the names
+    of the arrays rewritten.
+    """
+    changed = changed or set()
+    updated = updated or {}
+    import icechunk as ic
+    import numpy as np
+
+    produced: dict[str, set[tuple[int, int]]] = {}
+    for var in vds.variables.values():
+        m = getattr(var.data, "manifest", None)
+        if m is None:
+            continue
+        for p, o, n in zip(np.ravel(m._paths), np.ravel(m._offsets), np.ravel(m._lengths),
+                           strict=True):
+            if p:
+                produced.setdefault(str(p), set()).add((int(o), int(n)))
+    import asyncio
+
+    arrays = await asyncio.to_thread(lambda: sorted(_stored_arrays(store)))
+    statics = set(static_names(vds, concat_dim))
+    rewritten = []
+    for name in arrays:
+        stale = None
+        mine = updated.get(name, set())
+        async for coords, kinds, paths, offsets, lengths, _i in store.array_chunk_iterator(
+                name, 100_000):
+            for i, path in enumerate(paths):
+                if kinds[i] != 2 or path not in produced:
+                    continue
+                if (path in changed and tuple(int(c) for c in coords[i]) not in mine) or (
+                        int(offsets[i]), int(lengths[i])) not in produced[path]:
+                    stale = path
+                    break
+            if stale:
+                break
+        if not stale:
+            continue
+        static = vds.variables.get(name)
+        m = getattr(static.data, "manifest", None) if static is not None else None
+        if name not in statics or m is None:
+            raise SourceChangedError(
+                f"{stale} changed since it was ingested, and {name} keeps refs into it that "
+                "this ingest does not replace; nothing was committed (re-ingest the whole "
+                "dataset, or publish the new file under a new name)")
+        specs = [ic.VirtualChunkSpec(list(idx), str(m._paths[idx]), int(m._offsets[idx]),
+                                     int(m._lengths[idx]), last_updated_at_checksum=checksum)
+                 for idx in np.ndindex(m._paths.shape) if m._paths[idx]]
+        failed = await store.set_virtual_refs_async(name, specs)
+        if failed:
+            raise InvalidInputError(f"rewriting the refs of {name} failed at chunks {failed[:3]}")
+        rewritten.append(name)
+    return rewritten
+
+
+def _container_for(prefix: str, plan: IngestPlan) -> Any:
+    """The virtual chunk container ``--container`` adds, with the sources' options."""
+    scheme = urlsplit(prefix).scheme
+    if scheme in ("az", "azure", "abfs"):
+        opts = {"endpoint": plan.source_endpoint} if plan.source_endpoint else {}
+        if plan.source_endpoint and plan.source_endpoint.startswith("http://"):
+            opts["allow_http"] = "true"
+        return make_container(prefix, account=plan.source_account, options=opts)
+    if scheme == "gs":
+        return make_container(prefix, options={"base_url": plan.source_endpoint}
+                              if plan.source_endpoint else None)
+    return make_container(prefix, region=plan.source_region, endpoint_url=plan.source_endpoint,
+                          anonymous=plan.source_anonymous)
+
+
 def _region(plan: IngestPlan) -> Any:
     if plan.region is None:
         return None
@@ -554,31 +1109,63 @@ def _region(plan: IngestPlan) -> Any:
     return {dim: slice(int(start), int(stop))}
 
 
+COMMIT_TRIES = 5  # an append or region write redone on a moved branch at most this often
+
+
 async def write(repo: Repo, vds: xr.Dataset, plan: IngestPlan, checksum: datetime.datetime,
                 container: str | None, records: dict[str, list[int]] | None = None,
                 etags: dict[str, str] | None = None) -> str:
-    """Write the combined dataset with VirtualiZarr's to_icechunk and commit (asyncio side)."""
-    import asyncio
+    """Write the combined dataset with VirtualiZarr's to_icechunk and commit (asyncio side).
 
+    An append or region write is checked against what the branch holds (variables,
+    static variables, and for an append that the new coordinates follow the stored
+    ones) and committed without rebasing: the commit lands only on the snapshot the
+    checks read (icechunk's conflict detection; the commit lock on a local
+    repository). If another writer moved the branch meanwhile, the whole write is
+    redone on the new head, checks included, up to ``COMMIT_TRIES`` times.
+    """
     if container:
-        await repo.set_container(make_container(container, region=plan.source_region,
-                                                endpoint_url=plan.source_endpoint,
-                                                anonymous=plan.source_anonymous))
-    writer = await Writer.open(repo, plan.branch)
-    region = _region(plan)
+        await repo.set_container(_container_for(container, plan))
     if plan.append and not plan.concat_dim:
         raise UsageError("--append needs --concat-dim")
+    guarded = plan.append or plan.region is not None
+    for attempt in range(COMMIT_TRIES if guarded else 1):
+        try:
+            return await _write_once(repo, vds, plan, checksum, records, etags,
+                                     rebase=not guarded)
+        except ConflictError:
+            if attempt == COMMIT_TRIES - 1 or not guarded:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _write_once(repo: Repo, vds: xr.Dataset, plan: IngestPlan,
+                      checksum: datetime.datetime, records: dict[str, list[int]] | None,
+                      etags: dict[str, str] | None, rebase: bool) -> str:
+    import asyncio
+
+    writer = await Writer.open(repo, plan.branch)
+    region = _region(plan)
     if plan.append:
         existing = await writer.store.exists("zarr.json")
         if not existing:
             raise UsageError(f"--append: branch {plan.branch} holds no dataset yet; ingest "
                              "without --append first")
     store = writer.store
+    full = vds
+    if plan.append or region is not None:
+        await asyncio.to_thread(check_against_stored, store, vds, plan)
+    if plan.append and plan.concat_dim:
+        await asyncio.to_thread(check_follows, store, vds, plan)
     dims = set(region) if isinstance(region, dict) else {plan.concat_dim} - {None}
     if region is not None and dims:
         # a region replaces slices along its dimensions; variables without them (lat, lon)
         # are not part of any region and stay as stored, as xarray's to_zarr requires
         vds = vds.drop_vars([k for k, v in vds.variables.items() if not dims & set(v.dims)])
+    elif plan.append:
+        # variables without the concat dimension are stored once: they stay as they are
+        # (check_against_stored made sure the new files agree with them)
+        vds = vds.drop_vars(static_names(vds, plan.concat_dim))
 
     def to_icechunk() -> None:
         try:
@@ -591,8 +1178,16 @@ async def write(repo: Repo, vds: xr.Dataset, plan: IngestPlan, checksum: datetim
 
     # to_icechunk is synchronous and runs its own event loop: keep it off the bridge's loop
     await asyncio.to_thread(to_icechunk)
+    changed = await changed_sources(repo, writer.base_snapshot, source_urls(full),
+                                    records or {})
+    updated = {path.strip("/"): {tuple(int(c) for c in idx) for idx in chunks}
+               for path, chunks in writer.session.status().updated_chunks.items()}
+    rewritten = await rewrite_stale_refs(store, full, plan.concat_dim, checksum, changed,
+                                         updated)
     if etags:
         await stamp_etags(store, vds, etags)
+        for name in rewritten:
+            await stamp_etags(store, full[[name]], etags)
     writer.mark_changed()
     n = len(plan.inputs)
     message = plan.message or ("append" if plan.append else "ingest") + f" {n} file" \
@@ -600,13 +1195,52 @@ async def write(repo: Repo, vds: xr.Dataset, plan: IngestPlan, checksum: datetim
     records = records or {}
     # the records must describe the files the refs were made from: a file that changed
     # while it was scanned would be recorded as its new self
-    changed = [u for u, r in record_local_sources(records).items() if r != records[u]]
-    if changed:
-        raise SourceChangedError(f"{changed[0]} changed while it was ingested; nothing was "
+    moved = [u for u, r in record_local_sources(records).items() if r != records[u]]
+    if moved:
+        raise SourceChangedError(f"{moved[0]} changed while it was ingested; nothing was "
                                  "committed (run the ingest again)")
     return await writer.commit(message, {"vchunkfs": {
         "ingest": {"files": n, "append": plan.append, "concat_dim": plan.concat_dim},
-        RECORDS_KEY: records}})
+        RECORDS_KEY: records}}, rebase=rebase)
+
+
+def check_follows(store: Any, vds: xr.Dataset, plan: IngestPlan) -> None:
+    """An append's coordinates along the concat dimension increase and follow the
+    stored ones; else the files arrived out of order (a day missing, then filled in),
+    which only --replace-region auto can place. Runs in a thread."""
+    import numpy as np
+
+    dim = plan.concat_dim
+    if dim is None or dim not in vds.variables:
+        return
+    stored = xr.open_zarr(store, consolidated=False, zarr_format=3, chunks=None)
+    if dim not in stored.variables:
+        return
+    have = np.asarray(stored[dim].values)
+    new = np.asarray(vds[dim].values)
+    if have.size == 0 or new.size == 0:
+        return
+    if new.size > 1 and not bool(np.all(new[1:] > new[:-1])):
+        raise InvalidInputError(f"the files' {dim} values do not increase in the order of "
+                                "their names; ingest them in separate runs, in order")
+    if not bool(new[0] > have[-1]):
+        where = int(np.searchsorted(have, new[0]))
+        exists = where < have.size and have[where] == new[0]
+        raise InvalidInputError(
+            f"{plan.inputs[0]}: its {dim} {_show(new[0])} does not follow the stored last "
+            f"{dim} {_show(have[-1])} ("
+            + (f"it is at index {where}: replace it with --replace-region auto"
+               if exists else "out of order: a gap filled in later cannot be appended; "
+               "re-ingest the dataset")
+            + "); nothing was committed")
+
+
+def _show(value: Any) -> str:
+    import numpy as np
+
+    if isinstance(value, np.datetime64):
+        return str(np.datetime_as_string(value, unit="s"))
+    return str(value)
 
 
 def _first_line(e: BaseException) -> str:
@@ -618,12 +1252,23 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
            progress: Progress | None = None) -> IngestResult:
     """The whole ingest; ``run`` executes a repository-layer coroutine (the bridge)."""
     t0 = time.monotonic()
-    urls = expand_inputs(plan.inputs)
+    urls = expand_inputs(plan.inputs, plan)
+    skipped = 0
+    if plan.new_only:
+        known = run(lambda: referenced_urls(repo, plan.branch))
+        fresh = [u for u in urls if u not in known]
+        skipped = len(urls) - len(fresh)
+        if not fresh:
+            return IngestResult("", 0, [], 0, None, {"scan": time.monotonic() - t0},
+                                skipped=skipped)
+        urls = fresh
     plan.inputs = urls
     datasets = scan(urls, plan, progress)
     t1 = time.monotonic()
-    if not plan.dask:
+    if not plan.dask or plan.scheduler:
         check_agree(urls, datasets, plan.concat_dim)
+        if plan.concat_dim in datasets[0].dims:  # (else combine stacks along a new one)
+            check_static(urls, datasets, plan.concat_dim, make_registry(urls, plan))
     # TIFF files are single images: they stack along a new dimension by nature
     vds = combine(datasets, plan.concat_dim,
                   new_dim=plan.new_dim or parser_name(urls, plan) == "tiff")
@@ -633,10 +1278,21 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
     # what each local source is now, in the commit's metadata: the mount's check of
     # local sources (vchunkfs.repository.sources) compares every read with it
     records = record_local_sources(sources)
-    checksum, etags = last_updated(sources, make_registry(sources, plan))
+    sizes: dict[str, int] = {}
+    checksum, etags = last_updated(sources, make_registry(sources, plan), sizes)
+    check_extents(vds, sizes)
     refs = sum(len(v.data.manifest.dict()) for v in vds.variables.values()
                if hasattr(v.data, "manifest"))
     sid = run(lambda: write(repo, vds, plan, checksum, container, records, etags))
     t2 = time.monotonic()
     return IngestResult(sid, len(urls), sorted(map(str, vds.data_vars)), refs, container,
-                        {"scan": t1 - t0, "write_commit": t2 - t1})
+                        {"scan": t1 - t0, "write_commit": t2 - t1}, skipped=skipped,
+                        scan_processes=_SCAN_INFO.pop("processes", 0))
+
+
+async def referenced_urls(repo: Repo, branch: str) -> set[str]:
+    """Every url the branch's virtual refs point into (from the stored refs)."""
+    if branch not in await repo.ic.list_branches_async():
+        raise NotFoundError(f"no branch {branch!r} in {repo.location.url}")
+    session = await repo.ic.readonly_session_async(branch=branch)
+    return {str(u) for u in await session.all_virtual_chunk_locations_async()}

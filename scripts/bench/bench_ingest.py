@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -94,6 +93,48 @@ vds.vz.to_icechunk(session.store)
 sid = session.commit("ingest %d files" % len(files))
 print(time.time(), sid, flush=True)
 """
+
+
+GUIDE_S3 = """\
+import os, sys, time
+import icechunk as ic
+import obstore
+import xarray as xr
+from obspec_utils.registry import ObjectStoreRegistry
+from obstore.store import S3Store
+from virtualizarr import open_virtual_dataset
+from virtualizarr.parsers import HDFParser
+
+bucket, prefix, endpoint, repo_path = sys.argv[1:5]
+store = S3Store(bucket, endpoint=endpoint, region="us-east-1",
+                virtual_hosted_style_request=False, client_options={"allow_http": True})
+keys = sorted(m["path"] for batch in obstore.list(store, prefix=prefix) for m in batch
+              if m["path"].endswith(".nc"))  # the guide's fs.glob
+registry = ObjectStoreRegistry({f"s3://{bucket}/": store})
+vds = xr.concat([open_virtual_dataset(f"s3://{bucket}/{k}", registry=registry,
+                                      parser=HDFParser()) for k in keys],
+                dim="time", coords="minimal", compat="override", combine_attrs="override")
+config = ic.RepositoryConfig.default()
+config.set_virtual_chunk_container(ic.VirtualChunkContainer(
+    f"s3://{bucket}/{prefix}", ic.s3_store(region="us-east-1", endpoint_url=endpoint,
+                                            allow_http=True, s3_compatible=True,
+                                            force_path_style=True)))
+repo = ic.Repository.create(ic.local_filesystem_storage(repo_path), config)
+repo.save_config()
+session = repo.writable_session("main")
+vds.vz.to_icechunk(session.store)
+sid = session.commit("ingest %d files" % len(keys))
+print(time.time(), sid, flush=True)
+"""
+S3: dict[str, str] = {}  # with --source moto: endpoint, bucket
+
+
+def source_of(data: Path) -> tuple[str, str]:
+    """(glob of the files, container prefix) for vchunkfs ingest: local, or on moto."""
+    if S3:
+        prefix = f"s3://{S3['bucket']}/{data.name}/"
+        return prefix + "*.nc", prefix
+    return f"{data}/*.nc", data.resolve().as_uri() + "/"
 
 
 def vchunkfs_cmd() -> list[str]:
@@ -142,25 +183,38 @@ def busy_seconds() -> float:
 LAST_OTHER = [0.0]  # CPU seconds used by everything else during the last timed() call
 
 
+LAST_RSS = [0.0]  # peak resident memory (MiB) of the last timed() process and its children
+
+
 def timed(cmd: list[str], env: dict[str, str] | None = None
           ) -> tuple[float, float, float, str]:
-    """Run cmd; return (spawn time, wall seconds, child cpu seconds, stdout)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run cmd; return (spawn time, wall seconds, child cpu seconds, stdout). The child's
+    own rusage (os.wait4) gives its CPU time and peak RSS (the largest of it and the
+    children it waited for, e.g. --workers helpers), in LAST_RSS."""
+    import tempfile
+
     busy0 = busy_seconds()
-    t_spawn = time.time()
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env or child_env())
-    wall = time.perf_counter() - t0
-    busy1 = busy_seconds()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t_spawn = time.time()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True,
+                                env=env or child_env())
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        busy1 = busy_seconds()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode < 0:
         CRASHES.append(f"{' '.join(cmd[:2])}: signal {-proc.returncode}")
         raise Crashed
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stdout}{stderr}")
+    cpu = usage.ru_utime + usage.ru_stime
     LAST_OTHER[0] = max(busy1 - busy0 - cpu, 0.0)
-    return t_spawn, wall, cpu, proc.stdout
+    LAST_RSS[0] = usage.ru_maxrss / 1024
+    return t_spawn, wall, cpu, stdout
 
 
 def run_one(who: str, data: Path, repo: Path, baseline: Path | None = None
@@ -178,23 +232,34 @@ def run_one(who: str, data: Path, repo: Path, baseline: Path | None = None
 def _run_one(who: str, data: Path, repo: Path, baseline: Path | None) -> dict[str, float]:
     shutil.rmtree(repo, ignore_errors=True)
     if who == "guide":
-        t_spawn, wall, cpu, out = timed([sys.executable, "-c", GUIDE, str(data), str(repo)])
+        cmd = ([sys.executable, "-c", GUIDE_S3, S3["bucket"], data.name + "/", S3["endpoint"],
+                str(repo)] if S3 else [sys.executable, "-c", GUIDE, str(data), str(repo)])
+        t_spawn, wall, cpu, out = timed(cmd)
         committed = float(out.split()[0])
         return {"wall": wall, "cpu": cpu, "to_commit": committed - t_spawn,
-                "other": LAST_OTHER[0]}
+                "other": LAST_OTHER[0], "rss": LAST_RSS[0]}
     env = child_env(baseline if who in BASELINE and baseline else PROJECT)
     timed([*vchunkfs_cmd(), "init", str(repo)], env)  # not timed: a crash here is redone too
-    cmd = [*vchunkfs_cmd(), "ingest", str(repo), f"{data}/*.nc", "--concat-dim", "time",
-           "--container", data.resolve().as_uri() + "/"]
+    pattern, prefix = source_of(data)
+    cmd = [*vchunkfs_cmd(), "ingest", str(repo), pattern, "--concat-dim", "time",
+           "--container", prefix]
+    if S3:
+        cmd += ["--source-endpoint", S3["endpoint"], "--source-region", "us-east-1"]
     if who.endswith("-w2"):
         cmd += ["--workers", "2"]
+    if who == "vchunkfs-sched":
+        cmd += ["--scheduler", SCHEDULER[0]]
     _, wall, cpu, _ = timed(cmd, env)
-    return {"wall": wall, "cpu": cpu, "other": LAST_OTHER[0]}
+    return {"wall": wall, "cpu": cpu, "other": LAST_OTHER[0], "rss": LAST_RSS[0]}
+
+
+SCHEDULER = [""]  # address of the LocalCluster of --scheduler-workers
 
 
 def check_same(data: Path, repos: list[Path], with_xarray: bool) -> str:
     """Compare the repositories in a child process; return its one-line verdict."""
-    proc = subprocess.run([sys.executable, __file__, "--check", str(data), *map(str, repos),
+    proc = subprocess.run([sys.executable, __file__, "--check", source_of(data)[1],
+                           *map(str, repos),
                            *(["--xarray"] if with_xarray else [])],
                           capture_output=True, text=True, env=child_env())
     if proc.returncode != 0:
@@ -208,9 +273,13 @@ def check_main(data: str, repos: list[str], with_xarray: bool) -> int:
     import icechunk as ic
     from zarr.core.buffer import default_buffer_prototype
 
-    prefix = Path(data).resolve().as_uri() + "/"
+    prefix = data  # the container prefix
+    creds = (ic.s3_static_credentials(access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                                      secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+             if prefix.startswith("s3://") else None)
     sessions = [ic.Repository.open(ic.local_filesystem_storage(r),
-                                   authorize_virtual_chunk_access={prefix: None}
+                                   authorize_virtual_chunk_access=ic.containers_credentials(
+                                       {prefix: creds}) if creds else {prefix: None}
                                    ).readonly_session("main") for r in repos]
 
     async def contents(store: ic.IcechunkStore) -> dict[str, object]:
@@ -273,14 +342,49 @@ def main() -> int:
     ap.add_argument("--baseline-src", type=Path, metavar="DIR",
                     help="also time vchunkfs from this source tree (contestants base, base-w2)")
     ap.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    ap.add_argument("--source", choices=("local", "moto"), default="local",
+                    help="read the files from local disk, or from a moto S3 server started "
+                         "here (the files uploaded first; both sides list the bucket)")
+    ap.add_argument("--scheduler-workers", type=int, default=0, metavar="N",
+                    help="also time --scheduler with a dask.distributed LocalCluster of N "
+                         "worker processes started here (contestant vchunkfs-sched; its "
+                         "workers' CPU and memory are not counted)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     root = args.root.resolve()
     repos_dir = root / "repos"
     repos_dir.mkdir(parents=True, exist_ok=True)
     datas = {n: ensure_data(root, n, args.scale) for n in sizes}
+    moto = None
+    if args.source == "moto":
+        import contextlib
+        import uuid
+
+        sys.path.insert(0, str(PROJECT / "tests"))
+        import servers
+
+        moto = contextlib.ExitStack()
+        s3 = moto.enter_context(servers.moto_s3_server())
+        os.environ.update({"AWS_ACCESS_KEY_ID": s3.access_key_id,
+                           "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+                           "AWS_REGION": s3.region})
+        S3.update(endpoint=s3.endpoint_url, bucket="bench-" + uuid.uuid4().hex[:8])
+        s3.create_bucket(S3["bucket"])
+        for n, data in datas.items():
+            print(f"uploading {n} files ...", file=sys.stderr, flush=True)
+            for f in sorted(data.glob("*.nc")):
+                s3.put_object(S3["bucket"], f"{data.name}/{f.name}", f.read_bytes())
 
     who_all = CONTESTANTS + (BASELINE if args.baseline_src else ())
+    cluster = None
+    if args.scheduler_workers:
+        from distributed import LocalCluster
+
+        os.environ["PYTHONPATH"] = child_env()["PYTHONPATH"]  # the workers import vchunkfs
+        cluster = LocalCluster(n_workers=args.scheduler_workers, threads_per_worker=1,
+                               processes=True, host="127.0.0.1", dashboard_address=None)
+        SCHEDULER[0] = cluster.scheduler_address
+        who_all += ("vchunkfs-sched",)
     results: dict[int, dict[str, list[dict[str, float]]]] = {
         n: {c: [] for c in who_all} for n in sizes}
     verdicts: dict[int, str] = {}
@@ -313,17 +417,21 @@ def main() -> int:
              "",
              "| files | guide (to commit) | " + " | ".join(
                  {"vchunkfs": "vchunkfs ingest", "vchunkfs-w2": "--workers 2",
+                  "vchunkfs-sched": f"--scheduler ({args.scheduler_workers} workers)",
                   "base": "baseline", "base-w2": "baseline --workers 2"}[c]
-                 for c in who_all[1:]) + " | cpu " + " / ".join(who_all) + " |",
-             "|---:|---:|" + "---:|" * len(who_all)]
+                 for c in who_all[1:]) + " | cpu " + " / ".join(who_all)
+             + " | peak RSS MiB " + " / ".join(who_all) + " |",
+             "|---:|---:|" + "---:|" * len(who_all) + "---:|"]
     for n in sizes:
         med = {c: statistics.median(f["wall"] for f in results[n][c]) for c in who_all}
         cpu = {c: statistics.median(f["cpu"] for f in results[n][c]) for c in who_all}
         to_commit = statistics.median(f["to_commit"] for f in results[n]["guide"])
+        rss = {c: statistics.median(f["rss"] for f in results[n][c]) for c in who_all}
         g = med["guide"]
         lines.append(f"| {n} | {fmt(g)} s ({fmt(to_commit)}) | " + " | ".join(
             f"{fmt(med[c])} s (x{med[c] / g:.2f})" for c in who_all[1:])
-            + f" | {' / '.join(fmt(cpu[c]) for c in who_all)} s |")
+            + f" | {' / '.join(fmt(cpu[c]) for c in who_all)} s"
+            + f" | {' / '.join(f'{rss[c]:.0f}' for c in who_all)} |")
     lines.append("")
     for n in sizes:
         lines.append(f"N={n} runs (wall s [cpu of other processes meanwhile]): " + "; ".join(
@@ -333,8 +441,13 @@ def main() -> int:
         lines.append(f"N={n} repositories: {v}")
     lines.append(f"processes killed by a signal and redone: {len(CRASHES)}"
                  + (f" ({'; '.join(CRASHES)})" if CRASHES else ""))
+    lines.append("command: " + " ".join(sys.argv))
     text = "\n".join(lines)
     print(text)
+    if cluster is not None:
+        cluster.close()
+    if moto is not None:
+        moto.close()
     if args.out:
         args.out.write_text(text + "\n")
         (args.out.with_suffix(".json")).write_text(json.dumps(results, indent=1))

@@ -306,17 +306,22 @@ class Writer:
 
     # -- commit -------------------------------------------------------------
 
-    async def commit(self, message: str, metadata: Mapping[str, Any] | None = None) -> str:
-        """Commit the session; return the new snapshot id or raise :class:`ConflictError`."""
+    async def commit(self, message: str, metadata: Mapping[str, Any] | None = None,
+                     rebase: bool = True) -> str:
+        """Commit the session; return the new snapshot id or raise :class:`ConflictError`.
+
+        With ``rebase=False`` the commit lands only if the branch is still where the
+        session started (a writer whose changes depend on what it read there)."""
         if not message.strip():
             raise UsageError("a commit needs a message")
         if not self.has_changes:
             raise UsageError("nothing to commit: the session has no changes")
         async with commit_lock(self.repo):
             try:
-                sid: str = await self.session.commit_async(
+                sid: str = await (self.session.commit_async(
                     message, metadata=dict(metadata or {}), rebase_with=_conflict_solver(),
-                    rebase_tries=5)
+                    rebase_tries=5) if rebase else self.session.commit_async(
+                    message, metadata=dict(metadata or {})))
             except ic.RebaseFailedError as e:
                 conflicts = "; ".join(f"{c.conflict_type} at {c.path}" for c in e.conflicts[:3])
                 raise ConflictError(
