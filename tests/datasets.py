@@ -17,6 +17,7 @@ import icechunk as ic
 import netCDF4
 import numpy as np
 import zarr
+from servers import S3Endpoint
 from zarr.codecs.numcodecs import Shuffle, Zlib
 
 SST_SHAPE = (4, 1, 36, 72)  # time, zlev, lat, lon: OISST in miniature
@@ -252,3 +253,31 @@ SST_V3_METADATA = {
                {"name": "numcodecs.zlib", "configuration": {"level": 4}}],
     "attributes": {"scale_factor": 0.01}, "dimension_names": ["time", "zlev", "lat", "lon"],
 }
+
+
+def build_s3_repo(s3: S3Endpoint, sources_dir: Path) -> tuple[BuiltRepo, dict[str, str]]:
+    """:func:`build_repo` on a moto server: the repository at ``s3://repos/r``, the
+    sources at ``s3://archive/nc/`` with their ETags recorded; also the environment a
+    mount needs (``authorize=s3://archive/nc/=env``, ``endpoint_url=``)."""
+    s3.create_bucket("repos")
+    s3.create_bucket("archive")
+
+    def publish(sources: list[Path]) -> Published:
+        out: Published = {}
+        for p in sources:
+            s3.put_object("archive", f"nc/{p.name}", p.read_bytes())
+            out[p] = (f"s3://archive/nc/{p.name}",
+                      s3.head_object("archive", f"nc/{p.name}")["ETag"].strip('"'))
+        return out
+
+    container = ic.VirtualChunkContainer("s3://archive/nc/", ic.s3_store(
+        region=s3.region, endpoint_url=s3.endpoint_url, allow_http=True,
+        s3_compatible=True, force_path_style=True))
+    storage = ic.s3_storage(bucket="repos", prefix="r", region=s3.region,
+                            endpoint_url=s3.endpoint_url, allow_http=True,
+                            force_path_style=True, access_key_id=s3.access_key_id,
+                            secret_access_key=s3.secret_access_key)
+    built = build_repo(storage, sources_dir, container=container, publish=publish)
+    env = {"AWS_ACCESS_KEY_ID": s3.access_key_id,
+           "AWS_SECRET_ACCESS_KEY": s3.secret_access_key, "AWS_REGION": s3.region}
+    return built, env

@@ -8,11 +8,9 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
-import icechunk as ic
 import pytest
-from datasets import Published, build_repo
+from datasets import build_s3_repo
 from mounting import mounted
 from servers import moto_s3_server
 
@@ -36,27 +34,7 @@ def timed(fn):  # type: ignore[no-untyped-def]
 
 def test_hung_backend_reads_fail_within_the_deadline_and_recover(tmp_path):
     with moto_s3_server() as s3:
-        s3.create_bucket("repos")
-        s3.create_bucket("archive")
-
-        def publish(sources: list[Path]) -> Published:
-            out: Published = {}
-            for p in sources:
-                s3.put_object("archive", f"nc/{p.name}", p.read_bytes())
-                out[p] = (f"s3://archive/nc/{p.name}",
-                          s3.head_object("archive", f"nc/{p.name}")["ETag"].strip('"'))
-            return out
-
-        container = ic.VirtualChunkContainer("s3://archive/nc/", ic.s3_store(
-            region=s3.region, endpoint_url=s3.endpoint_url, allow_http=True,
-            s3_compatible=True, force_path_style=True))
-        storage = ic.s3_storage(bucket="repos", prefix="r", region=s3.region,
-                                endpoint_url=s3.endpoint_url, allow_http=True,
-                                force_path_style=True, access_key_id=s3.access_key_id,
-                                secret_access_key=s3.secret_access_key)
-        built = build_repo(storage, tmp_path / "src", container=container, publish=publish)
-        env = {"AWS_ACCESS_KEY_ID": s3.access_key_id,
-               "AWS_SECRET_ACCESS_KEY": s3.secret_access_key, "AWS_REGION": s3.region}
+        built, env = build_s3_repo(s3, tmp_path / "src")
         local = {p.name: p for p in built.sources}
 
         def want(ref):  # type: ignore[no-untyped-def]

@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import icechunk as ic
 import pytest
-from datasets import Published, assert_reads_like_files, build_repo, write_like_the_guide
+from datasets import assert_reads_like_files, build_s3_repo, write_like_the_guide
 from mounting import mounted
 from servers import moto_s3_server
 
@@ -24,27 +23,7 @@ def test_s3_mount_and_backend_down(tmp_path):
     s3 = server.__enter__()
     stopped = False
     try:
-        s3.create_bucket("repos")
-        s3.create_bucket("archive")
-
-        def publish(sources: list[Path]) -> Published:
-            out: Published = {}
-            for p in sources:
-                s3.put_object("archive", f"nc/{p.name}", p.read_bytes())
-                out[p] = (f"s3://archive/nc/{p.name}",
-                          s3.head_object("archive", f"nc/{p.name}")["ETag"].strip('"'))
-            return out
-
-        container = ic.VirtualChunkContainer("s3://archive/nc/", ic.s3_store(
-            region=s3.region, endpoint_url=s3.endpoint_url, allow_http=True,
-            s3_compatible=True, force_path_style=True))
-        storage = ic.s3_storage(bucket="repos", prefix="r", region=s3.region,
-                                endpoint_url=s3.endpoint_url, allow_http=True,
-                                force_path_style=True, access_key_id=s3.access_key_id,
-                                secret_access_key=s3.secret_access_key)
-        built = build_repo(storage, tmp_path / "src", container=container, publish=publish)
-        env = {"AWS_ACCESS_KEY_ID": s3.access_key_id,
-               "AWS_SECRET_ACCESS_KEY": s3.secret_access_key, "AWS_REGION": s3.region}
+        built, env = build_s3_repo(s3, tmp_path / "src")
         # prefetch=0: the last chunk must still be unfetched when the backend goes down
         with mounted("s3://repos/r", tmp_path / "m", f"endpoint_url={s3.endpoint_url}",
                      "authorize=s3://archive/nc/=env", "prefetch=0", env=env) as m:
