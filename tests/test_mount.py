@@ -320,3 +320,19 @@ def test_a_cold_read_prefetches_the_next_chunks(local_repo, tmp_path):
         assert (s["cache_misses"], s["prefetched"], s["fetched_bytes"]) == (1, 3, 4000), s
         assert (m.path / "native" / "c" / "3").read_bytes() == native[3000:]
         assert stats_when(lambda s: True)["cache_misses"] == 1
+
+
+def test_readdir_lists_chunks_in_array_order(tmp_path):
+    repo = ic.Repository.create(ic.local_filesystem_storage(str(tmp_path / "repo")))
+    s = repo.writable_session("main")
+    a = zarr.group(s.store).create_array("a", shape=(12, 24), chunks=(1, 2), dtype="u1",
+                                         fill_value=0, compressors=None)
+    a[:] = 1  # 12 x 12 inline chunks
+    s.commit("a 12 x 12 grid")
+    numeric = [str(i) for i in range(12)]
+    with mounted(tmp_path / "repo", tmp_path / "m", "presentation=v3+v2") as m:
+        assert os.listdir(m.path / "v3" / "a" / "c") == numeric
+        assert os.listdir(m.path / "v3" / "a" / "c" / "11") == numeric
+        names = os.listdir(m.path / "v2" / "a")
+        assert names[:2] == [".zarray", ".zattrs"]
+        assert names[2:] == [f"{i}.{j}" for i in range(12) for j in range(12)]

@@ -109,3 +109,19 @@ def test_unauthorized_message():
     assert unauthorized_prefix(text) == "s3://b/p/"
     err = UnauthorizedContainerError("s3://b/p/", "sst/c/0")
     assert "--authorize s3://b/p/" in str(err) and "sst/c/0" in str(err)
+
+
+def test_listing_key_puts_chunks_in_array_order() -> None:
+    from vchunkfs.repository.chunkgrid import listing_key
+
+    def order(names: list[str]) -> list[str]:
+        return sorted(names, key=listing_key)
+
+    # a chunk directory, and names that are not chunk names (by name, first)
+    assert order(["10", "2", "c", "1", "zarr.json", "0", "x1", "\u0663", "11"]) == [
+        "c", "x1", "zarr.json", "\u0663", "0", "1", "2", "10", "11"]
+    # a v2 array directory, and a flat v3 one
+    assert order(["1.10", ".zattrs", "1.2", "0.11", "10.0", "0.9", ".zarray"]) == [
+        ".zarray", ".zattrs", "0.9", "0.11", "1.2", "1.10", "10.0"]
+    assert order(["c.1.0", "c.0.10", "zarr.json", "c.0.9"]) == [
+        "zarr.json", "c.0.9", "c.0.10", "c.1.0"]

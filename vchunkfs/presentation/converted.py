@@ -38,7 +38,7 @@ import numpy as np
 
 from vchunkfs.errors import BackendTimeoutError, NotFoundError, VchunkfsError
 from vchunkfs.presentation.codecs import CodecChain, UnsupportedArrayError
-from vchunkfs.repository.chunkgrid import ChunkGrid, Coords
+from vchunkfs.repository.chunkgrid import ChunkGrid, Coords, listing_key
 from vchunkfs.repository.names import ZARR_V2_NAMES, hidden_by_name
 from vchunkfs.repository.snapshot import METADATA_KEY, UNKNOWN, Entry, Node, SnapshotView, Unknown
 
@@ -144,7 +144,7 @@ class ConvertedPresentation:
                 entries += [Entry(c, True) for c in node.children]
         if form.grid is not None:
             entries += await self._chunk_entries(node.path, form, coords)
-        return sorted(entries, key=lambda e: e.name)
+        return sorted(entries, key=lambda e: listing_key(e.name))
 
     async def read(self, path: str, offset: int, length: int) -> bytes:
         where = await self._resolve(path)

@@ -127,3 +127,16 @@ class ChunkGrid:
 
 def _canonical_int(s: str) -> bool:
     return s.isascii() and s.isdigit() and (s == "0" or not s.startswith("0"))
+
+
+def listing_key(name: str) -> tuple[int, tuple[int, ...], str]:
+    """Sort key of a directory entry: other names first (by name), then chunk names
+    (``7``, ``0.3``, ``c.0.3``) in array order, ``0, 1, 2, ..., 10`` and not string
+    order, so that tools walking the tree (``find``, ``cp -r``, ``tar``) read chunks
+    in the order an array is laid out."""
+    parts = name.split(".")
+    if parts[0] == "c" and len(parts) > 1:
+        parts = parts[1:]
+    if all(p.isdigit() and p.isascii() for p in parts):
+        return (1, tuple(int(p) for p in parts), name)
+    return (0, (), name)

@@ -52,7 +52,7 @@ from vchunkfs.errors import (
     VchunkfsError,
 )
 from vchunkfs.repository.authorization import raise_if_unauthorized
-from vchunkfs.repository.chunkgrid import ChunkGrid, Coords
+from vchunkfs.repository.chunkgrid import ChunkGrid, Coords, listing_key
 from vchunkfs.repository.names import visible_nodes
 from vchunkfs.repository.sources import LocalSources
 
@@ -378,7 +378,8 @@ class SnapshotView:
         return None if size is None else Entry(name, False, size)
 
     async def list_dir(self, key: str) -> list[Entry]:
-        """The entries of directory ``key``, sorted by name."""
+        """The entries of directory ``key``: other names by name, then chunk names in
+        array order (:func:`listing_key`)."""
         r = await self.resolve(key)
         if r is None or r.kind not in ("node", "chunk_dir"):
             raise NotFoundError(f"no directory {key.strip('/') or '/'!r} in snapshot "
@@ -397,7 +398,7 @@ class SnapshotView:
                             for c, s in await self.stored_chunks(node.path, ())]
             else:
                 entries += await self._list_chunk_dir(node.path, grid, r.coords)
-        return sorted(entries, key=lambda e: e.name)
+        return sorted(entries, key=lambda e: listing_key(e.name))
 
     async def _list_chunk_dir(self, array: str, grid: ChunkGrid, lead: Coords) -> list[Entry]:
         level = len(lead)
