@@ -46,7 +46,7 @@ from vchunkfs.errors import (
 )
 
 # where ingest puts the records in a commit's metadata
-METADATA_KEY = "vchunkfs"
+COMMIT_METADATA_KEY = "vchunkfs"
 RECORDS_KEY = "sources"
 
 
@@ -95,7 +95,7 @@ def record_local_sources(urls: Iterable[str]) -> dict[str, list[int]]:
 
 def records_in_metadata(metadata: Mapping[str, Any] | None) -> dict[str, SourceRecord]:
     """The source records a commit's metadata holds (malformed entries are ignored)."""
-    ours = (metadata or {}).get(METADATA_KEY)
+    ours = (metadata or {}).get(COMMIT_METADATA_KEY)
     raw = ours.get(RECORDS_KEY) if isinstance(ours, dict) else None
     if not isinstance(raw, dict):
         return {}
@@ -159,10 +159,6 @@ class LocalSources:
         # (url prefix, real directory of it + "/"), longest prefix first
         self._roots = sorted(((p, os.path.realpath(local_path(p))) for p in prefixes),
                              key=lambda r: len(r[0]), reverse=True)
-
-    @property
-    def prefixes(self) -> list[str]:
-        return [p for p, _ in self._roots]
 
     def root(self, url: str) -> str | None:
         """The real directory (ending in ``/``) that ``url`` must resolve below, or None
