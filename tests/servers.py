@@ -769,3 +769,184 @@ if __name__ == "__main__":
         print(ensure_azurite())
     else:
         sys.exit(f"usage: {sys.argv[0]} ensure-azurite")
+
+
+# --------------------------------------------------------------------------- fault proxy
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the proxy does with one request: ``kind`` is ``pass``, ``delay`` (wait
+    ``seconds``, then pass), ``drop`` (close the connection without forwarding),
+    ``stall`` (forward nothing, hold the connection ``seconds``, then close it) or
+    ``reset`` (forward the request, then reset the connection after the first
+    ``cut`` bytes of the response)."""
+
+    kind: str = "pass"
+    seconds: float = 0.0
+    cut: int = 64
+
+
+PASS = Fault()
+
+
+def random_schedule(weights: dict[str, float], seed: int = 0, delay: float = 0.2,
+                    stall: float = 5.0) -> Callable[[], Fault]:
+    """A schedule drawing each request's fault from ``weights`` (kind -> weight)."""
+    import random
+    rng = random.Random(seed)
+    lock = threading.Lock()
+    kinds, w = list(weights), list(weights.values())
+
+    def draw() -> Fault:
+        with lock:
+            kind = rng.choices(kinds, w)[0]
+            if kind == "delay":
+                return Fault("delay", rng.uniform(0, delay))
+            if kind == "stall":
+                return Fault("stall", stall)
+            if kind == "reset":
+                return Fault("reset", cut=rng.randrange(0, 400))
+            return Fault(kind)
+    return draw
+
+
+def phased(schedule: Callable[[], Fault], on: float, off: float) -> Callable[[], Fault]:
+    """``schedule`` for ``on`` seconds, then passing for ``off`` seconds, and again."""
+    start = time.monotonic()
+
+    def draw() -> Fault:
+        return schedule() if (time.monotonic() - start) % (on + off) < on else PASS
+    return draw
+
+
+class FaultProxy:
+    """A TCP proxy in front of ``upstream`` (host, port) that injects faults per
+    HTTP/1.1 request on a schedule the test sets (``proxy.schedule = callable``).
+
+    A request starts when the client sends bytes after the previous response began
+    (HTTP/1.1 clients do not pipeline), so pooled keep-alive connections are faulted
+    per request, not only when opened. ``counts`` says how many of each fault were
+    injected (``pass`` included). Threads only; ``close()`` stops everything."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.schedule: Callable[[], Fault] = lambda: PASS
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._socks: set[socket.socket] = set()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((HOST, 0))
+        self._listener.listen(256)
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://{HOST}:{self.port}"
+        self._thread = threading.Thread(target=self._accept, name="fault-proxy", daemon=True)
+        self._thread.start()
+
+    @property
+    def faults(self) -> int:
+        """Faults injected so far (every request not passed straight through)."""
+        with self._lock:
+            return sum(n for k, n in self.counts.items() if k != "pass")
+
+    def _count(self, kind: str) -> None:
+        with self._lock:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def _track(self, s: socket.socket) -> None:
+        with self._lock:
+            self._socks.add(s)
+
+    def _kill(self, *socks: socket.socket, reset: bool = False) -> None:
+        for s in socks:
+            with self._lock:
+                self._socks.discard(s)
+            try:
+                if reset:  # RST instead of FIN
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                 (1).to_bytes(4, "little") + (0).to_bytes(4, "little"))
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._track(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=10)
+            upstream.settimeout(None)
+        except OSError:
+            self._kill(client)
+            return
+        self._track(upstream)
+        state = {"new_request": True, "cut": -1}
+        threading.Thread(target=self._responses, args=(client, upstream, state),
+                         daemon=True).start()
+        try:
+            while True:
+                data = client.recv(65536)
+                if not data:
+                    break
+                if state["new_request"]:
+                    state["new_request"] = False
+                    fault = self.schedule()
+                    self._count(fault.kind)
+                    if fault.kind == "drop":
+                        break
+                    if fault.kind == "stall":
+                        self._closing.wait(fault.seconds)
+                        break
+                    if fault.kind == "delay":
+                        self._closing.wait(fault.seconds)
+                    if fault.kind == "reset":
+                        state["cut"] = fault.cut
+                upstream.sendall(data)
+        except OSError:
+            pass
+        self._kill(client, upstream)
+
+    def _responses(self, client: socket.socket, upstream: socket.socket,
+                   state: dict[str, Any]) -> None:
+        try:
+            while True:
+                data = upstream.recv(65536)
+                if not data:
+                    break
+                state["new_request"] = True
+                cut = state["cut"]
+                if cut >= 0:
+                    client.sendall(data[:cut])
+                    self._kill(client, upstream, reset=True)
+                    return
+                client.sendall(data)
+        except OSError:
+            pass
+        self._kill(client, upstream)
+
+    def close(self) -> None:
+        self._closing.set()
+        self._listener.close()
+        with self._lock:
+            socks = list(self._socks)
+        self._kill(*socks)
+        self._thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def fault_proxy(upstream: tuple[str, int]) -> Iterator[FaultProxy]:
+    """A :class:`FaultProxy` for the duration of the block (passing until told)."""
+    proxy = FaultProxy(upstream)
+    try:
+        yield proxy
+    finally:
+        proxy.close()

@@ -217,3 +217,16 @@ def test_stat_known_agrees_with_stat(open_local, run):
             answered += 1
             assert known == run(lambda k=k: view.stat(k)), k
     assert answered >= 8
+
+
+def test_ranges_at_and_past_the_end_of_a_native_chunk_are_short(open_local, run):
+    """icechunk refuses a byte range past a native or inline chunk's end; the view
+    answers as for any file: the bytes there are, or none."""
+    repo = open_local()
+    view = run(lambda: repo.view("v1"))
+    whole = run(lambda: view.read("native/c/0"))
+    n = len(whole)
+    assert run(lambda: view.read("native/c/0", 0, n + 100)) == whole
+    assert run(lambda: view.read("native/c/0", n - 3, 10)) == whole[-3:]
+    assert run(lambda: view.read("native/c/0", n, 10)) == b""
+    assert run(lambda: view.read("native/c/0", n + 50, 10)) == b""

@@ -212,3 +212,27 @@ def test_checksum_types(fresh, run):
     run(lambda: w.set_virtual_ref(r.key, r.location, r.offset, r.length,
                                   checksum=datetime.datetime.now(datetime.UTC)))
     assert w.has_changes
+
+
+class _FailingEngine:
+    """The icechunk repository as a flaky backend makes it: every call a StorageError."""
+
+    async def list_branches_async(self) -> set[str]:
+        raise ic.StorageError("injected: connection closed before message completed")
+
+    async def writable_session_async(self, branch: str) -> ic.Session:
+        raise ic.StorageError("injected: connection closed before message completed")
+
+
+def test_a_backend_error_opening_a_writer_is_a_backend_error(fresh, run):
+    """Found by the fault run on moto: the control socket logged the engine's own
+    StorageError as an unexpected error with a traceback."""
+    from vchunkfs.errors import BackendError
+    repo = fresh[0]
+    real = repo.ic
+    repo.ic = _FailingEngine()  # type: ignore[assignment]
+    try:
+        with pytest.raises(BackendError, match="opening a session on branch main"):
+            run(lambda: Writer.open(repo))
+    finally:
+        repo.ic = real

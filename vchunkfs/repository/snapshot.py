@@ -477,6 +477,13 @@ class SnapshotView:
         local virtual chunk is read through :attr:`local` (contained, checked)."""
         grid = await self.grid(array)
         key = self.chunk_key(array, grid, coords)
+        if length is not None:  # a range at or past the end is short, as for any file
+            size = await self.chunk_size(array, coords)  # (icechunk refuses such ranges)
+            if size is not None:
+                offset = min(offset, size)
+                length = max(0, min(length, size - offset))
+                if length == 0:
+                    return b""
         if self.local is not None:
             index = await self._index_if_small(array, grid, force=True)
         else:  # an index already built names the source in errors; never build one here

@@ -131,9 +131,10 @@ class Writer:
     async def open(cls, repo: Repo, branch: str = "main") -> Writer:
         if repo.location.read_only:
             raise ReadOnlyError(f"{repo.location.url} is read-only (HTTP storage)")
-        if branch not in await repo.ic.list_branches_async():
-            raise NotFoundError(f"no branch {branch!r} in {repo.location.url}")
-        return cls(repo, branch, await repo.ic.writable_session_async(branch))
+        with engine_errors(f"opening a session on branch {branch}"):
+            if branch not in await repo.ic.list_branches_async():
+                raise NotFoundError(f"no branch {branch!r} in {repo.location.url}")
+            return cls(repo, branch, await repo.ic.writable_session_async(branch))
 
     @property
     def base_snapshot(self) -> str:
@@ -359,7 +360,8 @@ class Writer:
             raise
 
     async def _fresh_session(self) -> None:
-        self.session = await self.repo.ic.writable_session_async(self.branch)
+        with engine_errors(f"opening a session on branch {self.branch}"):
+            self.session = await self.repo.ic.writable_session_async(self.branch)
         self.store = self.session.store
         self._base = self.session.snapshot_id
         self.node_changes = {}
