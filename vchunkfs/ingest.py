@@ -6,11 +6,12 @@ The steps are the Icechunk guide's, made safe for the shell:
    netCDF3, Zarr, kerchunk JSON/Parquet);
 2. open every file's metadata with VirtualiZarr (in parallel with
    ``workers``, or on Dask with VirtualiZarr's own parallel open), with
-   progress;
+   progress; as the files arrive (steps 3 and 4 fold each into the result, so
+   memory holds the combined refs and a batch of files, not every file's dataset):
 3. check that the files agree (variables, dtypes, shapes but the concat
-   dimension, chunking, codecs) and name the first that does not;
+   dimension, chunking, codecs; static variables) and name the first that does not;
 4. combine like the guide (``xr.concat(..., coords="minimal",
-   compat="override", combine_attrs="override")``);
+   compat="override", combine_attrs="override")``), in batches (:class:`Combiner`);
 5. make sure a virtual chunk container covers every file (adding the one the
    user passed with ``container``, or failing with the exact prefix to add);
 6. write with VirtualiZarr's ``to_icechunk`` (``append_dim``, ``region``,
@@ -360,38 +361,52 @@ def _open_one(url: str, registry: Any, parser: Any) -> xr.Dataset:
 
 def scan(urls: Sequence[str], plan: IngestPlan, progress: Progress | None = None
          ) -> list[xr.Dataset]:
-    """Open every file's metadata (in order); with ``plan.workers`` > 1, in that many processes.
+    """Every file's virtual dataset, in order (see :func:`scan_into`)."""
+    got: dict[int, xr.Dataset] = {}
+    whole = scan_into(urls, plan, got.__setitem__, progress)
+    return [whole] if whole is not None else [got[i] for i in sorted(got)]
+
+
+def scan_into(urls: Sequence[str], plan: IngestPlan, put: Callable[[int, xr.Dataset], None],
+              progress: Progress | None = None) -> xr.Dataset | None:
+    """Open every file's metadata, handing each file's dataset to ``put(index, ds)`` as
+    it arrives (not always in order with helpers or a cluster); with ``plan.workers`` > 1,
+    in that many processes. With ``plan.dask`` (no scheduler), returns the one dataset
+    ``open_virtual_mfdataset`` combined instead.
 
     Processes, not threads: VirtualiZarr's HDF parser runs h5py, whose global lock
     (and the GIL) let only one thread parse at a time, so threads only add
     contention. A helper process costs about a second and a half to start (its
     imports), so helpers start only when the files left would take longer than
     ``_HELPERS_PAY_OFF`` seconds here, judged by the second file's time (the
-    first pays for imports). Then this process goes on reading files from the
-    front of the list while ``plan.workers - 1`` helpers start up and take
-    files from the back.
+    first pays for imports). Then this process goes on reading files while
+    ``plan.workers - 1`` helpers start up and take the next files with it.
     """
     registry = make_registry(urls, plan)
     name = parser_name(urls, plan)
     parser = make_parser(name, plan.group)
     if plan.scheduler:
-        return _scan_distributed(urls, plan, name, progress)
+        _scan_distributed(urls, plan, name, put, progress)
+        return None
     if plan.dask:
-        return [_open_many_dask(urls, registry, parser, plan)]
-    out: list[xr.Dataset] = []
+        return _open_many_dask(urls, registry, parser, plan)
     for i, url in enumerate(urls):
         t = time.monotonic()
-        out.append(_open_one(url, registry, parser))
+        put(i, _open_one(url, registry, parser))
         if progress:
-            progress(len(out), len(urls))
-        left = len(urls) - len(out)
+            progress(i + 1, len(urls))
+        left = len(urls) - i - 1
         if i == 1 and plan.workers > 1 and (time.monotonic() - t) * left > _HELPERS_PAY_OFF:
             def later(done: int, total: int) -> None:
                 if progress:
                     progress(done + 2, total + 2)
 
-            return out + _scan_with_helpers(urls[2:], plan, name, registry, parser, later)
-    return out
+            def put_later(j: int, ds: xr.Dataset) -> None:
+                put(j + 2, ds)
+
+            _scan_with_helpers(urls[2:], plan, name, registry, parser, put_later, later)
+            return None
+    return None
 
 
 _HELPERS_PAY_OFF = 2.0  # seconds of files left (helper start-up is ~1.5 s of imports)
@@ -439,7 +454,8 @@ def _portable(e: Exception, what: str) -> VchunkfsError:
 
 
 def _scan_with_helpers(urls: Sequence[str], plan: IngestPlan, parser_name: str, registry: Any,
-                       parser: Any, progress: Progress | None) -> list[xr.Dataset]:
+                       parser: Any, put: Callable[[int, xr.Dataset], None],
+                       progress: Progress | None) -> None:
     import multiprocessing
     import queue
 
@@ -453,24 +469,25 @@ def _scan_with_helpers(urls: Sequence[str], plan: IngestPlan, parser_name: str, 
                                                       results, h, os.getpid()), daemon=True)
         proc.start()
         helpers.append((proc, tasks))
-    out: list[xr.Dataset | None] = [None] * len(urls)
     owed: list[list[int]] = [[] for _ in helpers]  # indexes handed to each helper, not back
     ready = [False] * len(helpers)
     front, back, done = 0, len(urls), 0
 
     def store(i: int, ds: xr.Dataset) -> None:
         nonlocal done
-        out[i] = ds
+        put(i, ds)
         done += 1
         if progress:
             progress(done, len(urls))
 
     def hand_out(h: int) -> None:
-        nonlocal back
+        # from the front, with this process: results arrive about in order, so the
+        # combining in ingest (Combiner) holds only a few files' datasets at a time
+        nonlocal front
         while back > front and len(owed[h]) < _HELPER_AHEAD:
-            back -= 1
-            owed[h].append(back)
-            helpers[h][1].put(back)
+            owed[h].append(front)
+            helpers[h][1].put(front)
+            front += 1
 
     def reclaim() -> None:
         """Open here the files owed by helpers that died."""
@@ -520,7 +537,6 @@ def _scan_with_helpers(urls: Sequence[str], plan: IngestPlan, parser_name: str, 
             proc.join(5)
             if proc.is_alive():
                 proc.kill()
-    return [d for d in out if d is not None]
 
 
 _WORKER_STATE: dict[str, Any] = {}  # per worker process: (registry, parser) by plan
@@ -543,10 +559,11 @@ _TASKS_PER_WORKER = 8  # files are sent in runs: this many tasks per worker (pro
 
 
 def _scan_distributed(urls: Sequence[str], plan: IngestPlan, parser_name: str,
-                      progress: Progress | None) -> list[xr.Dataset]:
+                      put: Callable[[int, xr.Dataset], None],
+                      progress: Progress | None) -> None:
     """Open the files on an existing dask.distributed cluster, in runs of files (about
-    ``_TASKS_PER_WORKER`` tasks per worker), gathered in order of completion (progress)
-    and returned in the inputs' order."""
+    ``_TASKS_PER_WORKER`` tasks per worker), handed to ``put`` in order of completion
+    (the runs are submitted in the inputs' order, so they mostly complete in it)."""
     import importlib
 
     try:
@@ -559,7 +576,6 @@ def _scan_distributed(urls: Sequence[str], plan: IngestPlan, parser_name: str,
     except Exception as e:
         raise UsageError(f"--scheduler {plan.scheduler}: cannot connect: {_first_line(e)}"
                          ) from e
-    out: list[xr.Dataset | None] = [None] * len(urls)
     pids: set[int] = set()
     bases = sorted({"file://" if u.startswith("file://") else
                     f"{urlsplit(u).scheme}://{urlsplit(u).netloc}/" for u in urls})
@@ -577,7 +593,8 @@ def _scan_distributed(urls: Sequence[str], plan: IngestPlan, parser_name: str,
                 raise
             except Exception as e:
                 raise InvalidInputError(f"reading on {plan.scheduler}: {_first_line(e)}") from e
-            out[first:first + len(got)] = got
+            for k, ds in enumerate(got):
+                put(first + k, ds)
             pids.add(pid)
             done += len(got)
             if progress:
@@ -585,7 +602,6 @@ def _scan_distributed(urls: Sequence[str], plan: IngestPlan, parser_name: str,
     finally:
         client.close()  # (its unfinished tasks are released with it)
     _SCAN_INFO["processes"] = len(pids)
-    return [d for d in out if d is not None]
 
 
 _SCAN_INFO: dict[str, int] = {}
@@ -605,41 +621,45 @@ def _open_many_dask(urls: Sequence[str], registry: Any, parser: Any,
         raise UsageError("--dask needs dask (pip install 'dask[distributed]')") from e
 
 
+def _signature(ds: xr.Dataset, concat_dim: str | None) -> dict[str, Any]:
+    """What :func:`check_agree` compares, per variable."""
+    sig: dict[str, Any] = {}
+    for key, var in ds.variables.items():
+        name = str(key)
+        data = var.data
+        meta = getattr(data, "metadata", None)
+        shape = tuple(s for d, s in zip(var.dims, var.shape, strict=True) if d != concat_dim)
+        sig[name] = {
+            "dims": var.dims, "dtype": str(var.dtype), "shape": shape,
+            "chunks": tuple(meta.chunk_grid.chunk_shape) if meta is not None else None,
+            "codecs": [c.to_dict() for c in meta.codecs] if meta is not None else None,
+        }
+    return sig
+
+
+def _check_signature(url: str, first_url: str, want: dict[str, Any], got: dict[str, Any]
+                     ) -> None:
+    if set(got) != set(want):
+        extra, missing = set(got) - set(want), set(want) - set(got)
+        raise InvalidInputError(
+            f"{url} does not match {first_url}: "
+            + (f"extra variables {sorted(extra)}" if extra else "")
+            + (" " if extra and missing else "")
+            + (f"missing variables {sorted(missing)}" if missing else ""))
+    for name in want:
+        for what in ("dims", "dtype", "shape", "chunks", "codecs"):
+            if got[name][what] != want[name][what]:
+                raise InvalidInputError(
+                    f"{url} does not match {first_url}: variable {name!r} has {what} "
+                    f"{got[name][what]} instead of {want[name][what]}")
+
+
 def check_agree(urls: Sequence[str], datasets: Sequence[xr.Dataset], concat_dim: str | None
                 ) -> None:
     """Raise naming the first file whose variables differ from the first file's."""
-    first = datasets[0]
-
-    def signature(ds: xr.Dataset) -> dict[str, Any]:
-        sig: dict[str, Any] = {}
-        for key, var in ds.variables.items():
-            name = str(key)
-            data = var.data
-            meta = getattr(data, "metadata", None)
-            shape = tuple(s for d, s in zip(var.dims, var.shape, strict=True) if d != concat_dim)
-            sig[name] = {
-                "dims": var.dims, "dtype": str(var.dtype), "shape": shape,
-                "chunks": tuple(meta.chunk_grid.chunk_shape) if meta is not None else None,
-                "codecs": [c.to_dict() for c in meta.codecs] if meta is not None else None,
-            }
-        return sig
-
-    want = signature(first)
+    want = _signature(datasets[0], concat_dim)
     for url, ds in zip(urls[1:], datasets[1:], strict=True):
-        got = signature(ds)
-        if set(got) != set(want):
-            extra, missing = set(got) - set(want), set(want) - set(got)
-            raise InvalidInputError(
-                f"{url} does not match {urls[0]}: "
-                + (f"extra variables {sorted(extra)}" if extra else "")
-                + (" " if extra and missing else "")
-                + (f"missing variables {sorted(missing)}" if missing else ""))
-        for name in want:
-            for what in ("dims", "dtype", "shape", "chunks", "codecs"):
-                if got[name][what] != want[name][what]:
-                    raise InvalidInputError(
-                        f"{url} does not match {urls[0]}: variable {name!r} has {what} "
-                        f"{got[name][what]} instead of {want[name][what]}")
+        _check_signature(url, urls[0], want, _signature(ds, concat_dim))
 
 
 STATIC_BYTES_COMPARED = 4 << 20  # a static variable's stored bytes are compared up to this
@@ -728,31 +748,43 @@ def _attrs_key(attrs: Any) -> str:
     return repr(sorted((str(k), repr(plain(v))) for k, v in dict(attrs).items()))
 
 
+class _StaticCheck:
+    """Compares each later file's static variables with the first file's
+    (:func:`static_difference`); the first file's bytes are fetched once, when needed."""
+
+    def __init__(self, first_url: str, first: xr.Dataset, concat_dim: str | None,
+                 registry: Callable[[], Any]) -> None:
+        self.first_url, self.first, self.concat_dim = first_url, first, concat_dim
+        self.names = static_names(first, concat_dim)
+        self.registry = registry
+        self.first_bytes: dict[str, list[bytes]] = {}
+
+    def check(self, url: str, ds: xr.Dataset) -> None:
+        for name in self.names:
+            a, b = self.first.variables[name], ds.variables[name]
+
+            def a_bytes(name: str = name, a: xr.Variable = a) -> list[bytes]:
+                if name not in self.first_bytes:
+                    self.first_bytes[name] = _fetch(self.registry(), _manifest_refs(a))
+                return self.first_bytes[name]
+
+            def b_bytes(b: xr.Variable = b) -> list[bytes]:
+                return _fetch(self.registry(), _manifest_refs(b))
+
+            diff = static_difference(a, b, a_bytes, b_bytes)
+            if diff:
+                raise InvalidInputError(
+                    f"{url}: variable {name!r} (without {self.concat_dim}, kept once) differs "
+                    f"from {self.first_url}: {diff}")
+
+
 def check_static(urls: Sequence[str], datasets: Sequence[xr.Dataset], concat_dim: str | None,
                  registry: Any) -> None:
     """Every file holds the same static variables (see :func:`static_difference`);
     raise naming the variable and the first file that differs from the first file."""
-    first = datasets[0]
-    for name in static_names(first, concat_dim):
-        a = first.variables[name]
-        cache: list[list[bytes]] = []
-
-        def first_bytes(a: xr.Variable = a, cache: list[list[bytes]] = cache) -> list[bytes]:
-            if not cache:
-                cache.append(_fetch(registry, _manifest_refs(a)))
-            return cache[0]
-
-        for url, ds in zip(urls[1:], datasets[1:], strict=True):
-            b = ds.variables[name]
-
-            def other_bytes(b: xr.Variable = b) -> list[bytes]:
-                return _fetch(registry, _manifest_refs(b))
-
-            diff = static_difference(a, b, first_bytes, other_bytes)
-            if diff:
-                raise InvalidInputError(
-                    f"{url}: variable {name!r} (without {concat_dim}, kept once) differs from "
-                    f"{urls[0]}: {diff}")
+    static = _StaticCheck(urls[0], datasets[0], concat_dim, lambda: registry)
+    for url, ds in zip(urls[1:], datasets[1:], strict=True):
+        static.check(url, ds)
 
 
 def combine(datasets: Sequence[xr.Dataset], concat_dim: str | None,
@@ -775,6 +807,77 @@ def combine(datasets: Sequence[xr.Dataset], concat_dim: str | None,
     # guide's snippet leaves xr.concat's default "all", which stacks one copy per file
     return xr.concat(list(datasets), dim=concat_dim, data_vars="minimal", coords="minimal",
                      compat="override", combine_attrs="override")
+
+
+COMBINE_BATCH = 256  # files' datasets held before they are folded into the combined one
+
+
+class Combiner:
+    """The files' datasets combined as they arrive, so that memory holds the combined
+    refs (per variable, arrays of paths, offsets and lengths) and at most about
+    ``COMBINE_BATCH`` files' datasets, not one dataset per file until the end.
+
+    :meth:`put` takes datasets by index in any order and takes them up in the
+    inputs' order: each is checked against the first file (:func:`check_agree`'s
+    variables, :func:`check_static`'s static variables), then concatenated in
+    batches (:func:`combine`) onto the running result. ``xr.concat`` with
+    ``data_vars="minimal", coords="minimal", compat="override",
+    combine_attrs="override"`` gives the same result in batches as in one call.
+    """
+
+    def __init__(self, urls: Sequence[str], plan: IngestPlan, new_dim: bool) -> None:
+        self.urls, self.concat_dim, self.new_dim = urls, plan.concat_dim, new_dim
+        self.plan = plan
+        self.waiting: dict[int, xr.Dataset] = {}
+        self.next = 0
+        self.want: dict[str, Any] = {}
+        self.static: _StaticCheck | None = None
+        self.batch: list[xr.Dataset] = []
+        self.whole: xr.Dataset | None = None
+        self._registry: Any = None
+
+    def registry(self) -> Any:
+        if self._registry is None:
+            self._registry = make_registry(self.urls, self.plan)
+        return self._registry
+
+    def put(self, i: int, ds: xr.Dataset) -> None:
+        self.waiting[i] = ds
+        while self.next in self.waiting:
+            self._take(self.waiting.pop(self.next))
+            self.next += 1
+
+    def _take(self, ds: xr.Dataset) -> None:
+        url = self.urls[self.next]
+        if self.next == 0:
+            self.want = _signature(ds, self.concat_dim)
+            if self.concat_dim in ds.dims:  # (else combine stacks along a new one)
+                self.static = _StaticCheck(url, ds, self.concat_dim, self.registry)
+        else:
+            _check_signature(url, self.urls[0], self.want, _signature(ds, self.concat_dim))
+            if self.static is not None:
+                self.static.check(url, ds)
+        self.batch.append(ds)
+        if len(self.batch) >= COMBINE_BATCH:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self.batch:
+            return
+        if self.whole is not None and not self.concat_dim:
+            raise UsageError("several files need --concat-dim (e.g. --concat-dim time)")
+        part = combine(self.batch, self.concat_dim, self.new_dim)
+        self.batch = []
+        self.whole = part if self.whole is None else xr.concat(
+            [self.whole, part], dim=str(self.concat_dim), data_vars="minimal",
+            coords="minimal", compat="override", combine_attrs="override")
+
+    def result(self) -> xr.Dataset:
+        if self.waiting or self.next != len(self.urls):
+            raise RuntimeError(f"combined {self.next} of {len(self.urls)} files")
+        self._fold()
+        assert self.whole is not None
+        return self.whole
 
 
 def ensure_container(repo: Repo, urls: Sequence[str], plan: IngestPlan) -> str | None:
@@ -1263,15 +1366,13 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
                                 skipped=skipped)
         urls = fresh
     plan.inputs = urls
-    datasets = scan(urls, plan, progress)
-    t1 = time.monotonic()
-    if not plan.dask or plan.scheduler:
-        check_agree(urls, datasets, plan.concat_dim)
-        if plan.concat_dim in datasets[0].dims:  # (else combine stacks along a new one)
-            check_static(urls, datasets, plan.concat_dim, make_registry(urls, plan))
     # TIFF files are single images: they stack along a new dimension by nature
-    vds = combine(datasets, plan.concat_dim,
-                  new_dim=plan.new_dim or parser_name(urls, plan) == "tiff")
+    new_dim = plan.new_dim or parser_name(urls, plan) == "tiff"
+    combiner = Combiner(urls, plan, new_dim)
+    whole = scan_into(urls, plan, combiner.put, progress)
+    # (--dask without a scheduler: open_virtual_mfdataset combined them, unchecked)
+    vds = combine([whole], plan.concat_dim, new_dim) if whole is not None else combiner.result()
+    t1 = time.monotonic()
     # the files the refs point into: the inputs, or what kerchunk references name
     sources = source_urls(vds)
     container = ensure_container(repo, sources, plan)

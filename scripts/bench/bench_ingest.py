@@ -349,7 +349,15 @@ def main() -> int:
                     help="also time --scheduler with a dask.distributed LocalCluster of N "
                          "worker processes started here (contestant vchunkfs-sched; its "
                          "workers' CPU and memory are not counted)")
+    ap.add_argument("--without", default="", metavar="NAMES",
+                    help="contestants left out, comma-separated (vchunkfs-w2, base-w2, ...; "
+                         "not guide), for long runs")
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="no warm-up runs (the files already in the page cache)")
     args = ap.parse_args()
+    without = {w for w in args.without.split(",") if w}
+    if "guide" in without:
+        ap.error("--without guide: the figures are ratios to the guide")
     sizes = [int(s) for s in args.sizes.split(",")]
     root = args.root.resolve()
     repos_dir = root / "repos"
@@ -375,7 +383,8 @@ def main() -> int:
             for f in sorted(data.glob("*.nc")):
                 s3.put_object(S3["bucket"], f"{data.name}/{f.name}", f.read_bytes())
 
-    who_all = CONTESTANTS + (BASELINE if args.baseline_src else ())
+    who_all = tuple(c for c in CONTESTANTS + (BASELINE if args.baseline_src else ())
+                    if c not in without)
     cluster = None
     if args.scheduler_workers:
         from distributed import LocalCluster
@@ -388,11 +397,11 @@ def main() -> int:
     results: dict[int, dict[str, list[dict[str, float]]]] = {
         n: {c: [] for c in who_all} for n in sizes}
     verdicts: dict[int, str] = {}
-    for n in sizes:  # warm-up: page cache, .pyc files
+    for n in sizes if not args.no_warmup else ():  # warm-up: page cache, .pyc files
         for who in CONTESTANTS[:2]:
             run_one(who, datas[n], repos_dir / "warmup")
         shutil.rmtree(repos_dir / "warmup", ignore_errors=True)
-    if args.baseline_src:
+    if args.baseline_src and not args.no_warmup:
         for n in sizes:
             run_one("base", datas[n], repos_dir / "warmup", args.baseline_src)
     k = len(who_all)
