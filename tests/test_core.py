@@ -150,7 +150,7 @@ async def test_block_cache_coalesces_concurrent_readers() -> None:
     results: list[bytes] = []
 
     async def reader() -> None:
-        results.append(await cache.get("k", fetch))
+        results.append(await cache.get("k", 100, fetch))
 
     async with trio.open_nursery() as n:
         for _ in range(20):
@@ -175,10 +175,10 @@ async def test_a_cancelled_first_reader_does_not_fail_the_others() -> None:
 
         async def first_reader() -> None:
             with first:
-                await cache.get("k", fetch)
+                await cache.get("k", 100, fetch)
 
         async def second_reader() -> None:
-            got.append(await cache.get("k", fetch))
+            got.append(await cache.get("k", 100, fetch))
 
         n.start_soon(first_reader)
         await trio.sleep(0.02)
@@ -204,12 +204,56 @@ async def test_a_failed_prefetch_is_not_the_readers_error() -> None:
 
         async def prefetch() -> None:
             with pytest.raises(OSError):
-                await cache.prefetch("k", broken)
+                await cache.prefetch("k", 5, broken)
 
         n.start_soon(prefetch)
         await trio.sleep(0.01)
-        got.append(await cache.get("k", good))  # waits on the prefetch, then fetches itself
+        got.append(await cache.get("k", 5, good))  # waits on the prefetch, then fetches itself
     assert got == [b"z" * 5]
+
+
+async def test_cached_and_inflight_bytes_stay_within_the_cache() -> None:
+    """Twenty readers of distinct 300-byte blocks in a 2,000-byte cache (a fetch in
+    flight reserves twice its size): at most three fetches run at once, the bound holds
+    at every step, every reader gets its bytes, and a prefetch without room is not
+    made."""
+    cache = BlockCache(2000)
+    highest = 0
+    running = 0
+    most_running = 0
+
+    def fetcher(i: int) -> Callable[[], Awaitable[bytes]]:
+        async def fetch() -> bytes:
+            nonlocal highest, running, most_running
+            running += 1
+            most_running = max(most_running, running)
+            highest = max(highest, cache.current_bytes + cache.inflight_bytes)
+            await trio.sleep(0.01 * (i % 3))
+            running -= 1
+            return bytes([i]) * 300
+        return fetch
+
+    got: dict[int, bytes] = {}
+
+    async def reader(i: int) -> None:
+        got[i] = await cache.get(i, 300, fetcher(i))
+        assert cache.current_bytes + cache.inflight_bytes <= 2000
+
+    async with trio.open_nursery() as n:
+        for i in range(20):
+            n.start_soon(reader, i)
+        await trio.sleep(0)
+        # three fetches in flight hold 1,800 of 2,000 bytes: no room for a prefetch
+        assert not await cache.prefetch("p", 300, fetcher(99))
+    assert got == {i: bytes([i]) * 300 for i in range(20)}
+    assert highest <= 2000 and most_running == 3
+    assert cache.current_bytes <= 2000 and cache.inflight_bytes == 0
+    # a block bigger than the cache is fetched alone and not kept
+    async def big() -> bytes:
+        return b"b" * 5000
+
+    assert await cache.get("big", 5000, big) == b"b" * 5000
+    assert "big" not in cache and cache.current_bytes <= 2000
 
 
 async def test_a_failed_or_timed_out_fetch_is_not_cached(template, tmp_path, bridge) -> None:

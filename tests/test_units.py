@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -125,3 +127,16 @@ def test_listing_key_puts_chunks_in_array_order() -> None:
         ".zarray", ".zattrs", "0.9", "0.11", "1.2", "1.10", "10.0"]
     assert order(["c.1.0", "c.0.10", "zarr.json", "c.0.9"]) == [
         "zarr.json", "c.0.9", "c.0.10", "c.1.0"]
+
+
+def test_the_daemon_fixes_glibcs_mmap_threshold_unless_the_environment_sets_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from vchunkfs.daemon.run import fix_mmap_threshold
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert fix_mmap_threshold() is False
+    code = ("import os; os.environ.pop('MALLOC_MMAP_THRESHOLD_', None); "
+            "from vchunkfs.daemon.run import fix_mmap_threshold; "
+            "raise SystemExit(0 if fix_mmap_threshold() else 1)")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0  # glibc here

@@ -90,6 +90,7 @@ def mount(opts: MountOptions) -> int:
 
 def _serve_here(opts: MountOptions, ready_fd: int | None) -> int:
     limit_malloc_arenas()
+    fix_mmap_threshold()
     # Imported only now: zarr and icechunk start threads when imported, and the
     # fork above must happen while this process has a single thread.
     from vchunkfs.daemon.serve import serve
@@ -98,7 +99,23 @@ def _serve_here(opts: MountOptions, ready_fd: int | None) -> int:
 
 
 MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # mallopt parameter, glibc's malloc.h
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept fixed
+_M_ARENA_MAX = -8  # mallopt parameters, glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+
+
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt``; False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version"):
+            return False  # not glibc: other C libraries have other knobs
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(param, value))
 
 
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
@@ -117,16 +134,25 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        if not hasattr(libc, "gnu_get_libc_version"):
-            return False  # not glibc: other C libraries have other knobs
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    return _mallopt(_M_ARENA_MAX, arenas)
+
+
+def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Give every allocation of ``threshold`` bytes or more its own mapping, returned
+    to the system when freed (glibc).
+
+    Chunk bytes are allocated and freed all the time (fetched, cached, evicted).
+    glibc starts with this threshold but raises it to the size of every mapped
+    block freed (up to 32 MiB), after which chunk-sized buffers come from the heap
+    and stay in the process when freed: under 16 readers streaming 48 MiB
+    through an 8 MiB budget, RSS rose 11.2 MiB over its baseline with glibc's
+    moving threshold and 3.0-3.9 MiB with it fixed (scripts/bench/bench_load.py,
+    docs/reliability.md). Setting it turns the moving threshold off. An explicit
+    ``MALLOC_MMAP_THRESHOLD_`` in the environment wins. Returns whether it was set.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, arenas))
+    return _mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
 def _detach_stdio(log_file: str | None) -> None:

@@ -1,4 +1,14 @@
-"""File bytes kept in the daemon: an LRU bounded in bytes, with one fetch per block."""
+"""File bytes kept in the daemon: an LRU bounded in bytes, with one fetch per block.
+
+The bound covers the bytes on their way too: a fetch reserves twice its size
+(INFLIGHT_COPIES: until it is stored, its bytes exist in the backend's buffer and
+in the copy the cache keeps) before it starts, evicting the least recently used
+blocks to make room, and holds the reservation until its bytes are stored, so
+cached plus reserved bytes never exceed ``max_bytes``. A reader that finds the
+cache full of fetches in flight waits for one to end; a fetch larger than the
+whole cache runs alone, and its bytes are not kept. A prefetch never waits:
+without room it is not made.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +21,11 @@ import trio
 # Files up to this size are fetched whole (an OISST chunk is about 380 kB); bigger ones
 # (shards, large chunks) in aligned blocks, so a 128 KiB read never fetches 1 GB.
 BLOCK_SIZE = 8 * 1024 * 1024
+
+# what a fetch in flight holds, in multiples of its size: icechunk's buffer and the
+# bytes copied out of it for the cache (measured: with one copy counted, RSS passed an
+# 8 MiB budget by 1-4 MiB under 16 readers)
+INFLIGHT_COPIES = 2
 
 
 @dataclass
@@ -42,11 +57,19 @@ class BlockCache:
         self._lru: OrderedDict[Hashable, bytes] = OrderedDict()
         self._bytes = 0
         self._flights: dict[Hashable, _Flight] = {}
+        self._inflight = 0  # bytes reserved by fetches in flight
+        self._flight_ended = trio.Event()  # set (and replaced) whenever a fetch ends
         self.stats = CacheStats()
 
     @property
     def current_bytes(self) -> int:
+        """Bytes of the cached blocks."""
         return self._bytes
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Bytes reserved by fetches in flight."""
+        return self._inflight
 
     def __contains__(self, key: Hashable) -> bool:
         """Cached or being fetched (no LRU touch, no counting)."""
@@ -60,21 +83,29 @@ class BlockCache:
             self.stats.hits += 1
         return data
 
+    def _make_room(self, size: int) -> bool:
+        """Evict least recently used blocks until ``size`` more bytes fit beside the
+        cached and in-flight ones; whether they fit."""
+        while self._lru and self._bytes + self._inflight + size > self.max_bytes:
+            _, evicted = self._lru.popitem(last=False)
+            self._bytes -= len(evicted)
+        return self._bytes + self._inflight + size <= self.max_bytes
+
     def _store(self, key: Hashable, data: bytes) -> None:
+        # called after the fetch's reservation was released: room was made for it
         size = len(data)
-        if size > self.max_bytes:
-            return
         old = self._lru.pop(key, None)
         if old is not None:
             self._bytes -= len(old)
+        if not self._make_room(size):
+            return  # larger than the cache, or the others' fetches hold it all
         self._lru[key] = data
         self._bytes += size
-        while self._bytes > self.max_bytes:
-            _, evicted = self._lru.popitem(last=False)
-            self._bytes -= len(evicted)
 
-    async def get(self, key: Hashable, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
-        """The block for ``key``: cached, being fetched by another reader, or fetched now.
+    async def get(self, key: Hashable, size: int, fetch: Callable[[], Awaitable[bytes]]
+                  ) -> bytes:
+        """The block for ``key`` (``size`` bytes): cached, being fetched by another
+        reader, or fetched now, once there is room for it.
 
         Readers waiting on another's fetch get its bytes or its exception, except
         when that fetch was cancelled or was a prefetch that failed: then they
@@ -86,7 +117,12 @@ class BlockCache:
                 return data
             flight = self._flights.get(key)
             if flight is None:
-                break
+                if self._make_room(size * INFLIGHT_COPIES) or not self._inflight:
+                    break
+                # the cache is full of fetches in flight: wait for one to end, then
+                # look again (another reader may have started this key meanwhile)
+                await self._flight_ended.wait()
+                continue
             self.stats.coalesced += 1
             await flight.done.wait()
             if flight.error is not None and (flight.prefetch
@@ -97,23 +133,29 @@ class BlockCache:
             assert flight.data is not None
             return flight.data
         self.stats.misses += 1
-        return await self._fetch(key, fetch)
+        return await self._fetch(key, size, fetch)
 
-    async def prefetch(self, key: Hashable, fetch: Callable[[], Awaitable[bytes]]) -> None:
-        """Fetch ``key`` into the cache unless it is cached or already being fetched.
+    async def prefetch(self, key: Hashable, size: int, fetch: Callable[[], Awaitable[bytes]]
+                       ) -> bool:
+        """Fetch ``key`` (``size`` bytes) into the cache unless it is cached, already
+        being fetched, or there is no room for it without waiting; whether it was
+        fetched.
 
         Errors are raised to the caller only: readers waiting on a failed
         prefetch fetch for themselves.
         """
-        if key in self._lru or key in self._flights:
-            return
+        if (key in self._lru or key in self._flights
+                or not self._make_room(size * INFLIGHT_COPIES)):
+            return False
         self.stats.prefetched += 1
-        await self._fetch(key, fetch, prefetch=True)
+        await self._fetch(key, size, fetch, prefetch=True)
+        return True
 
-    async def _fetch(self, key: Hashable, fetch: Callable[[], Awaitable[bytes]],
+    async def _fetch(self, key: Hashable, size: int, fetch: Callable[[], Awaitable[bytes]],
                      prefetch: bool = False) -> bytes:
         flight = _Flight(prefetch=prefetch)
         self._flights[key] = flight
+        self._inflight += size * INFLIGHT_COPIES
         try:
             flight.data = await fetch()
         except BaseException as e:
@@ -121,6 +163,9 @@ class BlockCache:
             raise
         finally:
             del self._flights[key]
+            self._inflight -= size * INFLIGHT_COPIES
+            self._flight_ended.set()
+            self._flight_ended = trio.Event()
             flight.done.set()
         self.stats.fetched_bytes += len(flight.data)
         self._store(key, flight.data)
@@ -150,19 +195,21 @@ async def read_blocks(cache: BlockCache, key: Hashable, size: int, offset: int, 
     if offset >= end:
         return b""
     if size <= BLOCK_SIZE:
-        block = await cache.get(key, lambda: fetch_range(0, size))
+        block = await cache.get(key, size, lambda: fetch_range(0, size))
         return slice_block(block, offset, end)
     first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
     if first == last:
         start = first * BLOCK_SIZE
         stop = min(size, start + BLOCK_SIZE)
-        block = await cache.get((key, first), _bind(fetch_range, start, stop - start))
+        block = await cache.get((key, first), stop - start,
+                                _bind(fetch_range, start, stop - start))
         return slice_block(block, offset - start, end - start)
     parts: list[bytes | memoryview] = []
     for b in range(first, last + 1):
         start = b * BLOCK_SIZE
         stop = min(size, start + BLOCK_SIZE)
-        block = await cache.get((key, b), _bind(fetch_range, start, stop - start))
+        block = await cache.get((key, b), stop - start,
+                                _bind(fetch_range, start, stop - start))
         parts.append(memoryview(block)[max(offset - start, 0):end - start])
     return b"".join(parts)
 

@@ -150,8 +150,10 @@ class Reads:
                 if key not in self.prefetching:
                     continue  # read meanwhile
                 try:
-                    await self.cache.prefetch(key, functools.partial(
+                    fetched = await self.cache.prefetch(key, size, functools.partial(
                         self._fetch, pres, path, 0, size, quiet=True))
+                    if not fetched and key not in self.cache:
+                        self.prefetching.pop(key, None)  # no room: not made
                 except Exception as e:
                     self.prefetching.pop(key, None)
                     log.debug("prefetch of %s: %s", path, _first_line(e))
