@@ -282,7 +282,10 @@ async def test_a_prefetch_that_fails_leaves_reads_right(template, tmp_path, brid
         assert await read_file(h.ns, "sst/c/0/0/0/0") == want["sst/c/0/0/0/0"]
         await trio.sleep(0.3)  # the prefetches of sst/c/1.., c/2.., c/3.. ran (one failed)
         assert h.ns.stats()["prefetched"] >= 2
+        failed = h.ns.stats()["prefetch_wasted"]
+        assert failed >= 1  # the failed prefetch of sst/c/1/...
         assert await read_file(h.ns, "sst/c/3/0/0/0") == want["sst/c/3/0/0/0"]
+        assert h.ns.stats()["prefetch_used"] >= 1
         with pytest.raises(FsError) as e:
             await read_file(h.ns, "sst/c/1/0/0/0")  # the reader's own error: its own fetch
         assert e.value.errno == errno.EIO

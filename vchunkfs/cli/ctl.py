@@ -239,7 +239,20 @@ def ctl_status(args: argparse.Namespace) -> int:
         lines.append(f"staged:     {branch}: {st['nodes_changed']:,} node changes"
                      + (f", {chunks:,} chunk writes" if chunks is not None else "")
                      + f" on {st['base']} (see .vchunkfs/staged/{branch}/)")
+    lines += _read_counters(s.get("stats") or {})
     return _print(args, s, "\n".join(lines))
+
+
+def _read_counters(st: dict[str, Any]) -> list[str]:
+    """The status lines that say why reads are slow (docs/SEMANTICS.md)."""
+    if "fetches" not in st:
+        return []  # a daemon of an older version
+    mb = 1e6
+    return [f"reads:      {st['cache_hits']:,} from the cache, {st['fetches']:,} fetches "
+            f"({st['fetched_bytes'] / mb:,.1f} MB), {st['in_flight']} in flight; reads waited "
+            f"{st['read_wait_seconds']:,.1f} s for bytes",
+            f"prefetch:   {st['prefetched']:,} made, {st['prefetch_used']:,} read, "
+            f"{st['prefetch_wasted']:,} wasted ({st['prefetch_wasted_bytes'] / mb:,.1f} MB)"]
 
 
 def ctl_set_ref(args: argparse.Namespace) -> int:

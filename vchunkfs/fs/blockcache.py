@@ -38,11 +38,16 @@ class _Flight:
 
 @dataclass
 class CacheStats:
-    hits: int = 0
-    misses: int = 0
-    coalesced: int = 0
+    """Counters since the mount (docs/SEMANTICS.md, "Seeing why a mount is slow")."""
+
+    hits: int = 0  # reads served from the cache
+    misses: int = 0  # reads that fetched themselves
+    coalesced: int = 0  # reads that waited on a fetch already on its way
     fetched_bytes: int = 0
-    prefetched: int = 0
+    prefetched: int = 0  # prefetches made
+    prefetch_used: int = 0  # prefetched blocks a reader then read (or waited on)
+    prefetch_wasted: int = 0  # prefetched blocks evicted unread, or failed
+    prefetch_wasted_bytes: int = 0
 
 
 class BlockCache:
@@ -58,6 +63,7 @@ class BlockCache:
         self._bytes = 0
         self._flights: dict[Hashable, _Flight] = {}
         self._inflight = 0  # bytes reserved by fetches in flight
+        self._unread: dict[Hashable, int] = {}  # prefetched, not read yet -> size
         self._flight_ended = trio.Event()  # set (and replaced) whenever a fetch ends
         self.stats = CacheStats()
 
@@ -71,6 +77,21 @@ class BlockCache:
         """Bytes reserved by fetches in flight."""
         return self._inflight
 
+    @property
+    def inflight_count(self) -> int:
+        """Fetches in flight (prefetches included)."""
+        return len(self._flights)
+
+    def _used(self, key: Hashable) -> None:
+        if self._unread and self._unread.pop(key, None) is not None:
+            self.stats.prefetch_used += 1
+
+    def _wasted(self, key: Hashable) -> None:
+        size = self._unread.pop(key, None)
+        if size is not None:
+            self.stats.prefetch_wasted += 1
+            self.stats.prefetch_wasted_bytes += size
+
     def __contains__(self, key: Hashable) -> bool:
         """Cached or being fetched (no LRU touch, no counting)."""
         return key in self._lru or key in self._flights
@@ -81,14 +102,17 @@ class BlockCache:
         if data is not None:
             self._lru.move_to_end(key)
             self.stats.hits += 1
+            self._used(key)
         return data
 
     def _make_room(self, size: int) -> bool:
         """Evict least recently used blocks until ``size`` more bytes fit beside the
         cached and in-flight ones; whether they fit."""
         while self._lru and self._bytes + self._inflight + size > self.max_bytes:
-            _, evicted = self._lru.popitem(last=False)
+            old_key, evicted = self._lru.popitem(last=False)
             self._bytes -= len(evicted)
+            if self._unread:
+                self._wasted(old_key)
         return self._bytes + self._inflight + size <= self.max_bytes
 
     def _store(self, key: Hashable, data: bytes) -> None:
@@ -98,6 +122,7 @@ class BlockCache:
         if old is not None:
             self._bytes -= len(old)
         if not self._make_room(size):
+            self._wasted(key)
             return  # larger than the cache, or the others' fetches hold it all
         self._lru[key] = data
         self._bytes += size
@@ -124,6 +149,8 @@ class BlockCache:
                 await self._flight_ended.wait()
                 continue
             self.stats.coalesced += 1
+            if flight.prefetch:
+                self._used(key)
             await flight.done.wait()
             if flight.error is not None and (flight.prefetch
                                              or isinstance(flight.error, trio.Cancelled)):
@@ -148,7 +175,12 @@ class BlockCache:
                 or not self._make_room(size * INFLIGHT_COPIES)):
             return False
         self.stats.prefetched += 1
-        await self._fetch(key, size, fetch, prefetch=True)
+        self._unread[key] = size
+        try:
+            await self._fetch(key, size, fetch, prefetch=True)
+        except BaseException:
+            self._wasted(key)
+            raise
         return True
 
     async def _fetch(self, key: Hashable, size: int, fetch: Callable[[], Awaitable[bytes]],
@@ -172,6 +204,9 @@ class BlockCache:
         return flight.data
 
     def clear(self) -> None:
+        for key in list(self._unread):
+            if key in self._lru:
+                self._wasted(key)
         self._lru.clear()
         self._bytes = 0
 

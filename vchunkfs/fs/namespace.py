@@ -489,12 +489,18 @@ class Namespace:
     def root_version(self) -> Version:
         return self._trees["root"].version
 
-    def stats(self) -> dict[str, int]:
-        """Counters of the block cache and the inode table, for tests and operators."""
+    def stats(self) -> dict[str, int | float]:
+        """Counters of the block cache, the prefetcher and the inode table, for tests and
+        operators (docs/SEMANTICS.md, "Seeing why a mount is slow")."""
         c = self.cache.stats
         return {"cache_hits": c.hits, "cache_misses": c.misses, "cache_coalesced": c.coalesced,
-                "prefetched": c.prefetched,
-                "fetched_bytes": c.fetched_bytes, "cache_bytes": self.cache.current_bytes,
+                "fetches": c.misses + c.prefetched, "fetched_bytes": c.fetched_bytes,
+                "prefetched": c.prefetched, "prefetch_used": c.prefetch_used,
+                "prefetch_wasted": c.prefetch_wasted,
+                "prefetch_wasted_bytes": c.prefetch_wasted_bytes,
+                "in_flight": self.cache.inflight_count,
+                "read_wait_seconds": round(self.reads.wait_seconds, 3),
+                "cache_bytes": self.cache.current_bytes,
                 "inodes": self.inode_count, "open_files": len(self.reads.files)}
 
     # -- attributes and children ----------------------------------------------

@@ -47,6 +47,7 @@ class Reads:
             | None = None
         # queued or fetched, not yet read -> size
         self.prefetching: dict[Hashable, int] = {}
+        self.wait_seconds = 0.0  # time reads spent waiting for bytes not in the cache
 
     def read_cached(self, fh: int, offset: int, length: int) -> bytes | memoryview | None:
         """:meth:`read` of a file whose block is in the cache, without copying it."""
@@ -86,7 +87,9 @@ class Reads:
         # read ahead when this read fetches (a cold file) or is the first of a prefetched one
         ahead = (self.prefetch_send is not None and f.size <= BLOCK_SIZE
                  and (cache_key not in self.cache or cache_key in self.prefetching))
+        began = trio.current_time()
         data = await read_blocks(self.cache, cache_key, f.size, offset, length, fetch)
+        self.wait_seconds += trio.current_time() - began
         if ahead:
             self.prefetching.pop(cache_key, None)
             self._prefetch_after(pres, f.key.gen, path)
