@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -57,29 +58,29 @@ def time_ls(directory: Path) -> tuple[float, int]:
     return took, len(r.stdout.splitlines())
 
 
-def measure(name: str, argv: list[str], mnt: Path, listed: str, log: Path) -> list[str]:
+def measure(argv: list[str], mnt: Path, listed: str, log: Path) -> tuple[int, float, float]:
+    """Entries, cold seconds, warm seconds (the better of two) of one fresh mount."""
     mnt.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as f:
         proc = subprocess.Popen(argv, stdout=f, stderr=f)
-    lines = []
     try:
         wait_mounted(mnt, proc)
         runs = [time_ls(mnt / listed) for _ in range(3)]
-        for i, (took, n) in enumerate(runs):
-            lines.append(f"{name:8} {'cold' if i == 0 else 'warm'} {n:>7,} entries "
-                         f"{took:8.3f} s  {took / n * 1e6:7.2f} us/entry")
     finally:
         stop(mnt, proc)
-    return lines
+    return runs[0][1], runs[0][0], min(runs[1][0], runs[2][0])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="32,100,316", help="chunk grids (N x N chunks)")
+    ap.add_argument("--runs", type=int, default=3, help="fresh mounts per size and daemon")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/vchunkfs-bench-listing"))
     args = ap.parse_args()
     env_py = sys.executable
-    for grid in (int(g) for g in args.sizes.split(",")):
+    contestants: dict[tuple[str, int], tuple[list[str], Path, str, Path]] = {}
+    grids = [int(g) for g in args.sizes.split(",")]
+    for grid in grids:
         built = make_million.build(args.dir / f"g{grid}", grid=grid, files=4, verbose=False)
         n = built.num_chunks
         flat = args.dir / f"flat{n}"
@@ -87,15 +88,33 @@ def main() -> None:
             flat.mkdir(parents=True)
             for i in range(n):
                 (flat / f"{i // grid}.{i % grid}").touch()
-        out = measure("vchunkfs", [env_py, "-m", "vchunkfs.cli.mount", str(built.repo_path),
-                                   str(args.dir / "mnt"), "-o",
-                                   f"foreground,presentation=v2,authorize={built.container_prefix}"],
-                      args.dir / "mnt", "arr", args.dir / "vchunkfs.log")
-        out += measure("nullfs", [env_py, str(HERE / "nullfs.py"), str(flat),
-                                  str(args.dir / "nullmnt")],
-                       args.dir / "nullmnt", "", args.dir / "nullfs.log")
-        for line in out:
-            print(line, flush=True)
+        contestants["vchunkfs", grid] = (
+            [env_py, "-m", "vchunkfs.cli.mount", str(built.repo_path), str(args.dir / "mnt"),
+             "-o", f"foreground,presentation=v2,authorize={built.container_prefix}"],
+            args.dir / "mnt", "arr", args.dir / "vchunkfs.log")
+        contestants["nullfs", grid] = (
+            [env_py, str(HERE / "nullfs.py"), str(flat), str(args.dir / "nullmnt")],
+            args.dir / "nullmnt", "", args.dir / "nullfs.log")
+    samples: dict[tuple[str, int], list[tuple[int, float, float]]] = {k: [] for k in contestants}
+    order = list(contestants)
+    for r in range(args.runs):
+        for key in order[r % len(order):] + order[:r % len(order)]:  # in turns, rotating
+            samples[key].append(measure(*contestants[key]))
+    print(f"{'daemon':8} {'entries':>8} {'cold s':>8} {'us/entry':>9} {'marginal':>9} "
+          f"{'warm s':>8} {'us/entry':>9} {'marginal':>9}")
+    for name in ("vchunkfs", "nullfs"):
+        prev: tuple[int, float, float] | None = None
+        for grid in grids:
+            got = samples[name, grid]
+            n = got[0][0]
+            cold = statistics.median(c for _, c, _ in got)
+            warm = statistics.median(w for _, _, w in got)
+            marg = ("", "") if prev is None else (
+                f"{(cold - prev[1]) / (n - prev[0]) * 1e6:9.2f}",
+                f"{(warm - prev[2]) / (n - prev[0]) * 1e6:9.2f}")
+            print(f"{name:8} {n:>8,} {cold:8.3f} {cold / n * 1e6:9.2f} {marg[0]:>9} "
+                  f"{warm:8.3f} {warm / n * 1e6:9.2f} {marg[1]:>9}", flush=True)
+            prev = (n, cold, warm)
 
 
 if __name__ == "__main__":
