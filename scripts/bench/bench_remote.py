@@ -26,6 +26,10 @@ page cache dropped when /proc/sys/vm/drop_caches is writable):
   icechunk get, sequential  ``store.get`` of every chunk key, one after the other
   icechunk get, gather    the same 124 gets under one ``asyncio.gather`` (the
                           in-process reference every ratio is taken against)
+  ... 1 GET a chunk       the same two with the repository's storage concurrency
+                          set to one request per object: icechunk fetches a
+                          virtual chunk in up to 5 range requests of at least
+                          4 KiB when the repository is on a local filesystem
   obstore, sequential /   ``obstore.get_range_async`` of the same byte ranges of
   obstore, concurrent     the netCDF objects through the proxy: the network and
                           server limit without icechunk
@@ -36,8 +40,9 @@ moto (the server's own ceiling: moto is a Python server, CPU-bound on 2 cores).
 For every sample the proxy records when each request arrived and when its
 response began, so the table also says how many requests crossed the link and
 how many were in flight at once (peak, and the mean over the sample's wall
-time); for mount samples the daemon's ``user.vchunkfs.stats`` counters (block
-cache misses, prefetched files) are kept in the JSON.
+time), and the CPU seconds the moto server process used; for mount samples the
+daemon's ``user.vchunkfs.stats`` counters (block cache misses, prefetched files)
+are kept in the JSON.
 
 Each run takes one sample of every contestant, the order rotating from run to
 run; each figure is the median of the runs, with the spread ((max - min) /
@@ -330,24 +335,31 @@ def ncdump(env: Env) -> int:
         return len(r.stdout)
 
 
-def open_store(env: Env) -> Any:
+def open_store(env: Env, whole: bool = False) -> Any:
+    """A read-only store on a new repository object. ``whole``: one GET per chunk
+    (by default icechunk fetches a virtual chunk with the storage's concurrency
+    settings, and a local repository's are 5 requests of 4 KiB or more)."""
     import icechunk as ic
 
     creds = ic.containers_credentials({PREFIX: ic.s3_credentials(
         access_key_id=env.s3.access_key_id, secret_access_key=env.s3.secret_access_key)})
-    repo = ic.Repository.open(ic.local_filesystem_storage(str(env.repo)),
+    config = ic.RepositoryConfig.default()
+    if whole:
+        config.storage = ic.StorageSettings(concurrency=ic.StorageConcurrencySettings(
+            max_concurrent_requests_for_object=1, ideal_concurrent_request_size=64 << 20))
+    repo = ic.Repository.open(ic.local_filesystem_storage(str(env.repo)), config=config,
                               authorize_virtual_chunk_access=creds)
     return repo.readonly_session("main").store
 
 
-def icechunk_get(env: Env, concurrent: bool) -> int:
+def icechunk_get(env: Env, concurrent: bool, whole: bool = False) -> int:
     import zarr.core.buffer
 
     proto = zarr.core.buffer.default_buffer_prototype()
     drop_caches()
 
     async def main() -> int:
-        store = open_store(env)  # a new repository object: nothing cached
+        store = open_store(env, whole)  # a new repository object: nothing cached
         keys = [c.key for c in env.chunks]
         if concurrent:
             bufs = await asyncio.gather(*(store.get(k, proto) for k in keys))
@@ -398,6 +410,10 @@ CONTESTANTS: dict[str, tuple[str, Callable[[Env], int]]] = {
     "ncdump": ("ncdump -v sst (v2-decoded)", ncdump),
     "icechunk-seq": ("icechunk store.get, sequential", lambda e: icechunk_get(e, False)),
     "icechunk-gather": ("icechunk store.get, asyncio.gather", lambda e: icechunk_get(e, True)),
+    "icechunk-seq-1get": ("icechunk store.get, sequential, 1 GET a chunk",
+                          lambda e: icechunk_get(e, False, whole=True)),
+    "icechunk-gather-1get": ("icechunk store.get, gather, 1 GET a chunk",
+                             lambda e: icechunk_get(e, True, whole=True)),
     "obstore-seq": ("obstore GETs through the proxy, sequential",
                     lambda e: obstore_get(e, False)),
     "obstore-gather": ("obstore GETs through the proxy, concurrent",
@@ -415,6 +431,7 @@ class Sample:
     link: dict[str, float]
     cpu_busy: float  # fraction of the machine's CPU time used by everything, during it
     stats: dict[str, Any]
+    server_cpu: float = 0.0  # CPU seconds the moto server used during it
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -424,8 +441,19 @@ def cpu_ticks() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def sample(env: Env, fn: Callable[[Env], int]) -> Sample:
     env.last_stats = {}
+    moto0 = process_cpu(env.s3.pid)
     mark = env.proxy.mark()
     # the mount start-up is outside the timing: time only the reading inside fn
     timing: dict[str, float] = {}
@@ -453,7 +481,8 @@ def sample(env: Env, fn: Callable[[Env], int]) -> Sample:
     if "t0" in timing:
         t0, t1, mark = timing["t0"], timing["t1"], int(timing["mark"])
     return Sample(t1 - t0, n, env.proxy.window(mark, t0, t1),
-                  (b1 - b0) / max(1, a1 - a0), dict(env.last_stats))
+                  (b1 - b0) / max(1, a1 - a0), dict(env.last_stats),
+                  process_cpu(env.s3.pid) - moto0)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -530,6 +559,7 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
             "peak_in_flight": statistics.median(s.link["peak_in_flight"] for s in samples),
             "mean_in_flight": statistics.median(s.link["mean_in_flight"] for s in samples),
             "cpu_busy": statistics.median(s.cpu_busy for s in samples),
+            "server_cpu_s": statistics.median(s.server_cpu for s in samples),
             "daemon_stats": [s.stats for s in samples if s.stats]}
 
 
@@ -540,9 +570,10 @@ def one_delay(env: Env, names: list[str], runs: int, delay: int) -> dict[str, An
         for n in order:
             s = sample(env, CONTESTANTS[n][1])
             got[n].append(s)
-            print(f"  {delay} ms, run {r + 1}: {n:16} {s.seconds:6.2f} s  "
+            print(f"  {delay} ms, run {r + 1}: {n:20} {s.seconds:6.2f} s  "
                   f"{s.link['requests']:4.0f} req  peak {s.link['peak_in_flight']:.0f}  "
-                  f"mean {s.link['mean_in_flight']:.2f} in flight  cpu {s.cpu_busy:.0%}",
+                  f"mean {s.link['mean_in_flight']:.2f} in flight  moto {s.server_cpu:.2f} "
+                  f"CPU s  machine {s.cpu_busy:.0%}",
                   flush=True)
     return {n: summarize(v) for n, v in got.items()}
 
@@ -554,13 +585,15 @@ def ceiling(env: Env, runs: int) -> dict[str, Any]:
     for _ in range(runs):
         for n, conc in (("obstore-seq", False), ("obstore-gather", True)):
             b0, a0 = cpu_ticks()
+            moto0 = process_cpu(env.s3.pid)
             t0 = time.monotonic()
             nb = obstore_get(env, conc, endpoint=direct)
             t1 = time.monotonic()
             b1, a1 = cpu_ticks()
             got[n].append(Sample(t1 - t0, nb, {"requests": len(env.chunks),
                                                "peak_in_flight": 0, "mean_in_flight": 0},
-                                 (b1 - b0) / max(1, a1 - a0), {}))
+                                 (b1 - b0) / max(1, a1 - a0), {},
+                                 process_cpu(env.s3.pid) - moto0))
             print(f"  no proxy: {n:16} {t1 - t0:6.2f} s", flush=True)
     return {n: summarize(v) for n, v in got.items()}
 
@@ -579,22 +612,24 @@ def markdown(results: dict[str, Any]) -> str:
              f"medians of {results['runs']} run(s); no bandwidth cap", ""]
     if "ceiling" in results:
         lines += ["Server ceiling (no proxy, no delay):", "",
-                  "| GETs straight to moto | median s | spread | MB/s |", "|---|---:|---:|---:|"]
+                  "| GETs straight to moto | median s | spread | MB/s | moto CPU s |",
+                  "|---|---:|---:|---:|---:|"]
         for n, r in results["ceiling"].items():
             lines.append(f"| {n} | {r['median_s']:.2f} | {r['spread']:.0%} | "
-                         f"{r['bytes'] / r['median_s'] / 1e6:.0f} |")
+                         f"{r['bytes'] / r['median_s'] / 1e6:.0f} | {r['server_cpu_s']:.2f} |")
         lines.append("")
     for delay, rows in results["delays"].items():
         ref = rows.get(REFERENCE, {}).get("median_s")
         lines += [f"Delay {delay} ms per request:", "",
                   "| contestant | median s | spread | / icechunk gather | requests | "
-                  "peak in flight | mean in flight | CPU busy |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "peak in flight | mean in flight | moto CPU s | machine CPU busy |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for n, r in rows.items():
             ratio = f"{r['median_s'] / ref:.2f}" if ref else "-"
             lines.append(f"| {CONTESTANTS[n][0]} | {r['median_s']:.2f} | {r['spread']:.0%} | "
                          f"{ratio} | {r['requests']:.0f} | {r['peak_in_flight']:.0f} | "
-                         f"{r['mean_in_flight']:.2f} | {r['cpu_busy']:.0%} |")
+                         f"{r['mean_in_flight']:.2f} | {r['server_cpu_s']:.2f} | "
+                         f"{r['cpu_busy']:.0%} |")
         lines.append("")
     m = results["machine"]
     lines.append(f"Machine: {m['cpus']} CPUs, load average {m['loadavg_start'][0]:.2f} at the "
