@@ -64,6 +64,10 @@ class BlockCache:
         self._flights: dict[Hashable, _Flight] = {}
         self._inflight = 0  # bytes reserved by fetches in flight
         self._unread: dict[Hashable, int] = {}  # prefetched, not read yet -> size
+        # keys whose prefetch failed: left to readers until one of them fetched the key
+        # (else a reader woken by the failure could find a second prefetch of the same
+        # key started before it ran, and wait for that one too, past its deadline)
+        self._prefetch_failed: set[Hashable] = set()
         self._flight_ended = trio.Event()  # set (and replaced) whenever a fetch ends
         self.stats = CacheStats()
 
@@ -160,6 +164,7 @@ class BlockCache:
             assert flight.data is not None
             return flight.data
         self.stats.misses += 1
+        self._prefetch_failed.discard(key)
         return await self._fetch(key, size, fetch)
 
     async def prefetch(self, key: Hashable, size: int, fetch: Callable[[], Awaitable[bytes]]
@@ -171,7 +176,7 @@ class BlockCache:
         Errors are raised to the caller only: readers waiting on a failed
         prefetch fetch for themselves.
         """
-        if (key in self._lru or key in self._flights
+        if (key in self._lru or key in self._flights or key in self._prefetch_failed
                 or not self._make_room(size * INFLIGHT_COPIES)):
             return False
         self.stats.prefetched += 1
@@ -180,6 +185,9 @@ class BlockCache:
             await self._fetch(key, size, fetch, prefetch=True)
         except BaseException:
             self._wasted(key)
+            if len(self._prefetch_failed) >= 4096:
+                self._prefetch_failed.clear()  # keys never read since: forget them
+            self._prefetch_failed.add(key)
             raise
         return True
 

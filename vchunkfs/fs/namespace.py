@@ -64,7 +64,7 @@ from vchunkfs.fs.nodes import (
     StagedSource,
     Tree,
 )
-from vchunkfs.fs.reads import PREFETCH_WORKERS, Reads
+from vchunkfs.fs.reads import MAX_WINDOW_FACTOR, Reads
 from vchunkfs.fs.source import PresentationFactory, VersionSource
 from vchunkfs.presentation.base import Presentation, make_presentation
 from vchunkfs.presentation.history import render_history
@@ -77,7 +77,7 @@ from vchunkfs.repository.snapshot import Entry, SnapshotView, Unknown
 log = logging.getLogger("vchunkfs.fs")
 
 __all__ = [  # the core's vocabulary lives in vchunkfs.fs.nodes; importable from here too
-    "LONG_TIMEOUT", "PREFETCH_WORKERS", "REFS", "REQUEST_DEADLINE", "ROOT", "SHORT_TIMEOUT",
+    "LONG_TIMEOUT", "MAX_WINDOW_FACTOR", "REFS", "REQUEST_DEADLINE", "ROOT", "SHORT_TIMEOUT",
     "TEXT", "TREE", "VERSIONS", "Attr", "DirHandle", "FsError", "Inode", "Invalidator",
     "MountConfig", "Namespace", "NodeKey", "OpenFile", "StagedSource", "Tree", "errno_for",
 ]
@@ -671,6 +671,8 @@ class Namespace:
             if kind == "branch":
                 log.info("branch %s moved %s -> %s", tree.version.name, old, new)
             changed.append(tree.id)
+            if all(t.snapshot_id != old for t in self._trees.values()):
+                self.reads.drop_generation(old)  # nobody follows it now: stop fetching ahead
             try:
                 self._invalidate_generation(tree.id, old, invalidator)
             except Exception as e:  # the kernel keeps stale entries until they time out

@@ -1,12 +1,31 @@
 """Open files, reads through the block cache, and the prefetcher (docs/concurrency.md,
-"states of a fetch and of a prefetch"). Trio thread only."""
+"states of a fetch and of a prefetch"). Trio thread only.
+
+The prefetcher hides the backend's latency from readers that read chunk files one
+after the other. The first read of a chunk file that is not cached (or that was
+prefetched) looks ahead in the array's order (``Presentation.following``, the order
+listings give) and queues the next files of its *stream*: a stream starts with a
+window of ``prefetch`` files; each read of a file the stream had in its window
+doubles the window, up to ``MAX_WINDOW_FACTOR`` times ``prefetch`` (a reader that
+keeps hitting gets enough fetches in flight to cover the backend's round trip); a
+read of any other file starts a new stream. Several readers of one array, each on
+its own part or interleaved, are several streams or one. Prefetches are queued
+when the read starts, not when it returns, so the window moves while the reader
+waits. Limits: the files prefetched and not read yet stay within a quarter of the
+block cache (they never evict what readers are about to read), a prefetch is made
+only when the block cache has room for it without waiting, and the queue holds
+what the workers can take. A branch move drops the queued and running prefetches
+of the generation it leaves (:meth:`Reads.drop_generation`).
+"""
 
 from __future__ import annotations
 
 import errno
 import functools
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
@@ -17,10 +36,19 @@ from vchunkfs.presentation.base import Presentation
 
 log = logging.getLogger("vchunkfs.fs")
 
-# on a cold read of a chunk file, fetch the array's next chunk files (``prefetch`` of
-# them) into the block cache, through the same icechunk get as any read, with at most
-# PREFETCH_WORKERS at once: the fetches overlap the reader's requests
-PREFETCH_WORKERS = 4
+# a stream's window grows to this many times the ``prefetch`` option (4 -> 32 files:
+# about the round trip over the file's transfer time of a 380 kB chunk at 100 ms,
+# docs/benchmarks-remote.md); as many prefetches run at once
+MAX_WINDOW_FACTOR = 8
+# files the streams expect to be read next, remembered at most (oldest forgotten)
+EXPECTED_FILES = 4096
+
+
+@dataclass
+class Stream:
+    """A reader's way through an array: how many files ahead to keep fetching."""
+
+    window: int
 
 
 class Call(Protocol):
@@ -39,6 +67,7 @@ class Reads:
     def __init__(self, cache: BlockCache, prefetch: int, call: Call, pcall: PCall) -> None:
         self.cache = cache
         self.prefetch = prefetch
+        self.max_window = prefetch * MAX_WINDOW_FACTOR
         self.call = call
         self.pcall = pcall
         self.files: dict[int, OpenFile] = {}
@@ -47,6 +76,10 @@ class Reads:
             | None = None
         # queued or fetched, not yet read -> size
         self.prefetching: dict[Hashable, int] = {}
+        self._expected: OrderedDict[Hashable, Stream] = OrderedDict()  # file -> its stream
+        self._running: dict[Hashable, trio.CancelScope] = {}  # prefetches being fetched
+        self.streams_started = 0
+        self.window_hits = 0  # reads of a file a stream had in its window
         self.wait_seconds = 0.0  # time reads spent waiting for bytes not in the cache
 
     def read_cached(self, fh: int, offset: int, length: int) -> bytes | memoryview | None:
@@ -84,15 +117,15 @@ class Reads:
             return await self._fetch(pres, path, off, n)
 
         cache_key = f.cache_key
-        # read ahead when this read fetches (a cold file) or is the first of a prefetched one
-        ahead = (self.prefetch_send is not None and f.size <= BLOCK_SIZE
-                 and (cache_key not in self.cache or cache_key in self.prefetching))
+        # read ahead when this read fetches (a cold file) or is the first of a prefetched
+        # one, before waiting for it: the window moves on while this read waits
+        if (self.prefetch_send is not None and f.size <= BLOCK_SIZE
+                and (cache_key not in self.cache or cache_key in self.prefetching)):
+            self.prefetching.pop(cache_key, None)
+            self._prefetch_after(pres, f.key.gen, path, cache_key)
         began = trio.current_time()
         data = await read_blocks(self.cache, cache_key, f.size, offset, length, fetch)
         self.wait_seconds += trio.current_time() - began
-        if ahead:
-            self.prefetching.pop(cache_key, None)
-            self._prefetch_after(pres, f.key.gen, path)
         return data
 
     async def _fetch(self, pres: Presentation, path: str, off: int, n: int,
@@ -112,64 +145,99 @@ class Reads:
 
     # -- prefetching ----------------------------------------------------------
 
-    def _prefetch_after(self, pres: Presentation, gen: str, path: str) -> None:
-        """Queue the files after ``path`` that are neither cached nor on their way."""
+    def _prefetch_after(self, pres: Presentation, gen: str, path: str, key: Hashable) -> None:
+        """Move the stream that expected ``path`` on (or start one), and queue the files
+        of its window that are neither cached nor on their way."""
         send = self.prefetch_send
-        ahead = self.prefetch
-        if send is None or ahead <= 0:
+        if send is None or self.prefetch <= 0:
             return
-        if len(self.prefetching) > 4 * (ahead + PREFETCH_WORKERS):
+        stream = self._expected.pop(key, None)
+        if stream is None:
+            stream = Stream(self.prefetch)
+            self.streams_started += 1
+        else:
+            self.window_hits += 1
+            stream.window = min(stream.window * 2, self.max_window)
+        if len(self.prefetching) > 4 * self.max_window:
             # prefetched files evicted or never read: forget them
             self.prefetching = {k: n for k, n in self.prefetching.items() if k in self.cache}
-        for next_path, size in pres.following(path, ahead):
-            key = (gen, pres.name, next_path)
-            if size <= 0 or size > BLOCK_SIZE or key in self.cache:
-                continue
-            if size > self.cache.max_bytes // (4 * ahead):
-                return  # the cache is too small to hold a window of files this big
-            if sum(self.prefetching.values()) + size > self.cache.max_bytes // 4:
-                return  # prefetched and unread already fill their share: evicting them
+        share = self.cache.max_bytes // 4
+        unread = sum(self.prefetching.values())
+        for next_path, size in pres.following(path, stream.window):
+            next_key = (gen, pres.name, next_path)
+            self._expected[next_key] = stream
+            self._expected.move_to_end(next_key)
+            if (size <= 0 or size > BLOCK_SIZE or next_key in self.cache
+                    or next_key in self.prefetching):
+                continue  # not a prefetch's, or cached, on its way or queued
+            if unread + size > share:
+                break  # prefetched and unread already fill their share: evicting them
                 # (or what readers are reading) to fetch more would only fetch twice
             try:
-                send.send_nowait((key, pres, next_path, size))
+                send.send_nowait((next_key, pres, next_path, size))
             except trio.WouldBlock:
-                return
-            self.prefetching[key] = size
+                break
+            self.prefetching[next_key] = size
+            unread += size
+        while len(self._expected) > EXPECTED_FILES:
+            self._expected.popitem(last=False)
+
+    def drop_generation(self, gen: str) -> None:
+        """Forget the streams of generation ``gen`` and cancel its prefetches, queued or
+        running (a branch moved on from it; readers still reading it start again)."""
+        def of_gen(k: Hashable) -> bool:
+            return isinstance(k, tuple) and bool(k) and k[0] == gen
+
+        self.prefetching = {k: n for k, n in self.prefetching.items() if not of_gen(k)}
+        for k in [k for k in self._expected if of_gen(k)]:
+            del self._expected[k]
+        for k, scope in self._running.items():
+            if of_gen(k):
+                scope.cancel()
 
     async def run_prefetcher(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                              ) -> None:
-        """Serve prefetches with PREFETCH_WORKERS tasks until cancelled (at unmount).
+        """Serve prefetches with ``max_window`` tasks until cancelled (at unmount).
 
         A prefetch is an ordinary read through the presentation (icechunk's get,
         with its authorization and changed-source checks) whose bytes go to the
         block cache; its errors are dropped (a reader of that file fetches it
         again, and sees its own error).
         """
+        workers = max(self.max_window, 1)
         send, receive = trio.open_memory_channel[tuple[Hashable, Presentation, str, int]](
-            max(self.prefetch, 1) * PREFETCH_WORKERS)
+            4 * workers)
 
         async def worker() -> None:
             async for key, pres, path, size in receive:
                 if key not in self.prefetching:
-                    continue  # read meanwhile
-                try:
-                    fetched = await self.cache.prefetch(key, size, functools.partial(
-                        self._fetch, pres, path, 0, size, quiet=True))
-                    if not fetched and key not in self.cache:
-                        self.prefetching.pop(key, None)  # no room: not made
-                except Exception as e:
+                    continue  # read or dropped meanwhile
+                with trio.CancelScope() as scope:
+                    self._running[key] = scope
+                    try:
+                        fetched = await self.cache.prefetch(key, size, functools.partial(
+                            self._fetch, pres, path, 0, size, quiet=True))
+                        if not fetched and key not in self.cache:
+                            self.prefetching.pop(key, None)  # no room: not made
+                    except Exception as e:
+                        self.prefetching.pop(key, None)
+                        log.debug("prefetch of %s: %s", path, _first_line(e))
+                    finally:
+                        if self._running.get(key) is scope:
+                            del self._running[key]
+                if scope.cancelled_caught:
                     self.prefetching.pop(key, None)
-                    log.debug("prefetch of %s: %s", path, _first_line(e))
 
         try:
             async with trio.open_nursery() as nursery:
-                for _ in range(PREFETCH_WORKERS):
+                for _ in range(workers):
                     nursery.start_soon(worker)
                 self.prefetch_send = send
                 task_status.started()
         finally:
             self.prefetch_send = None
             self.prefetching.clear()
+            self._expected.clear()
 
     def release(self, fh: int) -> None:
         self.files.pop(fh, None)

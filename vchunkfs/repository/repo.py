@@ -96,6 +96,21 @@ class ContainerInfo:
     store: str  # icechunk's description of the object store config
 
 
+# A fetch of up to this many bytes is one request. icechunk splits a fetch of a
+# virtual chunk by the *repository storage's* concurrency settings, and its local
+# file system storage asks for requests of 4 KiB and more, five at once: a 380 kB
+# OISST chunk on S3 became five range GETs (527 requests for 124 chunks, four times
+# the server's work; docs/benchmarks-remote.md). The daemon reads at most 8 MiB
+# blocks and brings its own concurrency (the prefetcher); icechunk's S3 default.
+REQUEST_BYTES = 12 * 1024 * 1024
+
+
+def one_request_per_block() -> ic.StorageSettings:
+    """Storage settings that fetch each chunk (or 8 MiB block) in one request."""
+    return ic.StorageSettings(concurrency=ic.StorageConcurrencySettings(
+        max_concurrent_requests_for_object=18, ideal_concurrent_request_size=REQUEST_BYTES))
+
+
 class Repo:
     """An Icechunk repository opened with a reader's authorization."""
 
@@ -122,6 +137,9 @@ class Repo:
         auth = authorization or Authorization()
         opts = storage_options or StorageOptions()
         storage = make_storage(location, opts)
+        config = config or ic.RepositoryConfig.default()
+        if config.storage is None:
+            config.storage = one_request_per_block()
         try:
             repo = await ic.Repository.open_async(
                 storage, config=config, authorize_virtual_chunk_access=auth.to_icechunk())

@@ -31,6 +31,7 @@ import asyncio
 import itertools
 import json
 import re
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -223,6 +224,11 @@ class SnapshotView:
         # whole-array indexes of arrays with at most PINNED_INDEX_CHUNKS chunks (28 bytes
         # a chunk): built on the first stat, they answer every later one without I/O
         self._pinned_indexes: dict[str, ChunkIndex] = {}
+        # every index built and still held (by the pinned ones or the bounded index
+        # cache), readable from any thread: the prefetcher follows an array with it
+        # whoever built it (a listing as well as a stat)
+        self._held_indexes: weakref.WeakValueDictionary[str, ChunkIndex] = \
+            weakref.WeakValueDictionary()
         self._index_builds: dict[str, asyncio.Future[ChunkIndex]] = {}
 
     @classmethod
@@ -358,7 +364,7 @@ class SnapshotView:
         """(coords, size) of the next ``n`` stored chunks after ``coords`` in ``array``;
         ``[]`` when that needs I/O. Thread-safe, like :meth:`stat_known`."""
         grid = self._grids.get(array)
-        index = self._pinned_indexes.get(array)
+        index = self._pinned_indexes.get(array) or self._held_indexes.get(array)
         if grid is None or index is None:
             return []
         return [(_unravel(lin, grid.grid_shape), size)
@@ -575,6 +581,7 @@ class SnapshotView:
             pending.add_done_callback(lambda _: self._index_builds.pop(array, None))
         index = await asyncio.shield(pending)
         self.caches.indexes[cache_key] = index
+        self._held_indexes[array] = index
         return index
 
     async def _build_index_within(self, array: str, grid: ChunkGrid) -> ChunkIndex:
