@@ -14,6 +14,7 @@ import icechunk as ic
 import numpy as np
 import pytest
 import trio
+import trio.testing
 import zarr
 from datasets import BuiltRepo, build_repo
 from hypothesis import HealthCheck, settings
@@ -97,14 +98,14 @@ class Harness:
             self.commits + 1)
         return s.commit(f"native x{self.commits + 1}")
 
-    def expected(self, snapshot_id: str) -> dict[str, bytes]:
-        """The bytes of KEYS in a snapshot, through icechunk's own store."""
+    def expected(self, snapshot_id: str, keys: list[str] = KEYS) -> dict[str, bytes]:
+        """The bytes of ``keys`` in a snapshot, through icechunk's own store."""
         repo = ic.Repository.open(ic.local_filesystem_storage(str(self.path)),
                                   authorize_virtual_chunk_access={
                                       self.built.container_prefix: LOCAL_ACCESS})
         store = repo.readonly_session(snapshot_id=snapshot_id).store
         out = {}
-        for key in KEYS:
+        for key in keys:
             buf = self.bridge.run(lambda key=key: store.get(key, default_buffer_prototype()))
             assert buf is not None, key
             out[key] = buf.to_bytes()
@@ -221,6 +222,7 @@ async def test_cached_and_inflight_bytes_stay_within_the_cache() -> None:
     highest = 0
     running = 0
     most_running = 0
+    release = trio.Event()  # holds the first fetches until the prefetch was tried
 
     def fetcher(i: int) -> Callable[[], Awaitable[bytes]]:
         async def fetch() -> bytes:
@@ -228,6 +230,7 @@ async def test_cached_and_inflight_bytes_stay_within_the_cache() -> None:
             running += 1
             most_running = max(most_running, running)
             highest = max(highest, cache.current_bytes + cache.inflight_bytes)
+            await release.wait()
             await trio.sleep(0.01 * (i % 3))
             running -= 1
             return bytes([i]) * 300
@@ -242,9 +245,11 @@ async def test_cached_and_inflight_bytes_stay_within_the_cache() -> None:
     async with trio.open_nursery() as n:
         for i in range(20):
             n.start_soon(reader, i)
-        await trio.sleep(0)
+        await trio.testing.wait_all_tasks_blocked()
         # three fetches in flight hold 1,800 of 2,000 bytes: no room for a prefetch
+        assert running == 3
         assert not await cache.prefetch("p", 300, fetcher(99))
+        release.set()
     assert got == {i: bytes([i]) * 300 for i in range(20)}
     assert highest <= 2000 and most_running == 3
     assert cache.current_bytes <= 2000 and cache.inflight_bytes == 0
@@ -292,6 +297,26 @@ async def test_a_prefetch_that_fails_leaves_reads_right(template, tmp_path, brid
         h.plan.clear()
         assert await read_file(h.ns, "sst/c/1/0/0/0")
         n.cancel_scope.cancel()
+
+
+async def test_a_reader_going_backward_is_read_ahead_of(template, tmp_path, bridge) -> None:
+    """Dask reads an array's chunks backward (string order, descending): a stream's
+    first read looks both ways and its first hit turns it backward."""
+    h = Harness(template, tmp_path, bridge, prefetch=2)
+    await h.ns.start()
+    names = [f"field/c/{i}/{j}" for i in range(4) for j in range(3)][::-1]
+    want = h.expected(h.built.snapshots["day1"], names)
+    async with trio.open_nursery() as n:
+        await n.start(h.ns.run_prefetcher)
+        for name in names:
+            assert await read_file(h.ns, name) == want[name], name
+            await trio.sleep(0.05)  # the reader's own work between chunks
+        stats = h.ns.stats()
+        n.cancel_scope.cancel()
+    # the first read fetches; every later one finds its file prefetched
+    assert stats["prefetch_used"] == len(names) - 1, stats
+    assert stats["cache_misses"] == 1, stats
+    assert stats["prefetch_wasted"] == 0, stats
 
 
 # -- following branches ------------------------------------------------------

@@ -59,8 +59,9 @@ mount options (-o opt[,opt...]):
                         or listing still waiting then fails with EIO, the log names the
                         call, and the mount keeps serving (default 30; 0: none)
   prefetch=N            after a cold read of a chunk file, fetch the array's next N
-                        chunk files into the daemon's cache; the window doubles while
-                        the reader reads on in order, up to 8N (default 4; 0: off)
+                        chunk files into the daemon's cache (and N/2 before it, for
+                        readers that go backward); the window doubles while the
+                        reader reads on in order, up to 8N (default 4; 0: off)
   allow_other           let other users read the mount (needs user_allow_other in
                         /etc/fuse.conf for non-root)
   uid=N, gid=N          owner shown for every file (default: the mounting user)

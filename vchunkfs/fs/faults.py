@@ -180,8 +180,8 @@ class FaultyPresentation:
     def stat_known(self, path: str) -> Entry | Unknown | None:
         return self.inner.stat_known(path)
 
-    def following(self, path: str, n: int) -> list[tuple[str, int]]:
-        return self.inner.following(path, n)
+    def following(self, path: str, n: int, backward: bool = False) -> list[tuple[str, int]]:
+        return self.inner.following(path, n, backward)
 
     async def list_dir(self, path: str) -> list[Entry]:
         return await self.plan.around("list_dir", path, lambda: self.inner.list_dir(path))

@@ -4,18 +4,21 @@
 The prefetcher hides the backend's latency from readers that read chunk files one
 after the other. The first read of a chunk file that is not cached (or that was
 prefetched) looks ahead in the array's order (``Presentation.following``, the order
-listings give) and queues the next files of its *stream*: a stream starts with a
-window of ``prefetch`` files; each read of a file the stream had in its window
-doubles the window, up to ``MAX_WINDOW_FACTOR`` times ``prefetch`` (a reader that
-keeps hitting gets enough fetches in flight to cover the backend's round trip); a
-read of any other file starts a new stream. Several readers of one array, each on
-its own part or interleaved, are several streams or one. Prefetches are queued
-when the read starts, not when it returns, so the window moves while the reader
-waits. Limits: the files prefetched and not read yet stay within a quarter of the
-block cache (they never evict what readers are about to read), a prefetch is made
-only when the block cache has room for it without waiting, and the queue holds
-what the workers can take. A branch move drops the queued and running prefetches
-of the generation it leaves (:meth:`Reads.drop_generation`).
+listings give) and queues the next files of its *stream*. A read of a file no stream
+expected starts a stream, which looks both ways: ``prefetch`` files forward and half
+as many backward (Dask, under ``xarray.load()``, reads an array's chunks backward in
+the string order of their keys: 9, 8, ..., 4, 30, 3, 29, ...). Each read of a file a
+stream had in its window sets the stream's direction to that file's side and doubles
+the window, up to ``MAX_WINDOW_FACTOR`` times ``prefetch`` (a reader that keeps
+hitting gets enough fetches in flight to cover the backend's round trip). Several
+readers of one array, each on its own part or interleaved, are several streams or
+one. Prefetches are queued when the read starts, not when it returns, so the window
+moves while the reader waits. Limits: the files prefetched and not read yet stay
+within a quarter of the block cache (they never evict what readers are about to
+read), a prefetch is made only when the block cache has room for it without
+waiting, and the queue holds what the workers can take. A branch move drops the
+queued and running prefetches of the generation it leaves
+(:meth:`Reads.drop_generation`).
 """
 
 from __future__ import annotations
@@ -44,11 +47,16 @@ MAX_WINDOW_FACTOR = 8
 EXPECTED_FILES = 4096
 
 
+FORWARD, BACKWARD = 1, -1
+
+
 @dataclass
 class Stream:
-    """A reader's way through an array: how many files ahead to keep fetching."""
+    """A reader's way through an array: how many files ahead to keep fetching, and
+    which way (``FORWARD`` or ``BACKWARD`` in array order; 0 until its first hit)."""
 
     window: int
+    direction: int = 0
 
 
 class Call(Protocol):
@@ -76,7 +84,8 @@ class Reads:
             | None = None
         # queued or fetched, not yet read -> size
         self.prefetching: dict[Hashable, int] = {}
-        self._expected: OrderedDict[Hashable, Stream] = OrderedDict()  # file -> its stream
+        # file -> the stream that expects it, and the side of the stream it lies on
+        self._expected: OrderedDict[Hashable, tuple[Stream, int]] = OrderedDict()
         self._running: dict[Hashable, trio.CancelScope] = {}  # prefetches being fetched
         self.streams_started = 0
         self.window_hits = 0  # reads of a file a stream had in its window
@@ -151,28 +160,40 @@ class Reads:
         send = self.prefetch_send
         if send is None or self.prefetch <= 0:
             return
-        stream = self._expected.pop(key, None)
-        if stream is None:
+        found = self._expected.pop(key, None)
+        if found is None:
             stream = Stream(self.prefetch)
             self.streams_started += 1
+            ahead = _interleave(pres.following(path, stream.window),
+                                pres.following(path, max(1, stream.window // 2), True))
+            sides = [FORWARD, BACKWARD]
         else:
+            stream, side = found
             self.window_hits += 1
+            stream.direction = side
             stream.window = min(stream.window * 2, self.max_window)
+            ahead = [(p, n, side) for p, n in pres.following(path, stream.window,
+                                                             side == BACKWARD)]
+            sides = [side]
         if len(self.prefetching) > 4 * self.max_window:
             # prefetched files evicted or never read: forget them
             self.prefetching = {k: n for k, n in self.prefetching.items() if k in self.cache}
         share = self.cache.max_bytes // 4
         unread = sum(self.prefetching.values())
-        for next_path, size in pres.following(path, stream.window):
+        for next_path, size, side in ahead:
+            if side not in sides:
+                continue  # that side filled the share or the queue
             next_key = (gen, pres.name, next_path)
-            self._expected[next_key] = stream
+            self._expected[next_key] = (stream, side)
             self._expected.move_to_end(next_key)
             if (size <= 0 or size > BLOCK_SIZE or next_key in self.cache
                     or next_key in self.prefetching):
                 continue  # not a prefetch's, or cached, on its way or queued
             if unread + size > share:
-                break  # prefetched and unread already fill their share: evicting them
-                # (or what readers are reading) to fetch more would only fetch twice
+                # prefetched and unread already fill their share: evicting them (or
+                # what readers are reading) to fetch more would only fetch twice
+                sides.remove(side)
+                continue
             try:
                 send.send_nowait((next_key, pres, next_path, size))
             except trio.WouldBlock:
@@ -241,6 +262,18 @@ class Reads:
 
     def release(self, fh: int) -> None:
         self.files.pop(fh, None)
+
+
+def _interleave(forward: list[tuple[str, int]], backward: list[tuple[str, int]]
+                ) -> list[tuple[str, int, int]]:
+    """Both sides of a new stream, nearest first: f1, b1, f2, b2, ..."""
+    out: list[tuple[str, int, int]] = []
+    for i in range(max(len(forward), len(backward))):
+        if i < len(forward):
+            out.append((*forward[i], FORWARD))
+        if i < len(backward):
+            out.append((*backward[i], BACKWARD))
+    return out
 
 
 def _first_line(e: BaseException) -> str:

@@ -33,9 +33,10 @@ class Presentation(Protocol):
         """``stat`` without I/O, from any thread, or ``UNKNOWN`` (then call ``stat``)."""
         ...
 
-    def following(self, path: str, n: int) -> list[tuple[str, int]]:
+    def following(self, path: str, n: int, backward: bool = False) -> list[tuple[str, int]]:
         """(path, size) of up to ``n`` files a reader of ``path`` is likely to read
-        next (the array's next stored chunks), without I/O; ``[]`` if unknown."""
+        next (the array's next stored chunks; ``backward``: the previous ones, the
+        nearest first), without I/O; ``[]`` if unknown."""
         ...
 
     async def list_dir(self, path: str) -> list[Entry]: ...
@@ -57,8 +58,8 @@ class ZarrV3Presentation:
     def stat_known(self, path: str) -> Entry | Unknown | None:
         return self.view.stat_known(path)
 
-    def following(self, path: str, n: int) -> list[tuple[str, int]]:
-        return self.view.following_chunks(path, n)
+    def following(self, path: str, n: int, backward: bool = False) -> list[tuple[str, int]]:
+        return self.view.following_chunks(path, n, backward)
 
     async def list_dir(self, path: str) -> list[Entry]:
         return await self.view.list_dir(path)

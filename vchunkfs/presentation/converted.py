@@ -116,7 +116,7 @@ class ConvertedPresentation:
         assert form.chain is not None
         return Entry(name, False, form.chain.decoded_nbytes if self.decoded else stored.size)
 
-    def following(self, path: str, n: int) -> list[tuple[str, int]]:
+    def following(self, path: str, n: int, backward: bool = False) -> list[tuple[str, int]]:
         found = self.view.locate(path, self.nodes)
         form = self._forms.get(found[0].path) if found and found[0].kind == "array" else None
         if found is None or form is None or form.grid is None or form.chain is None:
@@ -127,7 +127,8 @@ class ConvertedPresentation:
             return []
         return [(SnapshotView.chunk_key(node.path, form.grid, coords),
                  form.chain.decoded_nbytes if self.decoded else size)
-                for coords, size in self.view.following_coords(node.path, parsed.coords, n)]
+                for coords, size in self.view.following_coords(node.path, parsed.coords, n,
+                                                               backward)]
 
     async def list_dir(self, path: str) -> list[Entry]:
         where = await self._resolve(path)

@@ -172,6 +172,14 @@ class ChunkIndex:
         return [(int(a), int(b)) for a, b in zip(self.linear[lo:lo + n],
                                                   self.lengths[lo:lo + n], strict=True)]
 
+    def before(self, linear: int, n: int) -> list[tuple[int, int]]:
+        """(linear index, size) of the last ``n`` stored chunks before ``linear``, the
+        nearest first."""
+        hi = int(np.searchsorted(self.linear, linear, side="left"))
+        lo = max(0, hi - n)
+        return [(int(a), int(b)) for a, b in zip(self.linear[lo:hi][::-1],
+                                                  self.lengths[lo:hi][::-1], strict=True)]
+
     def range(self, start: int, stop: int) -> list[tuple[int, int]]:
         """(linear index, size) of every stored chunk with ``start <= linear < stop``."""
         lo = int(np.searchsorted(self.linear, start))
@@ -343,9 +351,11 @@ class SnapshotView:
         size = index.size(grid.linear(parsed.coords))
         return None if size is None else Entry(name, False, size)
 
-    def following_chunks(self, key: str, n: int) -> list[tuple[str, int]]:
-        """(key, size) of the next ``n`` stored chunks of the array after chunk ``key``,
-        in the order of their linear index; ``[]`` when that needs I/O (no pinned index).
+    def following_chunks(self, key: str, n: int, backward: bool = False
+                         ) -> list[tuple[str, int]]:
+        """(key, size) of the next ``n`` stored chunks of the array after chunk ``key``
+        (``backward``: before it, the nearest first), in the order of their linear index;
+        ``[]`` when that needs I/O (no index held).
 
         Safe to call from any thread, like :meth:`stat_known`.
         """
@@ -358,17 +368,21 @@ class SnapshotView:
         if grid is None or parsed is None or not parsed.is_chunk:
             return []
         return [(self.chunk_key(node.path, grid, coords), size)
-                for coords, size in self.following_coords(node.path, parsed.coords, n)]
+                for coords, size in self.following_coords(node.path, parsed.coords, n,
+                                                          backward)]
 
-    def following_coords(self, array: str, coords: Coords, n: int) -> list[tuple[Coords, int]]:
-        """(coords, size) of the next ``n`` stored chunks after ``coords`` in ``array``;
-        ``[]`` when that needs I/O. Thread-safe, like :meth:`stat_known`."""
+    def following_coords(self, array: str, coords: Coords, n: int, backward: bool = False
+                         ) -> list[tuple[Coords, int]]:
+        """(coords, size) of the next ``n`` stored chunks after ``coords`` in ``array``
+        (``backward``: before it, the nearest first); ``[]`` when that needs I/O.
+        Thread-safe, like :meth:`stat_known`."""
         grid = self._grids.get(array)
         index = self._pinned_indexes.get(array) or self._held_indexes.get(array)
         if grid is None or index is None:
             return []
-        return [(_unravel(lin, grid.grid_shape), size)
-                for lin, size in index.after(grid.linear(coords), n)]
+        lin = grid.linear(coords)
+        near = index.before(lin, n) if backward else index.after(lin, n)
+        return [(_unravel(lin, grid.grid_shape), size) for lin, size in near]
 
     async def stat(self, key: str) -> Entry | None:
         """The entry ``key`` names, with its exact size, or None if there is none."""
