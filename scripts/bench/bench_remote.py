@@ -249,12 +249,15 @@ class Env:
     work: Path
     mount_options: tuple[str, ...]
     last_stats: dict[str, Any] = field(default_factory=dict)
+    baseline_src: Path | None = None  # another vchunkfs source tree, for "base-" contestants
+    on_baseline: bool = False  # the next mount runs the daemon of baseline_src
 
     @contextlib.contextmanager
     def mount(self) -> Iterator[Path]:
         mnt = self.work / "mnt"
+        env = {"PYTHONPATH": str(self.baseline_src)} if self.on_baseline else None
         with mounted(self.repo, mnt, f"authorize={PREFIX}", "presentation=v3+v2-decoded",
-                     *self.mount_options, log=self.work / "daemon.log") as m:
+                     *self.mount_options, env=env, log=self.work / "daemon.log") as m:
             os.listdir(m.path / "v3")  # mounted and answering: not timed
             drop_caches()
             try:
@@ -410,6 +413,19 @@ def obstore_get(env: Env, concurrent: bool, endpoint: str | None = None) -> int:
     return asyncio.run(main())
 
 
+def on_baseline(fn: Callable[[Env], int]) -> Callable[[Env], int]:
+    """``fn`` with its mount served by the daemon of ``--baseline-src``."""
+    def run(env: Env) -> int:
+        if env.baseline_src is None:
+            raise RuntimeError("base- contestants need --baseline-src")
+        env.on_baseline = True
+        try:
+            return fn(env)
+        finally:
+            env.on_baseline = False
+    return run
+
+
 CONTESTANTS: dict[str, tuple[str, Callable[[Env], int]]] = {
     "mount-readdir": ("mount, readdir order (1 reader)", mount_readdir),
     "mount-array": ("mount, array order (1 reader)", mount_array),
@@ -429,6 +445,10 @@ CONTESTANTS: dict[str, tuple[str, Callable[[Env], int]]] = {
     "obstore-gather": ("obstore GETs through the proxy, concurrent",
                        lambda e: obstore_get(e, True)),
 }
+# the mount's contestants again, served by the daemon of --baseline-src (before)
+BASE_OF = ("mount-readdir", "mount-array", "mount-8", "xarray-mount")
+CONTESTANTS.update({f"base-{n}": (f"{CONTESTANTS[n][0]}, before", on_baseline(CONTESTANTS[n][1]))
+                    for n in BASE_OF})
 
 
 # -- measuring ---------------------------------------------------------------------
@@ -499,7 +519,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     files = build()
     chunks = chunk_list(files)
     total = sum(c.length for c in chunks)
-    names = [n for n in CONTESTANTS if not args.only or n in args.only.split(",")]
+    names = [n for n in CONTESTANTS if (not args.only or n in args.only.split(","))
+             and (args.baseline_src or not n.startswith("base-"))]
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
                     "python": platform.python_version(), "kernel": platform.release()},
@@ -510,6 +531,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      text=True).stdout.strip()),
         "chunks": len(chunks), "chunk_bytes": total, "runs": args.runs,
         "bandwidth": args.bandwidth, "mount_options": args.mount_options, "delays": {},
+        "baseline_src": str(args.baseline_src or ""),
     }
     work = Path(tempfile.mkdtemp(prefix="bench-remote-"))
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -532,7 +554,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 options = tuple(o for o in args.mount_options.split(",") if o)
                 if args.prefetch is not None:
                     options += (f"prefetch={args.prefetch}",)
-                env = Env(repo, chunks, proxy, s3, work, options)
+                env = Env(repo, chunks, proxy, s3, work, options,
+                          baseline_src=args.baseline_src)
                 print(f"{len(chunks)} chunks, {total / 1e6:.1f} MB; commit {results['commit']}"
                       f"{' (vchunkfs/ modified)' if results['dirty'] else ''}", flush=True)
                 if any(n.startswith("xarray") for n in names):
@@ -622,6 +645,8 @@ def markdown(results: dict[str, Any]) -> str:
              f"Commit {results['commit']}{' (vchunkfs/ modified)' if results['dirty'] else ''}"
              f", {results['chunks']} chunk files ({results['chunk_bytes'] / 1e6:.1f} MB), "
              f"medians of {results['runs']} run(s); no bandwidth cap", ""]
+    if results.get("baseline_src"):
+        lines += [f"\"before\": the daemon of {results['baseline_src']}", ""]
     if "ceiling" in results:
         lines += ["Server ceiling (no proxy, no delay):", "",
                   "| GETs straight to moto | median s | spread | MB/s | moto CPU s |",
@@ -665,6 +690,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--only", default="",
                    help="contestants to run, comma-separated, from: "
                         + ", ".join([*CONTESTANTS, "ceiling"]))
+    p.add_argument("--baseline-src", type=Path,
+                   help="a vchunkfs source tree (e.g. `git archive` of the commit before) "
+                        "whose daemon serves the base-* contestants: the mount's readers "
+                        "again, before the change")
     p.add_argument("--out", type=Path, help="write the markdown report here too")
     p.add_argument("--json", type=Path, help="write every sample as JSON here")
     args = p.parse_args(argv)
