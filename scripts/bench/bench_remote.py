@@ -33,6 +33,9 @@ page cache dropped when /proc/sys/vm/drop_caches is writable):
   obstore, sequential /   ``obstore.get_range_async`` of the same byte ranges of
   obstore, concurrent     the netCDF objects through the proxy: the network and
                           server limit without icechunk
+  ingest / ingest-guide   ``vchunkfs ingest`` of the 31 files through the proxy into
+                          a new repository, and the Icechunk guide's Python
+                          (VirtualiZarr, ``xr.concat``, ``to_icechunk``) doing the same
 
 and, once, without the proxy: obstore sequential and concurrent GETs straight to
 moto (the server's own ceiling: moto is a Python server, CPU-bound on 2 cores).
@@ -250,12 +253,16 @@ class Env:
     mount_options: tuple[str, ...]
     last_stats: dict[str, Any] = field(default_factory=dict)
     baseline_src: Path | None = None  # another vchunkfs source tree, for "base-" contestants
+    clock: tuple[float, float] | None = None  # a contestant's own timing, if it keeps one
     on_baseline: bool = False  # the next mount runs the daemon of baseline_src
 
     @contextlib.contextmanager
     def mount(self) -> Iterator[Path]:
         mnt = self.work / "mnt"
-        env = {"PYTHONPATH": str(self.baseline_src)} if self.on_baseline else None
+        # PYTHONSAFEPATH: ``python -m`` would otherwise put the working directory (this
+        # tree) before PYTHONPATH, and the "before" daemon would run this tree's code
+        env = ({"PYTHONPATH": str(self.baseline_src), "PYTHONSAFEPATH": "1"}
+               if self.on_baseline else None)
         with mounted(self.repo, mnt, f"authorize={PREFIX}", "presentation=v3+v2-decoded",
                      *self.mount_options, env=env, log=self.work / "daemon.log") as m:
             os.listdir(m.path / "v3")  # mounted and answering: not timed
@@ -413,6 +420,33 @@ def obstore_get(env: Env, concurrent: bool, endpoint: str | None = None) -> int:
     return asyncio.run(main())
 
 
+def ingest_vchunkfs(env: Env) -> int:
+    """``vchunkfs ingest`` of the 31 files through the proxy into a new repository
+    (``init`` before the clock, as a daily job's repository exists already)."""
+    repo = env.work / "ingested"
+    shutil.rmtree(repo, ignore_errors=True)
+    cli("init", str(repo))
+    t0 = time.monotonic()
+    cli("ingest", str(repo), f"{PREFIX}*.nc", "--concat-dim", "time", "--container", PREFIX,
+        "--source-endpoint", env.proxy.url, "--source-region", env.s3.region)
+    env.clock = (t0, time.monotonic())
+    return 0
+
+
+def ingest_guide(env: Env) -> int:
+    """The Icechunk guide's Python (VirtualiZarr, ``xr.concat``, ``to_icechunk``) on the
+    same files through the proxy: scripts/bench/bench_ingest.py's ``GUIDE_S3``."""
+    from bench_ingest import GUIDE_S3
+
+    repo = env.work / "ingested-guide"
+    shutil.rmtree(repo, ignore_errors=True)
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", GUIDE_S3, BUCKET, "oisst/", env.proxy.url, str(repo)],
+                   check=True, capture_output=True)
+    env.clock = (t0, time.monotonic())
+    return 0
+
+
 def on_baseline(fn: Callable[[Env], int]) -> Callable[[Env], int]:
     """``fn`` with its mount served by the daemon of ``--baseline-src``."""
     def run(env: Env) -> int:
@@ -444,6 +478,8 @@ CONTESTANTS: dict[str, tuple[str, Callable[[Env], int]]] = {
                     lambda e: obstore_get(e, False)),
     "obstore-gather": ("obstore GETs through the proxy, concurrent",
                        lambda e: obstore_get(e, True)),
+    "ingest": ("vchunkfs ingest of the 31 files", ingest_vchunkfs),
+    "ingest-guide": ("the guide's Python ingest of the 31 files", ingest_guide),
 }
 # the mount's contestants again, served by the daemon of --baseline-src (before)
 BASE_OF = ("mount-readdir", "mount-array", "mount-8", "xarray-mount")
@@ -510,6 +546,9 @@ def sample(env: Env, fn: Callable[[Env], int]) -> Sample:
         env.mount = orig_mount  # type: ignore[method-assign]
     if "t0" in timing:
         t0, t1, mark = timing["t0"], timing["t1"], int(timing["mark"])
+    elif env.clock is not None:
+        t0, t1 = env.clock
+        env.clock = None
     return Sample(t1 - t0, n, env.proxy.window(mark, t0, t1),
                   (b1 - b0) / max(1, a1 - a0), dict(env.last_stats),
                   process_cpu(env.s3.pid) - moto0)

@@ -8,8 +8,8 @@ listings give) and queues the next files of its *stream*. A read of a file no st
 expected starts a stream, which looks both ways: ``prefetch`` files forward and half
 as many backward (Dask, under ``xarray.load()``, reads an array's chunks backward in
 the string order of their keys: 9, 8, ..., 4, 30, 3, 29, ...). Each read of a file a
-stream had in its window sets the stream's direction to that file's side and doubles
-the window, up to ``MAX_WINDOW_FACTOR`` times ``prefetch`` (a reader that keeps
+stream had in its window sets the stream's direction to that file's side and grows
+the window fourfold, up to ``MAX_WINDOW_FACTOR`` times ``prefetch`` (a reader that keeps
 hitting gets enough fetches in flight to cover the backend's round trip). Several
 readers of one array, each on its own part or interleaved, are several streams or
 one. Prefetches are queued when the read starts, not when it returns, so the window
@@ -39,6 +39,9 @@ from vchunkfs.presentation.base import Presentation
 
 log = logging.getLogger("vchunkfs.fs")
 
+# a stream's window grows by this factor on each hit: an array's files are all queued
+# after two hits, so a reader pays about two round trips per array, not four
+WINDOW_GROWTH = 4
 # a stream's window grows to this many times the ``prefetch`` option (4 -> 32 files:
 # about the round trip over the file's transfer time of a 380 kB chunk at 100 ms,
 # docs/benchmarks-remote.md); as many prefetches run at once
@@ -171,7 +174,7 @@ class Reads:
             stream, side = found
             self.window_hits += 1
             stream.direction = side
-            stream.window = min(stream.window * 2, self.max_window)
+            stream.window = min(stream.window * WINDOW_GROWTH, self.max_window)
             ahead = [(p, n, side) for p, n in pres.following(path, stream.window,
                                                              side == BACKWARD)]
             sides = [side]
