@@ -29,7 +29,15 @@ import pytest
 import zarr
 from datasets import Ref, build_s3_repo
 from mounting import mounted
-from servers import PASS, fault_proxy, moto_s3_server, phased, random_schedule
+from servers import (
+    PASS,
+    Fault,
+    fault_proxy,
+    moto_s3_server,
+    moves_a_branch,
+    phased,
+    random_schedule,
+)
 
 from vchunkfs.control import Client
 from vchunkfs.control.client import ControlError
@@ -264,4 +272,88 @@ def test_faults_on_moto_through_a_real_mount(tmp_path: Path) -> None:
     assert past == 0
     assert not tally.other_errors, tally.other_errors[:10]
     assert moved > 0 and ctl["commits"] > 0 and tally.ok > 0
+    assert "Traceback" not in m.log_text(), m.log_text()[-3000:]
+
+
+def test_a_control_commit_whose_reply_is_lost(tmp_path: Path) -> None:
+    """Through a real mount: the conditional PUT that moves ``dev`` reaches moto and its
+    reply is cut, and icechunk's retries never arrive, so icechunk raises although the
+    branch moved. The control client gets success with the snapshot that is now the
+    head, holding the staged ref; the next stage + commit works. A branch update that
+    never reaches moto is an error, the head unchanged and the changes still staged."""
+    with moto_s3_server() as s3, fault_proxy((s3.host, s3.port)) as proxy:
+        via = dataclasses.replace(s3, endpoint_url=proxy.url, port=proxy.port)
+        built, env = build_s3_repo(via, tmp_path / "src")
+        local = {p.name: p for p in built.sources}
+        direct = ic.s3_storage(bucket="repos", prefix="r", region=s3.region,
+                               endpoint_url=s3.endpoint_url, allow_http=True,
+                               force_path_style=True, access_key_id=s3.access_key_id,
+                               secret_access_key=s3.secret_access_key)
+
+        def dev_history() -> list[tuple[str, dict[str, object]]]:
+            return [(i.id, i.metadata)
+                    for i in ic.Repository.open(direct).ancestry(branch="dev")]
+
+        updates: list[str] = []
+
+        def lose(first: str) -> None:
+            """Branch updates: the first ``first`` (reset: reaches moto, reply cut;
+            drop: never reaches it), icechunk's retries dropped."""
+            updates.clear()
+
+            def schedule(line: str) -> Fault | None:
+                if not moves_a_branch(line):
+                    return None
+                updates.append(line)
+                return Fault(first if len(updates) == 1 else "drop", cut=0)
+
+            proxy.request_schedule = schedule
+
+        day1 = {r.key: r for r in built.refs["day1"]}
+        pairs = [(r, day1[r.key]) for r in built.refs["v1"] if r.key.startswith("sst/")]
+        sock = tmp_path / "ctl.sock"
+        with mounted("s3://repos/r", tmp_path / "m", f"endpoint_url={proxy.url}",
+                     "authorize=s3://archive/nc/=env", f"timeout={TIMEOUT:g}",
+                     f"control_socket={sock}", env=env) as m, \
+                Client(str(sock), timeout=120) as c:
+
+            def check(snap: str, ref: Ref) -> None:
+                got = (m.path / ".vchunkfs" / "snapshots" / snap / ref.key).read_bytes()
+                assert got == source_bytes(local, ref), (snap, ref.key)
+
+            # 1. the reply is lost: success, with the snapshot that landed
+            _, ref = pairs[0]
+            c.set_virtual_ref(ref.key, ref.location, ref.offset, ref.length, branch="dev")
+            lose("reset")
+            snap = c.commit("lost reply", branch="dev")
+            proxy.request_schedule = None
+            assert len(updates) > 1  # icechunk retried, and gave up
+            (head, meta), *_ = dev_history()
+            assert snap == head and "vchunkfs:commit_token" in meta
+            check(snap, ref)
+            assert "landed although the commit call failed" in m.log_text()
+            # the writer moved on: nothing staged, the next commit builds on it
+            assert c.call("changes", branch="dev")["changed"] is False
+            _, ref2 = pairs[1]
+            c.set_virtual_ref(ref2.key, ref2.location, ref2.offset, ref2.length, branch="dev")
+            snap2 = c.commit("after the lost reply", branch="dev")
+            assert [i for i, _ in dev_history()[:2]] == [snap2, snap]
+            check(snap2, ref)
+            check(snap2, ref2)
+
+            # 2. the update never reaches moto: an error, and the head stays
+            old, _ = pairs[2]
+            c.set_virtual_ref(old.key, old.location, old.offset, old.length, branch="dev")
+            before = dev_history()
+            lose("drop")
+            with pytest.raises(ControlError) as failed:
+                c.commit("never lands", branch="dev")
+            proxy.request_schedule = None
+            assert failed.value.code == "backend", failed.value
+            assert dev_history() == before
+            assert c.call("changes", branch="dev")["changed"] is True
+            snap3 = c.commit("lands", branch="dev")
+            assert dev_history()[0][0] == snap3 and dev_history()[1:] == before
+            check(snap3, old)
+        assert m.proc.returncode == 0
     assert "Traceback" not in m.log_text(), m.log_text()[-3000:]
