@@ -360,7 +360,11 @@ class Writer:
                 # retried conditional update refused because the first one landed):
                 # only the branch itself can tell
                 failure = self._commit_failure(e)
-                landed = await self._find_landed(token, base, failure)
+                # a conflict proves the branch moved under the commit, and icechunk
+                # recognizes its own update when a retry of it is refused: if the branch
+                # cannot be read, the conflict stands (anything else is unknown)
+                landed = await self._find_landed(
+                    token, base, failure, must_tell=not isinstance(failure, ConflictError))
                 if landed is None:
                     raise failure from e
                 log.warning("commit %s on %s landed although the commit call failed (%s)",
@@ -397,14 +401,16 @@ class Writer:
             return BackendError(f"commit to {self.branch} failed: {_first_line(e)}")
         return e
 
-    async def _find_landed(self, token: str, base: str, failure: Exception) -> str | None:
+    async def _find_landed(self, token: str, base: str, failure: Exception,
+                           must_tell: bool = True) -> str | None:
         """The snapshot on the branch whose metadata holds ``token``, or None when the
         branch's history back to ``base`` (where the session started; a commit, rebased
         or not, descends from it) does not hold it.
 
         Each try runs under the mount's deadline; after :data:`LANDED_SEARCH_TRIES`
         failed tries, or a history deeper than :data:`LANDED_SEARCH_DEPTH` without
-        ``base``, :class:`CommitOutcomeUnknownError` (naming ``failure`` and the token)."""
+        ``base``, :class:`CommitOutcomeUnknownError` (naming ``failure`` and the token),
+        or None if not ``must_tell``."""
         timeout = self.repo.caches.call_timeout or LANDED_SEARCH_TIMEOUT
         why = ""
         for attempt in range(LANDED_SEARCH_TRIES):
@@ -420,9 +426,13 @@ class Writer:
                 continue
             if found is not False:
                 return found
-            why = (f"{LANDED_SEARCH_DEPTH} snapshots were committed on top of it since "
-                   f"the session began")
+            why = (f"over {LANDED_SEARCH_DEPTH} snapshots were committed to it since the "
+                   "session began")
             break
+        if not must_tell:
+            log.warning("commit to %s: %s; the branch could not be checked for it (%s)",
+                        self.branch, _first_line(failure), why)
+            return None
         raise CommitOutcomeUnknownError(
             f"commit to {self.branch} may or may not have landed: the commit call failed "
             f"({_first_line(failure)}) and the branch could not be checked ({why}); its "
