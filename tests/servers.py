@@ -827,11 +827,17 @@ class FaultProxy:
     A request starts when the client sends bytes after the previous response began
     (HTTP/1.1 clients do not pipeline), so pooled keep-alive connections are faulted
     per request, not only when opened. ``counts`` says how many of each fault were
-    injected (``pass`` included). Threads only; ``close()`` stops everything."""
+    injected (``pass`` included). Threads only; ``close()`` stops everything.
+
+    ``request_schedule`` (optional) sees each request's first line (``PUT /bucket/key
+    HTTP/1.1``) before ``schedule`` is asked: a Fault it returns is used for that
+    request, None leaves it to ``schedule`` (a test can fault one kind of request,
+    e.g. the conditional PUT that moves an Icechunk branch)."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self.schedule: Callable[[], Fault] = lambda: PASS
+        self.request_schedule: Callable[[str], Fault | None] | None = None
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -899,7 +905,12 @@ class FaultProxy:
                     break
                 if state["new_request"]:
                     state["new_request"] = False
-                    fault = self.schedule()
+                    fault = None
+                    by_request = self.request_schedule
+                    if by_request is not None:
+                        fault = by_request(data.split(b"\r\n", 1)[0].decode("latin-1"))
+                    if fault is None:
+                        fault = self.schedule()
                     self._count(fault.kind)
                     if fault.kind == "drop":
                         break
@@ -940,6 +951,17 @@ class FaultProxy:
             socks = list(self._socks)
         self._kill(*socks)
         self._thread.join(timeout=5)
+
+
+def moves_a_branch(request_line: str) -> bool:
+    """Whether an S3 request (its first line) is the conditional write that moves an
+    Icechunk branch: the PUT of the ``repo`` object (format 2), or of
+    ``refs/branch.NAME/ref.json`` (format 1). What comes before it in a commit (the
+    snapshot, manifests, transaction log) changes no branch."""
+    method, _, rest = request_line.partition(" ")
+    path = rest.split(" ", 1)[0].split("?", 1)[0]
+    return method == "PUT" and (path.endswith("/repo") or
+                                ("/refs/branch." in path and path.endswith("/ref.json")))
 
 
 @contextlib.contextmanager

@@ -170,3 +170,13 @@ def test_a_ref_outside_every_container_names_a_command_that_exists(ops):
                  ["config", "./r", "containers", "add", "file:///elsewhere/"]):
         args = parser.parse_args(argv)  # both parse: the commands exist
         assert args.action == "add" and args.prefix == "file:///elsewhere/"
+
+
+def test_a_commit_of_unknown_outcome_has_its_own_code_and_exit_status():
+    """``commit_unknown`` is neither success nor a failure: scripts tell it by status 9."""
+    from vchunkfs.control.client import ControlError
+    from vchunkfs.errors import CommitOutcomeUnknownError
+    assert CommitOutcomeUnknownError.code == "commit_unknown"
+    e = ControlError("commit_unknown", "commit to dev may or may not have landed")
+    assert e.exit_status == 9 and e.exit_status not in {
+        ControlError(c, "").exit_status for c in ("backend", "conflict", "error")}

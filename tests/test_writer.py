@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 from pathlib import Path
 
 import icechunk as ic
@@ -18,7 +19,13 @@ from datasets import (
     write_sources,
 )
 
-from vchunkfs.errors import ConflictError, InvalidInputError, UsageError
+from vchunkfs.errors import (
+    BackendError,
+    CommitOutcomeUnknownError,
+    ConflictError,
+    InvalidInputError,
+    UsageError,
+)
 from vchunkfs.repository import Authorization, Repo, parse_repo_url
 from vchunkfs.repository.writer import (
     Writer,
@@ -236,3 +243,174 @@ def test_a_backend_error_opening_a_writer_is_a_backend_error(fresh, run):
             run(lambda: Writer.open(repo))
     finally:
         repo.ic = real
+
+
+# -- commits whose reply is lost: S3 on moto behind the fault proxy -------------------
+# icechunk moves a branch with one conditional PUT (tests/servers.py moves_a_branch).
+# If that PUT's reply is lost and every retry fails, icechunk raises although the
+# branch moved; if the PUT never reached the store, the commit did not land.
+
+_ARRAY = {
+    "zarr_format": 3, "node_type": "array", "shape": [8], "data_type": "uint8",
+    "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1]}},
+    "chunk_key_encoding": {"name": "default"}, "fill_value": 0, "codecs": [{"name": "bytes"}],
+    "attributes": {},
+}
+
+
+@pytest.fixture
+def s3_proxied(run, monkeypatch):
+    """A repository on moto reached through a FaultProxy (passing until told); the
+    repository-layer Repo over the proxy with a 2 s call deadline, and a function
+    giving the branch's history read straight from moto as (id, metadata) pairs."""
+    from servers import fault_proxy, moto_s3_server
+
+    from vchunkfs.repository import StorageOptions
+
+    with moto_s3_server() as s3, fault_proxy((s3.host, s3.port)) as proxy:
+        for k, v in (("AWS_ACCESS_KEY_ID", s3.access_key_id),
+                     ("AWS_SECRET_ACCESS_KEY", s3.secret_access_key),
+                     ("AWS_REGION", s3.region)):
+            monkeypatch.setenv(k, v)
+        s3.create_bucket("repos")
+        direct = ic.s3_storage(bucket="repos", prefix="r", region=s3.region,
+                               endpoint_url=s3.endpoint_url, allow_http=True,
+                               force_path_style=True, from_env=True)
+        ic.Repository.create(direct)
+        # icechunk's own retries shortened (10 tries take 30 s or more to give up)
+        config = ic.RepositoryConfig.default()
+        config.storage = ic.StorageSettings(retries=ic.StorageRetriesSettings(
+            max_tries=3, initial_backoff_ms=50, max_backoff_ms=200))
+        repo = run(lambda: Repo.open(parse_repo_url("s3://repos/r"), config=config,
+                                     storage_options=StorageOptions.from_env(
+                                         endpoint_url=proxy.url)))
+        repo.caches.call_timeout = 2.0
+        w = run(lambda: Writer.open(repo))
+        run(lambda: w.set_metadata("a", _ARRAY))
+        run(lambda: w.commit("array a"))
+
+        class History:
+            """The branch's history read straight from moto: (id, metadata) pairs."""
+
+            storage = direct
+
+            def __call__(self, branch: str = "main") -> list[tuple[str, dict]]:
+                r = ic.Repository.open(direct)
+                return [(i.id, i.metadata) for i in r.ancestry(branch=branch)]
+
+        yield repo, proxy, History()
+
+
+def _lose_branch_updates(proxy, first: str = "reset", then: str = "drop",
+                         others: str | None = None) -> list[str]:
+    """Fault every branch update: the first one ``first`` (``reset``: forwarded, its reply
+    cut), the rest (icechunk's retries) ``then``; every other request ``others`` once
+    a branch update was seen (None: passed). Returns the request lines seen."""
+    from servers import Fault, moves_a_branch
+
+    seen: list[str] = []
+
+    def schedule(line: str):
+        seen.append(line)
+        updates = sum(1 for s in seen if moves_a_branch(s))
+        if moves_a_branch(line):
+            return Fault(first if updates == 1 else then, cut=0)
+        if others is not None and updates:
+            return Fault(others)
+        return None
+
+    proxy.request_schedule = schedule
+    return seen
+
+
+def test_a_commit_whose_reply_is_lost_is_reported_landed(s3_proxied, run, caplog):
+    from servers import moves_a_branch
+
+    from vchunkfs.repository.writer import COMMIT_TOKEN_KEY
+    repo, proxy, history = s3_proxied
+    w = run(lambda: Writer.open(repo))
+    run(lambda: w.set_chunk("a/c/0", b"\x07"))
+    seen = _lose_branch_updates(proxy)
+    with caplog.at_level(logging.WARNING, "vchunkfs.writer"):
+        sid = run(lambda: w.commit("lost reply", {"who": "test"}))
+    assert "landed although the commit call failed" in caplog.text
+    proxy.request_schedule = None
+    assert sum(1 for s in seen if moves_a_branch(s)) > 1  # icechunk retried, then gave up
+    (head, meta), *_ = history()
+    assert sid == head  # the snapshot reported is the one that landed
+    assert meta["who"] == "test" and len(meta[COMMIT_TOKEN_KEY]) == 32
+    # the writer moved on as after any commit: nothing staged, based on the new head
+    assert not w.has_changes and w.base_snapshot == sid and not w.spent
+    run(lambda: w.set_chunk("a/c/1", b"\x09"))
+    sid2 = run(lambda: w.commit("after the lost reply"))
+    ids = [i for i, _ in history()]
+    assert ids[:2] == [sid2, sid]
+    g = zarr.open_group(ic.Repository.open(history.storage).readonly_session("main").store,
+                        mode="r")
+    assert list(g["a"][:3]) == [7, 9, 0]
+
+
+def test_a_commit_found_under_a_racing_commit(s3_proxied, run, caplog):
+    """Another writer commits on top of the commit whose reply was lost before the
+    writer looks: the commit is found below the racer's, and reported."""
+    from servers import Fault, moves_a_branch
+    repo, proxy, history = s3_proxied
+    w = run(lambda: Writer.open(repo))
+    run(lambda: w.set_chunk("a/c/0", b"\x07"))
+    updates = 0
+
+    def schedule(line: str) -> Fault | None:
+        nonlocal updates
+        if not moves_a_branch(line):
+            return None
+        updates += 1
+        if updates == 1:  # ours lands, its reply is cut
+            return Fault("reset", cut=0)
+        if updates == 2:  # before icechunk's first retry: a racer commits on top of ours,
+            # straight to moto (so before the writer gives up and looks)
+            s = ic.Repository.open(history.storage).writable_session("main")
+            zarr.open_group(s.store, mode="r+").attrs["racer"] = True
+            s.commit("racer")
+        return Fault("drop")  # the retries never arrive
+
+    proxy.request_schedule = schedule
+    with caplog.at_level(logging.WARNING, "vchunkfs.writer"):
+        sid = run(lambda: w.commit("lost reply under a racer"))
+    proxy.request_schedule = None
+    (racer_id, racer_meta), (ours, our_meta), *_ = history()
+    assert "vchunkfs:commit_token" not in racer_meta and "vchunkfs:commit_token" in our_meta
+    assert sid == ours != racer_id
+    assert f"commit {sid} on main landed although the commit call failed" in caplog.text
+    assert not w.has_changes and w.base_snapshot == racer_id  # the next session: the head
+
+
+def test_a_commit_that_never_reached_the_store_fails(s3_proxied, run):
+    """The branch update never reaches moto: an error, the head unchanged, the staged
+    changes kept (committing again, without faults, lands them)."""
+    repo, proxy, history = s3_proxied
+    w = run(lambda: Writer.open(repo))
+    run(lambda: w.set_chunk("a/c/0", b"\x07"))
+    before = history()
+    _lose_branch_updates(proxy, first="drop")
+    with pytest.raises(BackendError, match="commit to main failed") as e:
+        run(lambda: w.commit("never lands"))
+    proxy.request_schedule = None
+    assert not isinstance(e.value, CommitOutcomeUnknownError)
+    assert history() == before
+    assert w.has_changes
+    sid = run(lambda: w.commit("lands"))
+    assert history()[0][0] == sid and history()[1:] == before
+
+
+def test_a_commit_whose_outcome_cannot_be_read_is_unknown(s3_proxied, run):
+    """The reply is lost and then nothing reaches moto: neither success nor failure."""
+    repo, proxy, history = s3_proxied
+    w = run(lambda: Writer.open(repo))
+    run(lambda: w.set_chunk("a/c/0", b"\x07"))
+    _lose_branch_updates(proxy, others="drop")
+    with pytest.raises(CommitOutcomeUnknownError,
+                       match=r"may or may not have landed.*vchunkfs:commit_token=[0-9a-f]{32}"):
+        run(lambda: w.commit("unknown"))
+    proxy.request_schedule = None
+    token = history()[0][1]["vchunkfs:commit_token"]  # it had landed
+    assert len(token) == 32

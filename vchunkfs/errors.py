@@ -129,6 +129,16 @@ class BackendTimeoutError(BackendError):
         self.seconds = seconds
 
 
+class CommitOutcomeUnknownError(BackendError):
+    """A commit failed in a way that may have come after the branch moved (its reply
+    lost), and the branch head could not be read to tell: the commit may have landed.
+    Never reported as failed, since it may not have; look at the branch's history for
+    the commit's token (the message says which) before committing again."""
+
+    code = "commit_unknown"
+    exit_status = 9
+
+
 class MountError(VchunkfsError):
     """The mount could not be made (mountpoint, FUSE, or the daemon died)."""
 

@@ -18,7 +18,8 @@ exit status (docs/cli.md):
   1  unexpected error                        6  a virtual chunk's source changed or is missing
   2  bad usage, URL or input                 7  the repository or ref is read-only
   3  repository, version or path not found   8  storage backend failure
-  4  virtual chunk container not authorized  32 the mount could not be made
+  4  virtual chunk container not authorized  9  a commit's outcome is unknown (see ctl log)
+                                             32 the mount could not be made
 """
 
 

@@ -273,6 +273,13 @@ class Client:
 
     def commit(self, message: str, metadata: dict[str, Any] | None = None,
                branch: str | None = None) -> str:
+        """Commit the branch's staged changes; return the new snapshot id.
+
+        A commit that landed although its reply from the store was lost is a success.
+        :class:`ControlError` with code ``commit_unknown`` (exit status 9) means the
+        daemon could not tell whether it landed: the message names the commit's
+        ``vchunkfs:commit_token``; look for it in :meth:`call` ``("history", ...)``
+        before committing again (docs/control-protocol.md)."""
         result = self.call("commit", message=message, metadata=metadata or {}, **_branch(branch))
         return str(result["snapshot"])
 

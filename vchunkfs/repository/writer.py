@@ -12,6 +12,16 @@ under an exclusive ``flock`` on the repository directory, so two vchunkfs
 writers cannot both move a branch from the same parent. Writers that do not
 take the lock (icechunk used directly) remain unsafe there, as icechunk
 warns; object stores use conditional writes and need no lock.
+
+A commit whose reply is lost (the connection reset after the branch update
+reached the store, or every retry of that update failing after the first
+landed) raises out of icechunk although the branch moved. Each commit
+therefore carries a fresh token in its metadata (:data:`COMMIT_TOKEN_KEY`);
+when the commit call fails, the branch's recent history is read back (under
+the mount's deadline, a few tries): a snapshot carrying the token means the
+commit landed, and it is reported and handled as a success. If the history
+cannot be read, :class:`CommitOutcomeUnknownError` says so; a commit is never
+reported as failed unless the branch was read and does not hold it.
 """
 
 from __future__ import annotations
@@ -22,9 +32,10 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import icechunk as ic
 import numpy as np
@@ -32,6 +43,7 @@ from zarr.core.buffer import default_buffer_prototype
 
 from vchunkfs.errors import (
     BackendError,
+    CommitOutcomeUnknownError,
     ConflictError,
     InvalidInputError,
     NotFoundError,
@@ -45,6 +57,16 @@ from vchunkfs.repository.snapshot import SnapshotView, ViewCaches, node_tree
 log = logging.getLogger("vchunkfs.writer")
 
 Checksum = str | datetime.datetime | None
+
+# The commit metadata key holding a token unique to each commit attempt: it lets the
+# writer find out whether a commit whose reply was lost landed (docs/control-protocol.md)
+COMMIT_TOKEN_KEY = "vchunkfs:commit_token"
+# How far back from the branch head a landed commit is looked for (writers elsewhere
+# may have committed on top of it meanwhile), and how often the look is tried
+LANDED_SEARCH_DEPTH = 64
+LANDED_SEARCH_TRIES = 3
+# the deadline of each try when the mount has none
+LANDED_SEARCH_TIMEOUT = 30.0
 
 
 class VirtualRef(NamedTuple):
@@ -309,7 +331,14 @@ class Writer:
 
     async def commit(self, message: str, metadata: Mapping[str, Any] | None = None,
                      rebase: bool = True) -> str:
-        """Commit the session; return the new snapshot id or raise :class:`ConflictError`.
+        """Commit the session; return the new snapshot id.
+
+        Raises :class:`ConflictError` or :class:`BackendError` only when the commit
+        did not land (the branch's history was read after the failure and does not
+        hold it), and :class:`CommitOutcomeUnknownError` when that cannot be told. A
+        commit that landed although icechunk raised (its reply lost) is a success:
+        its snapshot id is returned and the writer moves on as after any commit.
+        The metadata gets :data:`COMMIT_TOKEN_KEY` (any value given for it is replaced).
 
         With ``rebase=False`` the commit lands only if the branch is still where the
         session started (a writer whose changes depend on what it read there)."""
@@ -317,24 +346,30 @@ class Writer:
             raise UsageError("a commit needs a message")
         if not self.has_changes:
             raise UsageError("nothing to commit: the session has no changes")
+        token = secrets.token_hex(16)
+        meta = {**dict(metadata or {}), COMMIT_TOKEN_KEY: token}
+        base = self._base
         async with commit_lock(self.repo):
             try:
                 sid: str = await (self.session.commit_async(
-                    message, metadata=dict(metadata or {}), rebase_with=_conflict_solver(),
+                    message, metadata=meta, rebase_with=_conflict_solver(),
                     rebase_tries=5) if rebase else self.session.commit_async(
-                    message, metadata=dict(metadata or {})))
-            except ic.RebaseFailedError as e:
-                conflicts = "; ".join(f"{c.conflict_type} at {c.path}" for c in e.conflicts[:3])
-                raise ConflictError(
-                    f"branch {self.branch} moved to {e.snapshot} while this session was open "
-                    f"and the changes overlap ({conflicts}); discard and redo them on the new head"
-                ) from e
-            except ic.ConflictError as e:
-                raise ConflictError(
-                    f"branch {self.branch} moved while committing ({_first_line(e)}); "
-                    "discard and redo the changes on the new head") from e
-            except ic.IcechunkError as e:
-                raise BackendError(f"commit to {self.branch} failed: {_first_line(e)}") from e
+                    message, metadata=meta))
+            except Exception as e:
+                # the failure may have come after the branch moved (a lost reply; a
+                # retried conditional update refused because the first one landed):
+                # only the branch itself can tell
+                failure = self._commit_failure(e)
+                # a conflict proves the branch moved under the commit, and icechunk
+                # recognizes its own update when a retry of it is refused: if the branch
+                # cannot be read, the conflict stands (anything else is unknown)
+                landed = await self._find_landed(
+                    token, base, failure, must_tell=not isinstance(failure, ConflictError))
+                if landed is None:
+                    raise failure from e
+                log.warning("commit %s on %s landed although the commit call failed (%s)",
+                            landed, self.branch, _first_line(e))
+                sid = landed
             finally:  # a rebase may have moved the session's base, committed or not
                 self._base = self.session.snapshot_id
         # the session is spent; the next change starts from the new head. The commit has
@@ -350,6 +385,74 @@ class Writer:
             self.generation += 1
             self.spent = True
         return sid
+
+    def _commit_failure(self, e: Exception) -> Exception:
+        """What a failed commit call is reported as, if it did not land."""
+        if isinstance(e, ic.RebaseFailedError):
+            conflicts = "; ".join(f"{c.conflict_type} at {c.path}" for c in e.conflicts[:3])
+            return ConflictError(
+                f"branch {self.branch} moved to {e.snapshot} while this session was open "
+                f"and the changes overlap ({conflicts}); discard and redo them on the new head")
+        if isinstance(e, ic.ConflictError):
+            return ConflictError(
+                f"branch {self.branch} moved while committing ({_first_line(e)}); "
+                "discard and redo the changes on the new head")
+        if isinstance(e, ic.IcechunkError):
+            return BackendError(f"commit to {self.branch} failed: {_first_line(e)}")
+        return e
+
+    async def _find_landed(self, token: str, base: str, failure: Exception,
+                           must_tell: bool = True) -> str | None:
+        """The snapshot on the branch whose metadata holds ``token``, or None when the
+        branch's history back to ``base`` (where the session started; a commit, rebased
+        or not, descends from it) does not hold it.
+
+        Each try runs under the mount's deadline; after :data:`LANDED_SEARCH_TRIES`
+        failed tries, or a history deeper than :data:`LANDED_SEARCH_DEPTH` without
+        ``base``, :class:`CommitOutcomeUnknownError` (naming ``failure`` and the token),
+        or None if not ``must_tell``."""
+        timeout = self.repo.caches.call_timeout or LANDED_SEARCH_TIMEOUT
+        why = ""
+        for attempt in range(LANDED_SEARCH_TRIES):
+            if attempt:
+                await asyncio.sleep(0.5 * attempt)
+            try:
+                found = await asyncio.wait_for(self._search_token(token, base), timeout)
+            except TimeoutError:
+                why = f"reading it timed out after {timeout:g} s"
+                continue
+            except ic.IcechunkError as e:
+                why = f"reading it failed: {_first_line(e)}"
+                continue
+            if found is not False:
+                return found
+            why = (f"over {LANDED_SEARCH_DEPTH} snapshots were committed to it since the "
+                   "session began")
+            break
+        if not must_tell:
+            log.warning("commit to %s: %s; the branch could not be checked for it (%s)",
+                        self.branch, _first_line(failure), why)
+            return None
+        raise CommitOutcomeUnknownError(
+            f"commit to {self.branch} may or may not have landed: the commit call failed "
+            f"({_first_line(failure)}) and the branch could not be checked ({why}); its "
+            f"metadata holds {COMMIT_TOKEN_KEY}={token}: look for it in the branch's history "
+            "(vchunkfs ctl MOUNTPOINT log BRANCH) before committing again, and discard the "
+            "staged changes if it is there")
+
+    async def _search_token(self, token: str, base: str) -> str | Literal[False] | None:
+        """One look down the branch's history: the snapshot holding ``token``, None when
+        ``base`` (or the root) is reached without it, False when it is too deep to tell."""
+        depth = 0
+        async for info in self.repo.ic.async_ancestry(branch=self.branch):
+            if info.metadata.get(COMMIT_TOKEN_KEY) == token:
+                return str(info.id)
+            depth += 1
+            if info.id == base:
+                return None
+            if depth >= LANDED_SEARCH_DEPTH:
+                return False
+        return None
 
     async def discard(self) -> None:
         """Drop every uncommitted change; the next change starts from the branch head."""
