@@ -319,6 +319,26 @@ async def test_a_reader_going_backward_is_read_ahead_of(template, tmp_path, brid
     assert stats["prefetch_wasted"] == 0, stats
 
 
+async def test_after_a_whole_array_the_next_stream_starts_wide(template, tmp_path, bridge
+                                                              ) -> None:
+    """A reader that went through one array at the widest window (``find``, ``cp -r``)
+    has the next array's files queued by its first read, not ``prefetch`` of them."""
+    h = Harness(template, tmp_path, bridge, prefetch=2)
+    await h.ns.start()
+    async with trio.open_nursery() as n:
+        await n.start(h.ns.run_prefetcher)
+        for i in range(4):
+            for j in range(3):
+                await read_file(h.ns, f"field/c/{i}/{j}")
+                await trio.sleep(0.02)
+        before = h.ns.stats()["prefetched"]
+        await read_file(h.ns, "sst/c/0/0/0/0")
+        await trio.sleep(0.2)
+        made = h.ns.stats()["prefetched"] - before
+        n.cancel_scope.cancel()
+    assert made == 3  # sst/c/1, c/2 and c/3 (a window of 2 would be two of them)
+
+
 # -- following branches ------------------------------------------------------
 
 

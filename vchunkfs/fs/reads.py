@@ -10,7 +10,9 @@ as many backward (Dask, under ``xarray.load()``, reads an array's chunks backwar
 the string order of their keys: 9, 8, ..., 4, 30, 3, 29, ...). Each read of a file a
 stream had in its window sets the stream's direction to that file's side and grows
 the window fourfold, up to ``MAX_WINDOW_FACTOR`` times ``prefetch`` (a reader that keeps
-hitting gets enough fetches in flight to cover the backend's round trip). Several
+hitting gets enough fetches in flight to cover the backend's round trip); once a stream
+reached that widest window, the next stream starts with it (a reader done with one
+array goes on with the next). Several
 readers of one array, each on its own part or interleaved, are several streams or
 one. Prefetches are queued when the read starts, not when it returns, so the window
 moves while the reader waits. Limits: the files prefetched and not read yet stay
@@ -90,6 +92,10 @@ class Reads:
         # file -> the stream that expects it, and the side of the stream it lies on
         self._expected: OrderedDict[Hashable, tuple[Stream, int]] = OrderedDict()
         self._running: dict[Hashable, trio.CancelScope] = {}  # prefetches being fetched
+        # the window a new stream starts with: ``prefetch``, or the widest window once a
+        # stream reached it (a reader going through the arrays one after the other, as
+        # find, cp -r and tar do, then pays one round trip per array, not two)
+        self._next_window = prefetch
         self.streams_started = 0
         self.window_hits = 0  # reads of a file a stream had in its window
         self.wait_seconds = 0.0  # time reads spent waiting for bytes not in the cache
@@ -165,7 +171,8 @@ class Reads:
             return
         found = self._expected.pop(key, None)
         if found is None:
-            stream = Stream(self.prefetch)
+            stream = Stream(self._next_window)
+            self._next_window = self.prefetch  # passed on once, not to every stream
             self.streams_started += 1
             ahead = _interleave(pres.following(path, stream.window),
                                 pres.following(path, max(1, stream.window // 2), True))
@@ -175,6 +182,8 @@ class Reads:
             self.window_hits += 1
             stream.direction = side
             stream.window = min(stream.window * WINDOW_GROWTH, self.max_window)
+            if stream.window == self.max_window:
+                self._next_window = self.max_window
             ahead = [(p, n, side) for p, n in pres.following(path, stream.window,
                                                              side == BACKWARD)]
             sides = [side]
