@@ -23,6 +23,7 @@ branch as it was.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import glob
 import math
@@ -914,6 +915,9 @@ def _common_prefix(urls: Sequence[str]) -> str:
     return common[:common.rfind("/") + 1]
 
 
+HEAD_CONCURRENCY = 16  # HEADs of object-store sources in flight at once
+
+
 def last_updated(urls: Sequence[str], registry: Any,
                  sizes: dict[str, int] | None = None
                  ) -> tuple[datetime.datetime, dict[str, str]]:
@@ -927,6 +931,22 @@ def last_updated(urls: Sequence[str], registry: Any,
     """
     newest = 0.0
     etags: dict[str, str] = {}
+    remote = [u for u in urls if urlsplit(u).scheme != "file"]
+    heads: dict[str, Any] = {}
+    if remote:
+        import obstore
+
+        def head(url: str) -> Any:
+            store, path = registry.resolve(url)
+            try:
+                return obstore.head(store, path)
+            except Exception as e:
+                return e
+
+        # one HEAD a source, HEAD_CONCURRENCY at once: one after the other they cost a
+        # round trip each (31 x 30 ms over a slow link, docs/benchmarks-remote.md)
+        with concurrent.futures.ThreadPoolExecutor(min(HEAD_CONCURRENCY, len(remote))) as pool:
+            heads = dict(zip(remote, pool.map(head, remote), strict=True))
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme == "file":
@@ -935,13 +955,9 @@ def last_updated(urls: Sequence[str], registry: Any,
             if sizes is not None:
                 sizes[url] = st.st_size
         else:
-            import obstore
-
-            store, path = registry.resolve(url)
-            try:
-                meta = obstore.head(store, path)
-            except Exception as e:
-                raise InvalidInputError(f"{url}: cannot read it: {_first_line(e)}") from e
+            meta = heads[url]
+            if isinstance(meta, Exception):  # the first failing source, in order
+                raise InvalidInputError(f"{url}: cannot read it: {_first_line(meta)}") from meta
             if sizes is not None:
                 sizes[url] = int(meta["size"])
             newest = max(newest, meta["last_modified"].timestamp())
