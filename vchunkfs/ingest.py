@@ -976,12 +976,18 @@ def check_extents(vds: xr.Dataset, sizes: dict[str, int]) -> None:
         if m is None:
             continue
         ends = np.ravel(m._offsets).astype("uint64") + np.ravel(m._lengths).astype("uint64")
-        for path, end in zip(np.ravel(m._paths), ends, strict=True):
-            size = sizes.get(str(path))
-            if path and size is not None and int(end) > size:
-                raise InvalidInputError(
-                    f"{path}: truncated: {name} has a chunk ending at byte {int(end)} of a "
-                    f"{size}-byte file")
+        paths = np.ravel(m._paths)
+        # on arrays, per distinct source: a Python loop would make a str for every ref
+        distinct, which = np.unique(paths, return_inverse=True)
+        unbounded = np.iinfo("uint64").max
+        limits = np.array([sizes.get(str(u), unbounded) if u else unbounded
+                           for u in distinct], dtype="uint64")
+        past = np.flatnonzero(ends > limits[np.ravel(which)])
+        if past.size:
+            i = int(past[0])
+            raise InvalidInputError(
+                f"{paths[i]}: truncated: {name} has a chunk ending at byte {int(ends[i])} "
+                f"of a {sizes[str(paths[i])]}-byte file")
 
 
 async def stamp_etags(store: Any, vds: xr.Dataset, etags: dict[str, str]) -> int:
@@ -1114,15 +1120,23 @@ async def _stored_refs(store: Any, name: str) -> list[tuple[str, int, int]]:
     return [r for _, r in sorted(out)]
 
 
+async def referenced_in(repo: Repo, base: str) -> set[str]:
+    """Every url the virtual refs of snapshot ``base`` point into."""
+    session = await repo.ic.readonly_session_async(snapshot_id=base)
+    return {str(u) for u in await session.all_virtual_chunk_locations_async()}
+
+
 async def changed_sources(repo: Repo, base: str, urls: Sequence[str],
-                          records: dict[str, list[int]]) -> set[str]:
+                          records: dict[str, list[int]],
+                          referenced: set[str] | None = None) -> set[str]:
     """The local sources this ingest reads again (the branch already references them)
     whose source record is not the one their refs were written with: the newest record
-    of the url in the base snapshot's ancestry differs from the file now."""
+    of the url in the base snapshot's ancestry differs from the file now.
+    ``referenced``: :func:`referenced_in` of ``base``, if the caller has it."""
     from vchunkfs.repository.sources import SourceRecord, records_in_metadata
 
-    session = await repo.ic.readonly_session_async(snapshot_id=base)
-    referenced = {str(u) for u in await session.all_virtual_chunk_locations_async()}
+    if referenced is None:
+        referenced = await referenced_in(repo, base)
     want = {u for u in urls if u in referenced and u in records}
     found: dict[str, SourceRecord] = {}
     if want:
@@ -1137,13 +1151,17 @@ async def changed_sources(repo: Repo, base: str, urls: Sequence[str],
 
 async def rewrite_stale_refs(store: Any, vds: xr.Dataset, concat_dim: str | None,
                              checksum: datetime.datetime, changed: set[str] | None = None,
-                             updated: dict[str, set[tuple[int, ...]]] | None = None
-                             ) -> list[str]:
+                             updated: dict[str, set[tuple[int, ...]]] | None = None,
+                             referenced: set[str] | None = None) -> list[str]:
     """Refs an earlier ingest wrote into a file this ingest read again, which this ingest
     does not replace: the file changed since (its source record differs, ``changed``,
     or re-parsed it gives other offsets), so those refs would read other bytes than
     they were written for, under the file's new source record. ``updated``: the chunks
-    this session wrote, by array (their refs are this ingest's).
+    this session wrote, by array (their refs are this ingest's). ``referenced``: the
+    urls the base snapshot's refs point into (:func:`referenced_in`), if known: a ref
+    this session did not write comes from the base snapshot, so only those urls can
+    hold stale refs, and a first ingest of new files (none of them referenced) has
+    nothing to look at; without it every url this ingest read is looked for.
 
     A static variable's refs (kept once, pointing into the first file) are rewritten
     with this ingest's refs for it; any other such ref is refused. Returns the names
@@ -1154,6 +1172,8 @@ async def rewrite_stale_refs(store: Any, vds: xr.Dataset, concat_dim: str | None
     import icechunk as ic
     import numpy as np
 
+    # (a set of (offset, length) per url would cost ~100 bytes a ref for every file of a
+    # large first ingest, where no url was referenced before: only referenced urls count)
     produced: dict[str, set[tuple[int, int]]] = {}
     for var in vds.variables.values():
         m = getattr(var.data, "manifest", None)
@@ -1161,8 +1181,10 @@ async def rewrite_stale_refs(store: Any, vds: xr.Dataset, concat_dim: str | None
             continue
         for p, o, n in zip(np.ravel(m._paths), np.ravel(m._offsets), np.ravel(m._lengths),
                            strict=True):
-            if p:
+            if p and (referenced is None or str(p) in referenced):
                 produced.setdefault(str(p), set()).add((int(o), int(n)))
+    if not produced:
+        return []
     import asyncio
 
     arrays = await asyncio.to_thread(lambda: sorted(_stored_arrays(store)))
@@ -1297,12 +1319,20 @@ async def _write_once(repo: Repo, vds: xr.Dataset, plan: IngestPlan,
 
     # to_icechunk is synchronous and runs its own event loop: keep it off the bridge's loop
     await asyncio.to_thread(to_icechunk)
-    changed = await changed_sources(repo, writer.base_snapshot, source_urls(full),
-                                    records or {})
-    updated = {path.strip("/"): {tuple(int(c) for c in idx) for idx in chunks}
-               for path, chunks in writer.session.status().updated_chunks.items()}
+    sources = source_urls(full)
+    referenced = await referenced_in(repo, writer.base_snapshot)
+    changed = await changed_sources(repo, writer.base_snapshot, sources, records or {},
+                                    referenced)
+    # stale refs can only point into files the base snapshot referenced and this ingest
+    # read again; with none (a first ingest, a daily append of new files) there is nothing
+    # to look at, and the session's list of updated chunks (a tuple for every chunk
+    # written) is not built
+    reread = referenced.intersection(sources)
+    updated = ({path.strip("/"): {tuple(int(c) for c in idx) for idx in chunks}
+                for path, chunks in writer.session.status().updated_chunks.items()}
+               if reread else {})
     rewritten = await rewrite_stale_refs(store, full, plan.concat_dim, checksum, changed,
-                                         updated)
+                                         updated, reread)
     if etags:
         await stamp_etags(store, vds, etags)
         for name in rewritten:
@@ -1398,13 +1428,21 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
     sizes: dict[str, int] = {}
     checksum, etags = last_updated(sources, make_registry(sources, plan), sizes)
     check_extents(vds, sizes)
-    refs = sum(len(v.data.manifest.dict()) for v in vds.variables.values()
-               if hasattr(v.data, "manifest"))
+    refs = ref_count(vds)
     sid = run(lambda: write(repo, vds, plan, checksum, container, records, etags))
     t2 = time.monotonic()
     return IngestResult(sid, len(urls), sorted(map(str, vds.data_vars)), refs, container,
                         {"scan": t1 - t0, "write_commit": t2 - t1}, skipped=skipped,
                         scan_processes=_SCAN_INFO.pop("processes", 0))
+
+
+def ref_count(vds: xr.Dataset) -> int:
+    """The chunks the dataset's manifests hold (not missing ones), counted on the
+    manifests' arrays: ``len(manifest.dict())`` would build a dict for every ref."""
+    import numpy as np
+
+    return sum(int(np.count_nonzero(np.asarray(v.data.manifest._paths) != ""))
+               for v in vds.variables.values() if hasattr(v.data, "manifest"))
 
 
 async def referenced_urls(repo: Repo, branch: str) -> set[str]:

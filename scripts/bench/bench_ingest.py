@@ -40,6 +40,14 @@ With ``--baseline-src DIR`` (a copy of another version's ``vchunkfs``
 package, e.g. from ``git archive``), two more contestants, ``base`` and
 ``base-w2``, run that version's ``vchunkfs ingest`` the same ways.
 
+``--change-set`` measures instead what icechunk itself holds for an ingest of N
+files (for each of ``--sizes``, in a fresh process): the refs of four arrays of N
+chunks written with ``set_virtual_refs_arr`` as VirtualiZarr writes them
+("virtual"), and a time coordinate of N one-value chunks written by zarr as
+``to_icechunk`` writes it ("native-zarr") or one ``store.set`` after another
+("native-set"); resident memory after writing and the peak after the commit, and
+the growth per file between the first and the last size.
+
 On a shared machine, run it under the benchmarks' lock::
 
     flock /tmp/vchunkfs-bench.lock python scripts/bench/bench_ingest.py \
@@ -322,6 +330,83 @@ def check_main(data: str, repos: list[str], with_xarray: bool) -> int:
     return 0
 
 
+CHANGE_SET = """\
+import asyncio, datetime, json, sys, tempfile
+import icechunk as ic, numpy as np, zarr
+from zarr.core.buffer import default_buffer_prototype
+
+def mem():
+    got = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return [int(got[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")]
+
+n, mode, prefix = int(sys.argv[1]), sys.argv[2], "file:///data/"
+cfg = ic.RepositoryConfig.default()
+cfg.set_virtual_chunk_container(
+    ic.VirtualChunkContainer(prefix, ic.local_filesystem_store("/data")))
+repo = ic.Repository.create(ic.local_filesystem_storage(tempfile.mkdtemp(dir=sys.argv[3])),
+                            config=cfg)
+session = repo.writable_session("main")
+store = session.store
+group = zarr.group(store=store)
+out = {"start": mem()}
+if mode == "virtual":  # 4 arrays of n refs, one per file, as VirtualiZarr writes them
+    names = [f"{prefix}oisst-avhrr-v02r01.{i:08d}.nc" for i in range(n)]
+    for v in ("sst", "anom", "err", "ice"):
+        group.create_array(v, shape=(n, 1, 90, 180), chunks=(1, 1, 90, 180), dtype="int16")
+        store.set_virtual_refs_arr(
+            array_path=v, chunk_grid_shape=(n, 1, 1, 1), locations=list(names),
+            offsets=np.full(n, 18663, dtype="uint64"), lengths=np.full(n, 15388, dtype="uint64"),
+            validate_containers=False, checksum=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
+else:  # a time coordinate of n one-value chunks (the files' own chunking)
+    arr = group.create_array("time", shape=(n,), chunks=(1,), dtype="float32")
+    values = np.arange(n, dtype="float32")
+    if mode == "native-zarr":  # as to_icechunk writes it: zarr, every chunk at once
+        arr[:] = values
+    else:  # one store.set after the other, from bytes
+        proto = default_buffer_prototype()
+
+        async def put():
+            for i in range(n):
+                await store.set(f"time/c/{i}", proto.buffer.from_bytes(values[i:i + 1].tobytes()))
+
+        asyncio.run(put())
+out["written"] = mem()
+session.commit("x")
+out["committed"] = mem()
+print(json.dumps(out))
+"""
+
+
+def change_set_main(sizes: list[int], root: Path) -> int:
+    """--change-set: icechunk's own memory for what an ingest of N files writes (a fresh
+    process per size and kind): peak RSS after writing and after the commit."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["| kind | files | RSS at start MiB | after writing | peak after commit |",
+             "|---|---:|---:|---:|---:|"]
+    got: dict[tuple[str, int], dict[str, list[float]]] = {}
+    for kind in ("virtual", "native-zarr", "native-set"):
+        for n in sizes:
+            proc = subprocess.run([sys.executable, "-c", CHANGE_SET, str(n), kind, str(root)],
+                                  capture_output=True, text=True, env=child_env(), check=True)
+            r = got[kind, n] = json.loads(proc.stdout.strip().splitlines()[-1])
+            lines.append(f"| {kind} | {n} | {r['start'][0]:.0f} | {r['written'][0]:.0f} | "
+                         f"{r['committed'][1]:.0f} |")
+    if len(sizes) > 1:
+        a, b = sizes[0], sizes[-1]
+        lines.append("")
+        for kind in ("virtual", "native-zarr", "native-set"):
+            ra, rb = got[kind, a], got[kind, b]
+            per = {k: (rb[k][i] - ra[k][i]) * 1024 * 1024 / (b - a) / 1000
+                   for k, i in (("written", 0), ("committed", 1))}
+            lines.append(f"{kind}: {per['written']:.2f} KB a file after writing, "
+                         f"{per['committed']:.2f} KB a file at the commit's peak "
+                         f"(from {a} to {b} files)")
+    lines.append("command: " + " ".join(sys.argv))
+    print("\n".join(lines))
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
 def fmt(x: float) -> str:
     return f"{x:.2f}"
 
@@ -339,6 +424,10 @@ def main() -> int:
     ap.add_argument("--scale", type=int, default=1,
                     help="grid coarsened by this factor (4: 180 x 360), to try the script")
     ap.add_argument("--no-check", action="store_true", help="skip the equality check")
+    ap.add_argument("--change-set", action="store_true",
+                    help="instead: icechunk's own memory for the refs (4 virtual arrays of "
+                         "N refs) and the time coordinate (N one-value chunks) of N files, "
+                         "for each of --sizes")
     ap.add_argument("--baseline-src", type=Path, metavar="DIR",
                     help="also time vchunkfs from this source tree (contestants base, base-w2)")
     ap.add_argument("--out", type=Path, help="also write the table (markdown) here")
@@ -359,6 +448,8 @@ def main() -> int:
     if "guide" in without:
         ap.error("--without guide: the figures are ratios to the guide")
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.change_set:
+        return change_set_main(sizes, Path(args.root) / "change-set")
     root = args.root.resolve()
     repos_dir = root / "repos"
     repos_dir.mkdir(parents=True, exist_ok=True)
