@@ -16,7 +16,8 @@ docs/reliability.md:
   drops the kernel's copy of the file, so reads reach the backend; reads of the
   sources are faulted more often, and more with the quick kinds (drop, reset).
 
-``VCHUNKFS_FAULT_RUN_SECONDS`` sets how long the faults run (default 50),
+``VCHUNKFS_FAULT_RUN_SECONDS`` sets how long the faults run (default 50; on a loaded
+machine longer, up to twice that, until 1,000 faults were injected),
 ``VCHUNKFS_FAULT_RUN_CACHE`` the mount's ``cache_size`` (default 64K).
 """
 
@@ -57,6 +58,7 @@ BOUND = 2 * TIMEOUT + 3  # seconds a read may take, at most
 # snapshot): each is bounded by the daemon (it logs "ran ... past its deadline" if not,
 # counted below), the whole listing is only reported.
 SECONDS = float(os.environ.get("VCHUNKFS_FAULT_RUN_SECONDS", "50"))
+MIN_FAULTS = 1000  # the run goes on past SECONDS (up to twice) until this many
 READERS = 16
 # small enough that most reads miss the block cache and go to the backend (the chunk
 # files of the test repository are 0.5-5 kB, about 100 kB in all)
@@ -269,6 +271,10 @@ def test_faults_on_moto_through_a_real_mount(tmp_path: Path) -> None:
             for t in threads:
                 t.start()
             stop.wait(SECONDS)
+            # a loaded machine serves fewer requests in the same time: run on (up to
+            # SECONDS more) until the run has injected the faults it promises
+            while proxy.faults < MIN_FAULTS and time.monotonic() - started < 2 * SECONDS:
+                time.sleep(0.5)
             stop.set()
             proxy.schedule = lambda: PASS  # calls under way finish sooner
             proxy.request_schedule = None
@@ -314,7 +320,7 @@ def test_faults_on_moto_through_a_real_mount(tmp_path: Path) -> None:
           f"{len(lost)} acknowledged refs lost; daemon exit {code}")
     print("control errors:", sorted({e[:120] for e in ctl_errors})[:8])
     assert code == 0
-    assert faults >= 1000, f"only {faults} faults injected"
+    assert faults >= MIN_FAULTS, f"only {faults} faults injected"
     assert not tally.wrong, tally.wrong[:10]
     assert not lost, lost[:10]
     assert not tally.late, tally.late[:10]
