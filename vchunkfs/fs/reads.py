@@ -8,18 +8,17 @@ listings give) and queues the next files of its *stream*. A read of a file no st
 expected starts a stream, which looks both ways: ``prefetch`` files forward and half
 as many backward (Dask, under ``xarray.load()``, reads an array's chunks backward in
 the string order of their keys: 9, 8, ..., 4, 30, 3, 29, ...). Each read of a file a
-stream had in its window sets the stream's direction to that file's side and grows
-the window fourfold, up to ``MAX_WINDOW_FACTOR`` times ``prefetch`` (a reader that keeps
-hitting gets enough fetches in flight to cover the backend's round trip); once a stream
-reached that widest window, the next stream starts with it (a reader done with one
-array goes on with the next). Several
-readers of one array, each on its own part or interleaved, are several streams or
-one. Prefetches are queued when the read starts, not when it returns, so the window
-moves while the reader waits. Limits: the files prefetched and not read yet stay
-within a quarter of the block cache (they never evict what readers are about to
-read), a prefetch is made only when the block cache has room for it without
-waiting, and the queue holds what the workers can take. A branch move drops the
-queued and running prefetches of the generation it leaves
+stream had in its window sets the stream's direction to that file's side and grows the
+window fourfold, up to ``MAX_WINDOW_FACTOR`` times ``prefetch`` (a reader that keeps
+hitting gets enough fetches in flight to cover the backend's round trip); once a
+stream reached that widest window, the next stream starts with it (a reader done with
+one array goes on with the next). Several readers of one array, each on its own part
+or interleaved, are several streams or one. Prefetches are queued when the read
+starts, not when it returns, so the window moves while the reader waits. Limits: the
+files prefetched and not read yet stay within a quarter of the block cache (they never
+evict what readers are about to read), a prefetch is made only when the block cache
+has room for it without waiting, and the queue holds what the workers can take. A
+branch move drops the queued and running prefetches of the generation it leaves
 (:meth:`Reads.drop_generation`).
 """
 
@@ -52,16 +51,15 @@ MAX_WINDOW_FACTOR = 8
 EXPECTED_FILES = 4096
 
 
-FORWARD, BACKWARD = 1, -1
+FORWARD, BACKWARD = 1, -1  # the sides of a stream, in array order
 
 
 @dataclass
 class Stream:
-    """A reader's way through an array: how many files ahead to keep fetching, and
-    which way (``FORWARD`` or ``BACKWARD`` in array order; 0 until its first hit)."""
+    """A reader's way through an array: how many files ahead to keep fetching (its
+    direction is the side of the file it last hit, kept in ``Reads._expected``)."""
 
     window: int
-    direction: int = 0
 
 
 class Call(Protocol):
@@ -180,7 +178,6 @@ class Reads:
         else:
             stream, side = found
             self.window_hits += 1
-            stream.direction = side
             stream.window = min(stream.window * WINDOW_GROWTH, self.max_window)
             if stream.window == self.max_window:
                 self._next_window = self.max_window
