@@ -9,8 +9,9 @@ docs/reliability.md:
 * acknowledged control writes lost 0: every staged ref acknowledged before a
   successful commit is in that commit (a commit whose reply the proxy cut after the
   branch moved is a success, and is checked like any);
-* requests that waited past the deadline 0: a read within 2 x timeout + slack (after a
-  failed read-ahead the kernel asks once more, see test_deadlines.py), a listing too.
+* requests that waited past the deadline 0: a read within 3 x timeout + slack (its
+  lookup, its read and, after a failed read-ahead, the kernel's one retry, see
+  test_deadlines.py), a listing too.
 
 * at least 1,000 faults injected: the mount's cache is small (64K) and every read
   drops the kernel's copy of the file, so reads reach the backend; reads of the
@@ -52,7 +53,11 @@ from vchunkfs.control.client import ControlError
 pytestmark = pytest.mark.timeout(240)
 
 TIMEOUT = 2.0
-BOUND = 2 * TIMEOUT + 3  # seconds a read may take, at most
+# seconds a read (open, pread, close) may take, at most: its LOOKUP (the branch is
+# followed), the READ and the kernel's one retry of a failed read each within the
+# daemon's deadline, plus slack for a loaded machine. 2 x TIMEOUT + 3 was too tight:
+# under the full suite a read took 7.03 s with no request past its deadline.
+BOUND = 3 * TIMEOUT + 3
 # A listing is several FUSE requests that may each need the backend (a LOOKUP of the
 # directory when it follows the repository, READDIRPLUS, attributes of each branch's
 # snapshot): each is bounded by the daemon (it logs "ran ... past its deadline" if not,
