@@ -319,16 +319,41 @@ async def test_a_reader_going_backward_is_read_ahead_of(template, tmp_path, brid
     assert stats["prefetch_wasted"] == 0, stats
 
 
+async def test_a_reader_in_listing_order_finds_each_next_array_prefetched(
+        template, tmp_path, bridge) -> None:
+    """``find``, ``cp -r`` and ``tar`` read array after array in listing order: the
+    stream goes on into the next array (its index read ahead by a Prepare job) before
+    the reader gets there, so only the very first file is fetched by a reader."""
+    h = Harness(template, tmp_path, bridge, prefetch=2)
+    await h.ns.start()
+    names = ([f"field/c/{i}/{j}" for i in range(4) for j in range(3)]
+             + [f"grp/small/c/{i}" for i in range(2)]  # c/2 is not stored
+             + [f"native/c/{i}" for i in range(4)]
+             + [f"sst/c/{t}/0/0/0" for t in range(4)])  # the arrays in listing order
+    want = h.expected(h.built.snapshots["day1"], names)
+    async with trio.open_nursery() as n:
+        await n.start(h.ns.run_prefetcher)
+        for name in names:
+            assert await read_file(h.ns, name) == want[name], name
+            await trio.sleep(0.02)  # the reader's own work between files
+        stats = h.ns.stats()
+        n.cancel_scope.cancel()
+    assert stats["cache_misses"] == 1, stats
+    assert stats["prefetch_used"] == len(names) - 1, stats
+    assert stats["prefetch_wasted"] == 0, stats
+
+
 async def test_after_a_whole_array_the_next_stream_starts_wide(template, tmp_path, bridge
                                                               ) -> None:
-    """A reader that went through one array at the widest window (``find``, ``cp -r``)
-    has the next array's files queued by its first read, not ``prefetch`` of them."""
+    """A reader that went through one array at the widest window has the next array's
+    files queued by its first read, not ``prefetch`` of them (here a reader going
+    backward, whose stream does not go on into the next array by itself)."""
     h = Harness(template, tmp_path, bridge, prefetch=2)
     await h.ns.start()
     async with trio.open_nursery() as n:
         await n.start(h.ns.run_prefetcher)
-        for i in range(4):
-            for j in range(3):
+        for i in reversed(range(4)):
+            for j in reversed(range(3)):
                 await read_file(h.ns, f"field/c/{i}/{j}")
                 await trio.sleep(0.02)
         before = h.ns.stats()["prefetched"]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vchunkfs.errors import UnauthorizedContainerError, UsageError
 from vchunkfs.repository import Authorization, ChunkGrid, parse_repo_url
@@ -140,3 +142,39 @@ def test_the_daemon_fixes_glibcs_mmap_threshold_unless_the_environment_sets_it(
             "raise SystemExit(0 if fix_mmap_threshold() else 1)")
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0  # glibc here
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["a", "b", "10", "2", "c", "zarr"]), min_size=1,
+                         max_size=4), max_size=12))
+def test_array_walk_is_the_order_a_recursive_listing_reads_arrays(paths: list[list[str]]
+                                                                  ) -> None:
+    """ArrayWalk against a plain model: list the root, descend into each group in
+    listing order, depth first (what ``find`` does over the mount)."""
+    from vchunkfs.repository.chunkgrid import listing_key
+    from vchunkfs.repository.snapshot import ArrayWalk, Node
+
+    # every path is an array unless another path lies under it (then it is a group)
+    arrays = {"/".join(p) for p in paths}
+    groups = {"/".join(p[:i]) for p in paths for i in range(len(p))}
+    arrays -= groups
+    children: dict[str, set[str]] = {g: set() for g in groups}
+    for path in arrays | groups:
+        if path:
+            parent, _, name = path.rpartition("/")
+            children[parent].add(name)
+    nodes = {g: Node(g, "group", tuple(sorted(children[g]))) for g in groups}
+    nodes |= {a: Node(a, "array") for a in arrays}
+
+    def listed(group: str) -> list[str]:
+        out = []
+        for name in sorted(children.get(group, ()), key=listing_key):
+            path = f"{group}/{name}" if group else name
+            out += [path] if path in arrays else listed(path)
+        return out
+
+    walk = ArrayWalk(nodes)
+    assert list(walk.order) == (listed("") if "" in groups else [])
+    for i, a in enumerate(walk.order):
+        assert list(walk.after(a)) == list(walk.order[i + 1:])
+    assert list(walk.after("no/such/array")) == []

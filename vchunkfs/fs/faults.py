@@ -183,6 +183,10 @@ class FaultyPresentation:
     def following(self, path: str, n: int, backward: bool = False) -> list[tuple[str, int]]:
         return self.inner.following(path, n, backward)
 
+    async def prepare_following(self, path: str, n: int) -> None:
+        await self.plan.around("prepare_following", path,
+                               lambda: self.inner.prepare_following(path, n))
+
     async def list_dir(self, path: str) -> list[Entry]:
         return await self.plan.around("list_dir", path, lambda: self.inner.list_dir(path))
 

@@ -62,6 +62,27 @@ class Stream:
     window: int
 
 
+@dataclass(frozen=True)
+class Prefetch:
+    """A job of the prefetcher: fetch ``path`` of ``pres`` into the cache as ``key``."""
+
+    key: Hashable
+    pres: Presentation
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Prepare:
+    """A job of the prefetcher: read what lets ``pres.following(path, n)`` look further
+    (the next array's index), for a stream about to run off the end of its array."""
+
+    key: Hashable
+    pres: Presentation
+    path: str
+    n: int
+
+
 class Call(Protocol):
     async def __call__(self, fn: Callable[[], Awaitable[Any]], what: str = "") -> Any: ...
 
@@ -83,13 +104,14 @@ class Reads:
         self.pcall = pcall
         self.files: dict[int, OpenFile] = {}
         self._next_fh = 1
-        self.prefetch_send: trio.MemorySendChannel[tuple[Hashable, Presentation, str, int]] \
-            | None = None
+        self.prefetch_send: trio.MemorySendChannel[Prefetch | Prepare] | None = None
         # queued or fetched, not yet read -> size
         self.prefetching: dict[Hashable, int] = {}
         # file -> the stream that expects it, and the side of the stream it lies on
         self._expected: OrderedDict[Hashable, tuple[Stream, int]] = OrderedDict()
         self._running: dict[Hashable, trio.CancelScope] = {}  # prefetches being fetched
+        # Prepare jobs queued (by the last file their stream knew of), made once
+        self._prepared: set[Hashable] = set()
         # the window a new stream starts with: ``prefetch``, or the widest window once a
         # stream reached it (a reader going through the arrays one after the other, as
         # find, cp -r and tar do, then pays one round trip per array, not two)
@@ -168,11 +190,13 @@ class Reads:
         if send is None or self.prefetch <= 0:
             return
         found = self._expected.pop(key, None)
+        forward: list[tuple[str, int]] | None
         if found is None:
             stream = Stream(self._next_window)
             self._next_window = self.prefetch  # passed on once, not to every stream
             self.streams_started += 1
-            ahead = _interleave(pres.following(path, stream.window),
+            forward = pres.following(path, stream.window)
+            ahead = _interleave(forward,
                                 pres.following(path, max(1, stream.window // 2), True))
             sides = [FORWARD, BACKWARD]
         else:
@@ -181,9 +205,15 @@ class Reads:
             stream.window = min(stream.window * WINDOW_GROWTH, self.max_window)
             if stream.window == self.max_window:
                 self._next_window = self.max_window
-            ahead = [(p, n, side) for p, n in pres.following(path, stream.window,
-                                                             side == BACKWARD)]
+            near = pres.following(path, stream.window, side == BACKWARD)
+            forward = near if side == FORWARD else None
+            ahead = [(p, n, side) for p, n in near]
             sides = [side]
+        if forward is not None and len(forward) < stream.window:
+            # the window runs off the end of what is known: the next array (in listing
+            # order) needs its index read before the stream can go on into it
+            self._prepare(gen, pres, path, forward[-1][0] if forward else path,
+                          stream.window)
         if len(self.prefetching) > 4 * self.max_window:
             # prefetched files evicted or never read: forget them
             self.prefetching = {k: n for k, n in self.prefetching.items() if k in self.cache}
@@ -204,13 +234,29 @@ class Reads:
                 sides.remove(side)
                 continue
             try:
-                send.send_nowait((next_key, pres, next_path, size))
+                send.send_nowait(Prefetch(next_key, pres, next_path, size))
             except trio.WouldBlock:
                 break
             self.prefetching[next_key] = size
             unread += size
         while len(self._expected) > EXPECTED_FILES:
             self._expected.popitem(last=False)
+
+    def _prepare(self, gen: str, pres: Presentation, path: str, last: str, n: int) -> None:
+        """Queue a :class:`Prepare` for a stream at ``path`` whose window ends at
+        ``last``, unless one was queued for ``last`` already (made once: a stream that
+        keeps reading near an array's end asks on every read)."""
+        send = self.prefetch_send
+        key = (gen, pres.name, last)
+        if send is None or key in self._prepared:
+            return
+        if len(self._prepared) > EXPECTED_FILES:
+            self._prepared.clear()
+        try:
+            send.send_nowait(Prepare(key, pres, path, n))
+        except trio.WouldBlock:
+            return  # the workers are busy with prefetches: the next read asks again
+        self._prepared.add(key)
 
     def drop_generation(self, gen: str) -> None:
         """Forget the streams of generation ``gen`` and cancel its prefetches, queued or
@@ -221,6 +267,7 @@ class Reads:
         self.prefetching = {k: n for k, n in self.prefetching.items() if not of_gen(k)}
         for k in [k for k in self._expected if of_gen(k)]:
             del self._expected[k]
+        self._prepared = {k for k in self._prepared if not of_gen(k)}
         for k, scope in self._running.items():
             if of_gen(k):
                 scope.cancel()
@@ -235,11 +282,27 @@ class Reads:
         again, and sees its own error).
         """
         workers = max(self.max_window, 1)
-        send, receive = trio.open_memory_channel[tuple[Hashable, Presentation, str, int]](
-            4 * workers)
+        send, receive = trio.open_memory_channel[Prefetch | Prepare](4 * workers)
+
+        async def prepare(job: Prepare) -> None:
+            with trio.CancelScope() as scope:
+                self._running[job.key] = scope
+                try:
+                    await self.call(lambda: job.pres.prepare_following(job.path, job.n),
+                                    f"prepare the files after {job.path}")
+                except Exception as e:
+                    log.debug("preparing what follows %s: %s", job.path, _first_line(e))
+                    self._prepared.discard(job.key)  # a later read may try again
+                finally:
+                    if self._running.get(job.key) is scope:
+                        del self._running[job.key]
 
         async def worker() -> None:
-            async for key, pres, path, size in receive:
+            async for job in receive:
+                if isinstance(job, Prepare):
+                    await prepare(job)
+                    continue
+                key, pres, path, size = job.key, job.pres, job.path, job.size
                 if key not in self.prefetching:
                     continue  # read or dropped meanwhile
                 with trio.CancelScope() as scope:
@@ -268,6 +331,7 @@ class Reads:
             self.prefetch_send = None
             self.prefetching.clear()
             self._expected.clear()
+            self._prepared.clear()
 
     def release(self, fh: int) -> None:
         self.files.pop(fh, None)

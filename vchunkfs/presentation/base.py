@@ -8,7 +8,14 @@ from typing import Protocol
 from vchunkfs.errors import UsageError
 from vchunkfs.presentation.converted import ConvertedPresentation
 from vchunkfs.presentation.names import NAMES, canonical_presentations
-from vchunkfs.repository.snapshot import Entry, SnapshotView, Unknown
+from vchunkfs.repository.chunkgrid import ChunkGrid, Coords
+from vchunkfs.repository.snapshot import (
+    PREPARED_ARRAYS,
+    ArrayWalk,
+    Entry,
+    SnapshotView,
+    Unknown,
+)
 
 
 class Presentation(Protocol):
@@ -35,8 +42,15 @@ class Presentation(Protocol):
 
     def following(self, path: str, n: int, backward: bool = False) -> list[tuple[str, int]]:
         """(path, size) of up to ``n`` files a reader of ``path`` is likely to read
-        next (the array's next stored chunks; ``backward``: the previous ones, the
-        nearest first), without I/O; ``[]`` if unknown."""
+        next, without I/O: the array's next stored chunks, then the first ones of the
+        arrays after it in listing order (``backward``: the array's previous chunks,
+        the nearest first); fewer where knowing more needs I/O, ``[]`` if unknown.
+        Safe to call from any thread."""
+        ...
+
+    async def prepare_following(self, path: str, n: int) -> None:
+        """Read what ``following(path, n)`` needs to look further (the next array's
+        metadata and chunk index), so that a later call can; cheap when it has it."""
         ...
 
     async def list_dir(self, path: str) -> list[Entry]: ...
@@ -51,6 +65,7 @@ class ZarrV3Presentation:
 
     def __init__(self, view: SnapshotView) -> None:
         self.view = view
+        self._walk = ArrayWalk(view.nodes)
 
     async def stat(self, path: str) -> Entry | None:
         return await self.view.stat(path)
@@ -59,7 +74,31 @@ class ZarrV3Presentation:
         return self.view.stat_known(path)
 
     def following(self, path: str, n: int, backward: bool = False) -> list[tuple[str, int]]:
-        return self.view.following_chunks(path, n, backward)
+        return [(SnapshotView.chunk_key(array, grid, coords), size)
+                for array, grid, coords, size in self._following(path, n, backward)[0]]
+
+    async def prepare_following(self, path: str, n: int) -> None:
+        missing = self._following(path, n)[1]
+        for _ in range(PREPARED_ARRAYS):  # small arrays between (coordinates) are passed
+            if missing is None:
+                return
+            await self.view.hold_index(missing)
+            missing, before = self._following(path, n)[1], missing
+            if missing == before:
+                return  # too large to index whole: its stats will find its chunks
+
+    def _following(self, path: str, n: int, backward: bool = False
+                   ) -> tuple[list[tuple[str, ChunkGrid, Coords, int]], str | None]:
+        found = self.view.locate(path)
+        if found is None or found[0].kind != "array":
+            return [], None
+        node, rest = found
+        grid = self.view.grid_known(node.path)
+        parsed = grid.parse(rest) if grid is not None else None
+        if parsed is None or not parsed.is_chunk:
+            return [], None
+        return self.view.following(node.path, parsed.coords, n, backward, self._walk,
+                                   self.view.grid_known)
 
     async def list_dir(self, path: str) -> list[Entry]:
         return await self.view.list_dir(path)

@@ -40,7 +40,16 @@ from vchunkfs.errors import BackendTimeoutError, NotFoundError, VchunkfsError
 from vchunkfs.presentation.codecs import CodecChain, UnsupportedArrayError
 from vchunkfs.repository.chunkgrid import ChunkGrid, Coords, listing_key
 from vchunkfs.repository.names import ZARR_V2_NAMES, hidden_by_name
-from vchunkfs.repository.snapshot import METADATA_KEY, UNKNOWN, Entry, Node, SnapshotView, Unknown
+from vchunkfs.repository.snapshot import (
+    METADATA_KEY,
+    PREPARED_ARRAYS,
+    UNKNOWN,
+    ArrayWalk,
+    Entry,
+    Node,
+    SnapshotView,
+    Unknown,
+)
 
 log = logging.getLogger("vchunkfs.presentation")
 
@@ -71,6 +80,7 @@ class ConvertedPresentation:
         self._docs: dict[str, bytes] = {}
         self._forms: dict[str, _ArrayForm] = {}
         self.nodes = view.nodes if zarr_format == 3 else _without_v2_names(view)
+        self._walk = ArrayWalk(self.nodes)
         self._complete_arrays: dict[str, bool] = {}  # array -> every chunk stored
 
     # -- the contract ---------------------------------------------------------
@@ -117,18 +127,42 @@ class ConvertedPresentation:
         return Entry(name, False, form.chain.decoded_nbytes if self.decoded else stored.size)
 
     def following(self, path: str, n: int, backward: bool = False) -> list[tuple[str, int]]:
+        out = []
+        for array, grid, coords, size in self._following(path, n, backward)[0]:
+            chain = self._forms[array].chain  # built, as the grid was (_chunk_grid)
+            out.append((SnapshotView.chunk_key(array, grid, coords),
+                        chain.decoded_nbytes if self.decoded and chain is not None else size))
+        return out
+
+    async def prepare_following(self, path: str, n: int) -> None:
+        missing = self._following(path, n)[1]
+        for _ in range(PREPARED_ARRAYS):  # small arrays between (coordinates) are passed
+            node = self.nodes.get(missing) if missing is not None else None
+            if node is None or node.kind != "array":
+                return
+            await self._form(node)
+            await self.view.hold_index(node.path)
+            missing = self._following(path, n)[1]
+            if missing == node.path:
+                return  # too large to index whole, or not presentable
+
+    def _following(self, path: str, n: int, backward: bool = False
+                   ) -> tuple[list[tuple[str, ChunkGrid, Coords, int]], str | None]:
         found = self.view.locate(path, self.nodes)
         form = self._forms.get(found[0].path) if found and found[0].kind == "array" else None
         if found is None or form is None or form.grid is None or form.chain is None:
-            return []
+            return [], None
         node, rest = found
         parsed = form.grid.parse(rest)
         if parsed is None or not parsed.is_chunk:
-            return []
-        return [(SnapshotView.chunk_key(node.path, form.grid, coords),
-                 form.chain.decoded_nbytes if self.decoded else size)
-                for coords, size in self.view.following_coords(node.path, parsed.coords, n,
-                                                               backward)]
+            return [], None
+        return self.view.following(node.path, parsed.coords, n, backward, self._walk,
+                                   self._chunk_grid)
+
+    def _chunk_grid(self, array: str) -> ChunkGrid | None:
+        """The grid of ``array``'s chunk files here, once its form is built (no I/O)."""
+        form = self._forms.get(array)
+        return form.grid if form is not None and form.chain is not None else None
 
     async def list_dir(self, path: str) -> list[Entry]:
         where = await self._resolve(path)

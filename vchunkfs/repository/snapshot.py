@@ -33,7 +33,7 @@ import json
 import re
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,9 @@ _PROBE_BATCH = 512
 _NATIVE, _VIRTUAL, _INLINE = 1, 2, 3
 _MISSING = -1
 PINNED_INDEX_CHUNKS = 4096
+# arrays whose index one Presentation.prepare_following reads at most, to get past
+# small ones (coordinates) between two large ones in listing order
+PREPARED_ARRAYS = 16
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,35 @@ class Node:
     @property
     def name(self) -> str:
         return self.path.rsplit("/", 1)[-1]
+
+
+class ArrayWalk:
+    """The arrays of a tree in the order a depth-first walk of its listings visits
+    them, each group's children in listing order: the order in which ``find``,
+    ``cp -r`` and ``tar`` read them. Built once per tree (trees never change)."""
+
+    def __init__(self, nodes: Mapping[str, Node]) -> None:
+        order: list[str] = []
+        pending = [""]
+        while pending:
+            node = nodes.get(pending.pop())
+            if node is None:
+                continue
+            if node.kind == "array":
+                order.append(node.path)
+                continue
+            prefix = f"{node.path}/" if node.path else ""
+            # reversed onto the stack, so the first child in listing order comes out first
+            pending += [prefix + c for c in sorted(node.children, key=listing_key,
+                                                   reverse=True)]
+        self.order = tuple(order)
+        self._position = {a: i for i, a in enumerate(order)}
+
+    def after(self, array: str) -> Iterator[str]:
+        """The arrays after ``array``, nearest first (none if ``array`` is not one)."""
+        i = self._position.get(array)
+        if i is not None:
+            yield from itertools.islice(self.order, i + 1, None)
 
 
 @dataclass(frozen=True)
@@ -351,38 +383,60 @@ class SnapshotView:
         size = index.size(grid.linear(parsed.coords))
         return None if size is None else Entry(name, False, size)
 
-    def following_chunks(self, key: str, n: int, backward: bool = False
-                         ) -> list[tuple[str, int]]:
-        """(key, size) of the next ``n`` stored chunks of the array after chunk ``key``
-        (``backward``: before it, the nearest first), in the order of their linear index;
-        ``[]`` when that needs I/O (no index held).
+    def grid_known(self, array: str) -> ChunkGrid | None:
+        """The stored grid of ``array`` if it was read already, else None (no I/O;
+        thread-safe)."""
+        return self._grids.get(array)
 
-        Safe to call from any thread, like :meth:`stat_known`.
+    def following(self, array: str, coords: Coords, n: int, backward: bool, walk: ArrayWalk,
+                  grid_of: Callable[[str], ChunkGrid | None]
+                  ) -> tuple[list[tuple[str, ChunkGrid, Coords, int]], str | None]:
+        """The next ``n`` stored chunks after ``coords`` in ``array`` (``backward``:
+        before it, nearest first) as (array, grid, coords, size): forward, where
+        ``array`` ends first, the arrays after it in ``walk`` follow (the order listings
+        give, as ``find`` and ``cp -r`` go), from their first chunk. ``grid`` is
+        ``grid_of(array)``: the grid of the presentation asking, whose chunk keys it
+        makes. The list stops short at the first array whose chunks need I/O to know
+        (no index held, no grid read yet, or ``grid_of`` None: the presentation has not
+        built its form of it); that array is the second item, else None.
+
+        Thread-safe, like :meth:`stat_known`: it reads only dicts that only gain keys.
         """
-        found = self.locate(key)
-        if found is None or found[0].kind != "array":
-            return []
-        node, rest = found
-        grid = self._grids.get(node.path)
-        parsed = grid.parse(rest) if grid is not None else None
-        if grid is None or parsed is None or not parsed.is_chunk:
-            return []
-        return [(self.chunk_key(node.path, grid, coords), size)
-                for coords, size in self.following_coords(node.path, parsed.coords, n,
-                                                          backward)]
+        out: list[tuple[str, ChunkGrid, Coords, int]] = []
+        following = (array,) if backward else itertools.chain((array,), walk.after(array))
+        for name in following:
+            if len(out) >= n:
+                break
+            stored = self._grids.get(name)
+            shown = grid_of(name)
+            index = self._pinned_indexes.get(name) or self._held_indexes.get(name)
+            if stored is None or shown is None or index is None:
+                return out, name
+            if name == array:
+                lin = stored.linear(coords)
+                near = index.before(lin, n) if backward else index.after(lin, n)
+            else:
+                near = index.after(-1, n - len(out))
+            out += [(name, shown, _unravel(lin, stored.grid_shape), size) for lin, size in near]
+        return out, None
 
-    def following_coords(self, array: str, coords: Coords, n: int, backward: bool = False
-                         ) -> list[tuple[Coords, int]]:
-        """(coords, size) of the next ``n`` stored chunks after ``coords`` in ``array``
-        (``backward``: before it, the nearest first); ``[]`` when that needs I/O.
-        Thread-safe, like :meth:`stat_known`."""
-        grid = self._grids.get(array)
-        index = self._pinned_indexes.get(array) or self._held_indexes.get(array)
-        if grid is None or index is None:
-            return []
-        lin = grid.linear(coords)
-        near = index.before(lin, n) if backward else index.after(lin, n)
-        return [(_unravel(lin, grid.grid_shape), size) for lin, size in near]
+    async def hold_index(self, array: str) -> None:
+        """Build and hold the chunk index of ``array`` if it is small enough to hold
+        whole (as its first stat does), so that :meth:`following` can look into
+        it without I/O; nothing for a larger array (its chunks are found by stats)."""
+        grid = await self.grid(array)
+        if array not in self._pinned_indexes:
+            await self._pin_small_index(array, grid)
+
+    async def _pin_small_index(self, array: str, grid: ChunkGrid) -> ChunkIndex | None:
+        """The index of a small array, built once and pinned; None for a larger one."""
+        if grid.num_chunks > min(PINNED_INDEX_CHUNKS, self.caches.index_max_chunks):
+            return None
+        # one pass over a small array answers every stat of it from now on
+        index = await self._index_if_small(array, grid, force=True)
+        if index is not None:
+            self._pinned_indexes[array] = index
+        return index
 
     async def stat(self, key: str) -> Entry | None:
         """The entry ``key`` names, with its exact size, or None if there is none."""
@@ -460,12 +514,8 @@ class SnapshotView:
             return None if size == _MISSING else size
         index = self._pinned_indexes.get(array) or self.caches.indexes.get(
             (self.snapshot_id, array))
-        if index is None and grid.num_chunks <= min(PINNED_INDEX_CHUNKS,
-                                                     self.caches.index_max_chunks):
-            # one pass over a small array answers every stat of it from now on
-            index = await self._index_if_small(array, grid, force=True)
-            if index is not None:
-                self._pinned_indexes[array] = index
+        if index is None:
+            index = await self._pin_small_index(array, grid)
         if index is not None:
             return index.size(lin)
         key = self.chunk_key(array, grid, coords)
