@@ -33,6 +33,9 @@ page cache dropped when /proc/sys/vm/drop_caches is writable):
   obstore, sequential /   ``obstore.get_range_async`` of the same byte ranges of
   obstore, concurrent     the netCDF objects through the proxy: the network and
                           server limit without icechunk
+  obstore, coalesced      one GET per netCDF object spanning its four chunks (a
+                          day's variables lie next to each other), all at once:
+                          what coalescing adjacent ranges across keys could gain
   ingest / ingest-guide   ``vchunkfs ingest`` of the 31 files through the proxy into
                           a new repository, and the Icechunk guide's Python
                           (VirtualiZarr, ``xr.concat``, ``to_icechunk``) doing the same
@@ -420,6 +423,37 @@ def obstore_get(env: Env, concurrent: bool, endpoint: str | None = None) -> int:
     return asyncio.run(main())
 
 
+def obstore_coalesced(env: Env) -> int:
+    """One GET per source file covering the byte ranges of its chunks (a day's four
+    variables lie next to each other in an OISST file), all at once: what coalescing
+    adjacent ranges across keys could gain (icechunk does not; the mount does not)."""
+    import obstore
+    from obstore.store import S3Store
+
+    spans: dict[str, tuple[int, int, int]] = {}  # object -> (start, end, bytes of chunks)
+    for c in env.chunks:
+        start, end, nbytes = spans.get(c.nc.name, (c.offset, c.offset + c.length, 0))
+        spans[c.nc.name] = (min(start, c.offset), max(end, c.offset + c.length),
+                            nbytes + c.length)
+
+    async def main() -> int:
+        store = S3Store(BUCKET, endpoint=env.proxy.url, region=env.s3.region,
+                        access_key_id=env.s3.access_key_id,
+                        secret_access_key=env.s3.secret_access_key,
+                        client_options={"allow_http": True})
+
+        async def one(name: str, start: int, end: int, nbytes: int) -> int:
+            data = await obstore.get_range_async(store, f"oisst/{name}", start=start,
+                                                 end=end)
+            if len(data) != end - start:
+                raise RuntimeError(f"{name}: short range")
+            return nbytes  # the chunks' bytes, as the other contestants count
+
+        return sum(await asyncio.gather(*(one(n, *span) for n, span in spans.items())))
+
+    return asyncio.run(main())
+
+
 def ingest_vchunkfs(env: Env) -> int:
     """``vchunkfs ingest`` of the 31 files through the proxy into a new repository
     (``init`` before the clock, as a daily job's repository exists already)."""
@@ -478,6 +512,8 @@ CONTESTANTS: dict[str, tuple[str, Callable[[Env], int]]] = {
                     lambda e: obstore_get(e, False)),
     "obstore-gather": ("obstore GETs through the proxy, concurrent",
                        lambda e: obstore_get(e, True)),
+    "obstore-coalesced": ("obstore, one GET per file for its adjacent chunks, concurrent",
+                          obstore_coalesced),
     "ingest": ("vchunkfs ingest of the 31 files", ingest_vchunkfs),
     "ingest-guide": ("the guide's Python ingest of the 31 files", ingest_guide),
 }

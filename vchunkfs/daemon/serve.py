@@ -78,7 +78,9 @@ def _open_and_serve(opts: MountOptions, ready_fd: int | None) -> int:
             version=opts.version, presentation=opts.presentation, cache_bytes=opts.cache_size,
             show_versions=opts.show_versions, poll_interval=opts.poll_interval,
             prefetch=opts.prefetch, timeout=timeout, memory=memory,
-            control_socket=socket_path))
+            control_socket=socket_path,
+            remote=not repo.location.is_local or any(
+                not p.startswith("file://") for p in repo.authorization.prefixes)))
         invalidator = KernelInvalidator()
         ops = ControlOps(repo, bridge, namespace, invalidator, opts.mountpoint)
         namespace.staged = ops

@@ -123,7 +123,8 @@ class Namespace:
         self.config = config
         self.memory = config.memory or MemoryBudget.split(config.cache_bytes)
         self.cache = BlockCache(self.memory.blocks)
-        self.reads = Reads(self.cache, config.prefetch, self._call, self._pcall)
+        self.reads = Reads(self.cache, config.prefetch, self._call, self._pcall,
+                           read_ahead_arrays=config.remote)
         self.presentations = canonical_presentations(config.presentation)
         # with one presentation every tree node has it; with several, a version's top
         # directory lists one subdirectory per presentation (nodes with pres "")

@@ -133,4 +133,7 @@ class MountConfig:
     control_socket: str | None = None
     prefetch: int = 4  # chunk files fetched ahead of a cold read (run_prefetcher serves them)
     timeout: float | None = 30.0  # seconds any backend call, and any request, may take
+    # the repository or an authorized container is not on a local disk: a prefetch
+    # window reads the next array's index ahead to go on into it (docs/SEMANTICS.md)
+    remote: bool = True
     memory: MemoryBudget | None = None  # the split of cache_bytes, if not the default one

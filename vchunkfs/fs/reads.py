@@ -27,9 +27,9 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
@@ -49,17 +49,19 @@ WINDOW_GROWTH = 4
 MAX_WINDOW_FACTOR = 8
 # files the streams expect to be read next, remembered at most (oldest forgotten)
 EXPECTED_FILES = 4096
-
-
 FORWARD, BACKWARD = 1, -1  # the sides of a stream, in array order
 
 
 @dataclass
 class Stream:
-    """A reader's way through an array: how many files ahead to keep fetching (its
-    direction is the side of the file it last hit, kept in ``Reads._expected``)."""
+    """A reader's way through the files: how many files ahead to keep fetching, and the
+    files of its window on each side, nearest first, as (cache key, path, size). Its
+    direction is the side of the file it last hit (kept in ``Reads._expected``). The
+    window moves by asking the presentation only for the files past its far end, so a
+    read costs the files it adds, not the whole window."""
 
     window: int
+    ahead: dict[int, deque[tuple[Hashable, str, int]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,8 @@ class Reads:
     """The open files of a mount and their bytes: ``call``/``pcall`` cross the bridge
     (with the deadline; ``pcall`` also maps errors to errnos and logs them)."""
 
-    def __init__(self, cache: BlockCache, prefetch: int, call: Call, pcall: PCall) -> None:
+    def __init__(self, cache: BlockCache, prefetch: int, call: Call, pcall: PCall,
+                 read_ahead_arrays: bool = True) -> None:
         self.cache = cache
         self.prefetch = prefetch
         self.max_window = prefetch * MAX_WINDOW_FACTOR
@@ -119,6 +122,11 @@ class Reads:
         self.streams_started = 0
         self.window_hits = 0  # reads of a file a stream had in its window
         self.wait_seconds = 0.0  # time reads spent waiting for bytes not in the cache
+        # a window near an array's end reads the next array's index ahead (Prepare):
+        # for remote backends. On a local disk the reader's own first read of the next
+        # array costs less than reading ahead does (a cold pass of 124 local chunk files
+        # used 18 ms more CPU with it, docs/benchmarks-mount.md)
+        self.read_ahead_arrays = read_ahead_arrays
 
     def read_cached(self, fh: int, offset: int, length: int) -> bytes | memoryview | None:
         """:meth:`read` of a file whose block is in the cache, without copying it."""
@@ -190,41 +198,34 @@ class Reads:
         if send is None or self.prefetch <= 0:
             return
         found = self._expected.pop(key, None)
-        forward: list[tuple[str, int]] | None
         if found is None:
             stream = Stream(self._next_window)
             self._next_window = self.prefetch  # passed on once, not to every stream
             self.streams_started += 1
-            forward = pres.following(path, stream.window)
-            ahead = _interleave(forward,
-                                pres.following(path, max(1, stream.window // 2), True))
             sides = [FORWARD, BACKWARD]
+            self._extend(stream, FORWARD, pres, gen, path, stream.window)
+            self._extend(stream, BACKWARD, pres, gen, path, max(1, stream.window // 2))
+            ahead = _interleave(stream.ahead[FORWARD], stream.ahead[BACKWARD])
         else:
             stream, side = found
             self.window_hits += 1
             stream.window = min(stream.window * WINDOW_GROWTH, self.max_window)
             if stream.window == self.max_window:
                 self._next_window = self.max_window
-            near = pres.following(path, stream.window, side == BACKWARD)
-            forward = near if side == FORWARD else None
-            ahead = [(p, n, side) for p, n in near]
             sides = [side]
-        if forward is not None and len(forward) < stream.window:
-            # the window runs off the end of what is known: the next array (in listing
-            # order) needs its index read before the stream can go on into it
-            self._prepare(gen, pres, path, forward[-1][0] if forward else path,
-                          stream.window)
+            near = stream.ahead[side]
+            while near and near.popleft()[0] != key:
+                pass  # files of the window the reader passed by
+            self._extend(stream, side, pres, gen, path, stream.window)
+            ahead = [(*entry, side) for entry in near]
         if len(self.prefetching) > 4 * self.max_window:
             # prefetched files evicted or never read: forget them
             self.prefetching = {k: n for k, n in self.prefetching.items() if k in self.cache}
         share = self.cache.max_bytes // 4
         unread = sum(self.prefetching.values())
-        for next_path, size, side in ahead:
+        for next_key, next_path, size, side in ahead:
             if side not in sides:
                 continue  # that side filled the share or the queue
-            next_key = (gen, pres.name, next_path)
-            self._expected[next_key] = (stream, side)
-            self._expected.move_to_end(next_key)
             if (size <= 0 or size > BLOCK_SIZE or next_key in self.cache
                     or next_key in self.prefetching):
                 continue  # not a prefetch's, or cached, on its way or queued
@@ -241,6 +242,27 @@ class Reads:
             unread += size
         while len(self._expected) > EXPECTED_FILES:
             self._expected.popitem(last=False)
+
+    def _extend(self, stream: Stream, side: int, pres: Presentation, gen: str, path: str,
+                n: int) -> None:
+        """Fill ``stream``'s window on ``side`` up to ``n`` files from the reader's file
+        ``path``, asking the presentation only for the files past its far end; where it
+        knows fewer (the end of what is known), read the next array's index ahead."""
+        near = stream.ahead.setdefault(side, deque())
+        last = near[-1][1] if near else path
+        want = n - len(near)
+        if want <= 0:
+            return
+        more = pres.following(last, want, side == BACKWARD)
+        for next_path, size in more:
+            next_key = (gen, pres.name, next_path)
+            near.append((next_key, next_path, size))
+            self._expected[next_key] = (stream, side)
+            self._expected.move_to_end(next_key)
+        if side == FORWARD and len(more) < want and self.read_ahead_arrays:
+            # the window runs off the end of what is known: the next array (in listing
+            # order) needs its index read before the stream can go on into it
+            self._prepare(gen, pres, path, near[-1][1] if near else path, n)
 
     def _prepare(self, gen: str, pres: Presentation, path: str, last: str, n: int) -> None:
         """Queue a :class:`Prepare` for a stream at ``path`` whose window ends at
@@ -337,10 +359,11 @@ class Reads:
         self.files.pop(fh, None)
 
 
-def _interleave(forward: list[tuple[str, int]], backward: list[tuple[str, int]]
-                ) -> list[tuple[str, int, int]]:
+def _interleave(forward: deque[tuple[Hashable, str, int]],
+                backward: deque[tuple[Hashable, str, int]]
+                ) -> list[tuple[Hashable, str, int, int]]:
     """Both sides of a new stream, nearest first: f1, b1, f2, b2, ..."""
-    out: list[tuple[str, int, int]] = []
+    out: list[tuple[Hashable, str, int, int]] = []
     for i in range(max(len(forward), len(backward))):
         if i < len(forward):
             out.append((*forward[i], FORWARD))

@@ -79,10 +79,10 @@ class ZarrV3Presentation:
 
     async def prepare_following(self, path: str, n: int) -> None:
         missing = self._following(path, n)[1]
-        for _ in range(PREPARED_ARRAYS):  # small arrays between (coordinates) are passed
+        for _ in range(PREPARED_ARRAYS):  # arrays chunked otherwise between are passed
             if missing is None:
                 return
-            await self.view.hold_index(missing)
+            await self.view.hold_index(missing, _grid_shape(self.view, path))
             missing, before = self._following(path, n)[1], missing
             if missing == before:
                 return  # too large to index whole: its stats will find its chunks
@@ -105,6 +105,13 @@ class ZarrV3Presentation:
 
     async def read(self, path: str, offset: int, length: int) -> bytes:
         return await self.view.read(path, offset, length)
+
+
+def _grid_shape(view: SnapshotView, path: str) -> Coords | None:
+    """The stored grid shape of the array ``path`` lies in, if known (no I/O)."""
+    found = view.locate(path)
+    grid = view.grid_known(found[0].path) if found is not None else None
+    return grid.grid_shape if grid is not None else None
 
 
 def _converted(name: str, zarr_format: int, decoded: bool) -> Callable[[SnapshotView],

@@ -136,12 +136,14 @@ class ConvertedPresentation:
 
     async def prepare_following(self, path: str, n: int) -> None:
         missing = self._following(path, n)[1]
-        for _ in range(PREPARED_ARRAYS):  # small arrays between (coordinates) are passed
+        found = self.view.locate(path, self.nodes)
+        own = self.view.grid_known(found[0].path) if found is not None else None
+        for _ in range(PREPARED_ARRAYS):  # arrays chunked otherwise between are passed
             node = self.nodes.get(missing) if missing is not None else None
-            if node is None or node.kind != "array":
+            if node is None or node.kind != "array" or own is None:
                 return
-            await self._form(node)
-            await self.view.hold_index(node.path)
+            if await self.view.hold_index(node.path, own.grid_shape):
+                await self._form(node)
             missing = self._following(path, n)[1]
             if missing == node.path:
                 return  # too large to index whole, or not presentable
