@@ -8,6 +8,7 @@ either exactly those bytes or the documented errno, never anything else.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -191,8 +192,12 @@ def test_a_changed_local_source_is_an_error_never_wrong_bytes(tmp_path, mutation
                 else:
                     wrong += 1
         log = m.log_text()
-    print(f"{mutation}: {right} right, {refused} refused, {wrong} wrong")
+        stats = json.loads(os.getxattr(m.path, "user.vchunkfs.stats"))
+    print(f"{mutation}: {right} right, {refused} refused, {wrong} wrong; {stats}")
     assert wrong == 0
+    # the first read found the records and the index: the others took the local way
+    # (a worker thread, no bridge), which must refuse the changed file as well
+    assert stats["local_fetches"] >= len(expected) - 1, stats
     assert refused == 2 * sum(1 for d, _ in expected.values() if d == 1)
     assert right == 2 * sum(1 for d, _ in expected.values() if d == 0)
     assert target.as_uri() in log

@@ -79,6 +79,11 @@ class FaultPlan:
         with self._lock:
             self._rules.clear()
 
+    def applies_to(self, op: str) -> bool:
+        """Whether any rule may inject into calls of ``op``."""
+        with self._lock:
+            return any(r.ops is None or op in r.ops for r in self._rules)
+
     def pick(self, op: str, what: str) -> _Rule | None:
         with self._lock:
             self.calls[op] += 1
@@ -189,6 +194,12 @@ class FaultyPresentation:
 
     async def list_dir(self, path: str) -> list[Entry]:
         return await self.plan.around("list_dir", path, lambda: self.inner.list_dir(path))
+
+    def local_read(self, path: str, offset: int, length: int) -> Callable[[], bytes] | None:
+        # faults are injected on the bridge's way: reads take it while a rule may apply
+        if self.plan.applies_to("read"):
+            return None
+        return self.inner.local_read(path, offset, length)
 
     async def read(self, path: str, offset: int, length: int) -> bytes:
         return await self.plan.around_read(f"{path} [{offset}:{offset + length}]",

@@ -27,6 +27,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from cachetools import LRUCache
 
 from vchunkfs.bridge import AsyncioBridge
 from vchunkfs.errors import (
+    BackendTimeoutError,
     NotFoundError,
     ReadOnlyError,
     UnauthorizedContainerError,
@@ -123,7 +125,7 @@ class Namespace:
         self.config = config
         self.memory = config.memory or MemoryBudget.split(config.cache_bytes)
         self.cache = BlockCache(self.memory.blocks)
-        self.reads = Reads(self.cache, config.prefetch, self._call, self._pcall,
+        self.reads = Reads(self.cache, config.prefetch, self._call, self._pcall, self._tcall,
                            read_ahead_arrays=config.remote)
         self.presentations = canonical_presentations(config.presentation)
         # with one presentation every tree node has it; with several, a version's top
@@ -501,6 +503,7 @@ class Namespace:
                 "prefetch_wasted_bytes": c.prefetch_wasted_bytes,
                 "in_flight": self.cache.inflight_count,
                 "read_wait_seconds": round(self.reads.wait_seconds, 3),
+                "local_fetches": self.reads.local_fetches,
                 "cache_bytes": self.cache.current_bytes,
                 "inodes": self.inode_count, "open_files": len(self.reads.files)}
 
@@ -593,6 +596,30 @@ class Namespace:
             for n, sid in refs.items():
                 labels.setdefault(sid, []).append(f"{kind} {n}")
         return render_history(await self._pcall(commits, "history", "read"), labels).encode()
+
+    async def _tcall[T](self, fn: Callable[[], T], path: str, op: str = "",
+                        quiet: bool = False) -> T:
+        """Run the blocking ``fn()`` in a trio worker thread, within the deadlines of
+        :meth:`_call`, with the errors of :meth:`_pcall` (not logged if ``quiet``). At
+        the deadline the thread is abandoned (its result dropped) and
+        :class:`~vchunkfs.errors.BackendTimeoutError` is raised."""
+        what = op if path in op else f"{op} {path}".strip()
+        timeout = self.config.timeout
+        if timeout is not None:
+            timeout = max(0.0, min(timeout, REQUEST_DEADLINE.get() - trio.current_time()))
+        try:
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+            raise BackendTimeoutError(what, timeout or 0.0)
+        except VchunkfsError as e:
+            err = errno_for(e)
+            if err != errno.ENOENT and not quiet:
+                log.warning("%s: %s", path or "/", e)
+            raise FsError(err, str(e)) from e
+        except Exception as e:
+            if not quiet:
+                log.warning("%s: %s", path or "/", _first_line(e))
+            raise FsError(errno.EIO, str(e)) from e
 
     async def _pcall[T](self, fn: Callable[[], Awaitable[T]], path: str, op: str = "") -> T:
         """Call the presentation through the bridge; map errors to errnos, log once."""

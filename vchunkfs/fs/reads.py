@@ -94,17 +94,25 @@ class PCall(Protocol):
                        op: str = "") -> Any: ...
 
 
+class TCall(Protocol):
+    async def __call__(self, fn: Callable[[], Any], path: str, op: str = "",
+                       quiet: bool = False) -> Any: ...
+
+
 class Reads:
     """The open files of a mount and their bytes: ``call``/``pcall`` cross the bridge
-    (with the deadline; ``pcall`` also maps errors to errnos and logs them)."""
+    (with the deadline; ``pcall`` also maps errors to errnos and logs them); ``tcall``
+    runs a presentation's blocking local read in a trio worker thread instead (the
+    same deadline and errors), one thread hop where the bridge takes four."""
 
     def __init__(self, cache: BlockCache, prefetch: int, call: Call, pcall: PCall,
-                 read_ahead_arrays: bool = True) -> None:
+                 tcall: TCall, read_ahead_arrays: bool = True) -> None:
         self.cache = cache
         self.prefetch = prefetch
         self.max_window = prefetch * MAX_WINDOW_FACTOR
         self.call = call
         self.pcall = pcall
+        self.tcall = tcall
         self.files: dict[int, OpenFile] = {}
         self._next_fh = 1
         self.prefetch_send: trio.MemorySendChannel[Prefetch | Prepare] | None = None
@@ -122,6 +130,7 @@ class Reads:
         self.streams_started = 0
         self.window_hits = 0  # reads of a file a stream had in its window
         self.wait_seconds = 0.0  # time reads spent waiting for bytes not in the cache
+        self.local_fetches = 0  # fetches made by a local read in a worker thread
         # a window near an array's end reads the next array's index ahead (Prepare):
         # for remote backends. On a local disk the reader's own first read of the next
         # array costs less than reading ahead does (a cold pass of 124 local chunk files
@@ -179,7 +188,11 @@ class Reads:
         """``n`` bytes of ``path`` from ``off``, fetched through the presentation."""
         what = f"read {path} [{off}:{off + n}]"
         data: bytes
-        if quiet:
+        local = pres.local_read(path, off, n)
+        if local is not None:
+            self.local_fetches += 1
+            data = await self.tcall(local, path, what, quiet)
+        elif quiet:
             data = await self.call(lambda: pres.read(path, off, n),
                                    "prefetch" + what.removeprefix("read"))
         else:

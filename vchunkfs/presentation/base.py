@@ -57,6 +57,13 @@ class Presentation(Protocol):
 
     async def read(self, path: str, offset: int, length: int) -> bytes: ...
 
+    def local_read(self, path: str, offset: int, length: int) -> Callable[[], bytes] | None:
+        """``read(path, offset, length)`` as a blocking call for a worker thread, with
+        the same checks and bytes, when that needs neither the bridge nor any I/O but
+        the read itself (a local virtual chunk with a source record); else None.
+        Safe to call from any thread."""
+        ...
+
 
 class ZarrV3Presentation:
     """The snapshot as stored: Zarr v3 metadata documents and raw chunk bytes."""
@@ -105,6 +112,9 @@ class ZarrV3Presentation:
 
     async def read(self, path: str, offset: int, length: int) -> bytes:
         return await self.view.read(path, offset, length)
+
+    def local_read(self, path: str, offset: int, length: int) -> Callable[[], bytes] | None:
+        return self.view.local_read_plan(path, offset, length)
 
 
 def _grid_shape(view: SnapshotView, path: str) -> Coords | None:

@@ -183,6 +183,23 @@ class ConvertedPresentation:
             entries += await self._chunk_entries(node.path, form, coords)
         return sorted(entries, key=lambda e: listing_key(e.name))
 
+    def local_read(self, path: str, offset: int, length: int) -> Callable[[], bytes] | None:
+        if self.decoded:
+            return None  # decoding runs on the bridge's loop
+        found = self.view.locate(path, self.nodes)
+        form = self._forms.get(found[0].path) if found and found[0].kind == "array" else None
+        if found is None or form is None or form.grid is None:
+            return None
+        node, rest = found
+        stored_grid = self.view.grid_known(node.path)
+        parsed = form.grid.parse(rest)
+        if (stored_grid is None or parsed is None or not parsed.is_chunk
+                or rest in self._doc_names(node, form)):
+            return None
+        # the stored chunk's bytes, as read() gives them (view.read_chunk)
+        stored = SnapshotView.chunk_key(node.path, stored_grid, parsed.coords)
+        return self.view.local_read_plan(stored, offset, length)
+
     async def read(self, path: str, offset: int, length: int) -> bytes:
         where = await self._resolve(path)
         if where is None or where[1] == "dir":

@@ -28,6 +28,7 @@ readers apply the fill value for the rest.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import re
@@ -55,7 +56,7 @@ from vchunkfs.errors import (
 from vchunkfs.repository.authorization import raise_if_unauthorized
 from vchunkfs.repository.chunkgrid import ChunkGrid, Coords, listing_key
 from vchunkfs.repository.names import visible_nodes
-from vchunkfs.repository.sources import LocalSources
+from vchunkfs.repository.sources import LocalSources, SourceRecord
 
 METADATA_KEY = "zarr.json"
 
@@ -255,6 +256,9 @@ class SnapshotView:
         # no file:// prefix. Source records are those of ``records_snapshot``'s ancestry.
         self.local = local
         self.records_snapshot = records_snapshot or snapshot_id
+        # the source records, once a local read fetched them (for local_read_plan, which
+        # runs in other threads: one assignment, never changed after)
+        self._records: Mapping[str, SourceRecord] | None = None
         self.session = session
         self.store = session.store
         self.nodes = nodes
@@ -596,6 +600,35 @@ class SnapshotView:
                                f"{self.snapshot_id} listed one; the repository is inconsistent")
         return buf.to_bytes()
 
+    def local_read_plan(self, key: str, offset: int, length: int) -> Callable[[], bytes] | None:
+        """The read of chunk ``key`` that :meth:`read` would make, as a blocking call
+        for a worker thread, when it needs nothing else: a virtual chunk below an
+        authorized ``file://`` prefix whose source has a record, with the array's index
+        held and the records read. The call does the same containment and
+        changed-source checks (:meth:`LocalSources.read`). None otherwise (then
+        :meth:`read`). Thread-safe, like :meth:`stat_known`: no I/O, no icechunk."""
+        local, records = self.local, self._records
+        found = self.locate(key) if local is not None and records is not None else None
+        if found is None or found[0].kind != "array":
+            return None
+        node, rest = found
+        grid = self._grids.get(node.path)
+        parsed = grid.parse(rest) if grid is not None else None
+        index = self._pinned_indexes.get(node.path) or self._held_indexes.get(node.path)
+        if grid is None or parsed is None or not parsed.is_chunk or index is None:
+            return None
+        ref = index.ref(grid.linear(parsed.coords))
+        if local is None or records is None or ref is None or not ref[0].startswith("file://"):
+            return None
+        url, start, size = ref
+        root = local.root(url)
+        record = records.get(url)
+        if root is None or record is None:
+            return None  # not ours to read, or no record: icechunk's get checks the bytes
+        offset = min(offset, size)
+        n = max(0, min(length, size - offset))
+        return functools.partial(local.read, url, root, start + offset, n, record, key)
+
     async def _read_local(self, key: str, ref: tuple[str, int, int], root: str, offset: int,
                           length: int | None) -> bytes:
         """A local virtual chunk, read contained below ``root`` and checked against the
@@ -607,6 +640,7 @@ class SnapshotView:
         offset = min(offset, size)
         n = size - offset if length is None else max(0, min(length, size - offset))
         records = await self._call(key, lambda: local.records.of(self.records_snapshot))
+        self._records = records
         record = records.get(url)
         data = await asyncio.to_thread(local.read, url, root, start + offset, n, record, key)
         if record is None and await self._icechunk_get(key, offset, n) != data:
