@@ -61,7 +61,8 @@ mount options (-o opt[,opt...]):
   prefetch=N            after a cold read of a chunk file, fetch the array's next N
                         chunk files into the daemon's cache (and N/2 before it, for
                         readers that go backward); the window grows 4x while the
-                        reader reads on in order, up to 8N (default 4; 0: off)
+                        reader reads on in order, up to 16N, and goes on into the
+                        next arrays chunked alike in listing order (default 4; 0: off)
   allow_other           let other users read the mount (needs user_allow_other in
                         /etc/fuse.conf for non-root)
   uid=N, gid=N          owner shown for every file (default: the mounting user)

@@ -43,10 +43,12 @@ log = logging.getLogger("vchunkfs.fs")
 # a stream's window grows by this factor on each hit: an array's files are all queued
 # after two hits, so a reader pays about two round trips per array, not four
 WINDOW_GROWTH = 4
-# a stream's window grows to this many times the ``prefetch`` option (4 -> 32 files:
-# about the round trip over the file's transfer time of a 380 kB chunk at 100 ms,
-# docs/benchmarks-remote.md); as many prefetches run at once
-MAX_WINDOW_FACTOR = 8
+# a stream's window grows to this many times the ``prefetch`` option (4 -> 64 files),
+# and as many prefetches run at once: at 100 ms a round trip, 32 files in flight held
+# one reader to 1.39x of icechunk's gather of the same chunks, 64 to 1.23x (at 30 ms
+# both ~0.97x; docs/benchmarks-remote.md). Prefetched bytes stay within a quarter of
+# the block cache whatever the window
+MAX_WINDOW_FACTOR = 16
 # files the streams expect to be read next, remembered at most (oldest forgotten)
 EXPECTED_FILES = 4096
 FORWARD, BACKWARD = 1, -1  # the sides of a stream, in array order
