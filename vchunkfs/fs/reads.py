@@ -4,7 +4,10 @@
 The prefetcher hides the backend's latency from readers that read chunk files one
 after the other. The first read of a chunk file that is not cached (or that was
 prefetched) looks ahead in the array's order (``Presentation.following``, the order
-listings give) and queues the next files of its *stream*. A read of a file no stream
+listings give, and on into the next arrays chunked alike, as ``find`` and ``cp -r``
+walk the tree) and queues the next files of its *stream*; on a remote mount a
+:class:`Prepare` job reads the next array's index ahead when a window reaches the end
+of what is known. A read of a file no stream
 expected starts a stream, which looks both ways: ``prefetch`` files forward and half
 as many backward (Dask, under ``xarray.load()``, reads an array's chunks backward in
 the string order of their keys: 9, 8, ..., 4, 30, 3, 29, ...). Each read of a file a
@@ -20,6 +23,10 @@ evict what readers are about to read), a prefetch is made only when the block ca
 has room for it without waiting, and the queue holds what the workers can take. A
 branch move drops the queued and running prefetches of the generation it leaves
 (:meth:`Reads.drop_generation`).
+
+A fetch of a local chunk that the presentation can read without the bridge
+(``Presentation.local_read``: a local virtual chunk whose source has a record) runs
+in a trio worker thread (``tcall``), with the same checks, deadline and errors.
 """
 
 from __future__ import annotations
@@ -284,7 +291,7 @@ class Reads:
         ``last``, unless one was queued for ``last`` already (made once: a stream that
         keeps reading near an array's end asks on every read)."""
         send = self.prefetch_send
-        key = (gen, pres.name, last)
+        key = (gen, pres.name, last, "prepare")  # not a file's key (see _running)
         if send is None or key in self._prepared:
             return
         if len(self._prepared) > EXPECTED_FILES:
