@@ -299,20 +299,27 @@ async def test_a_prefetch_that_fails_leaves_reads_right(template, tmp_path, brid
         n.cancel_scope.cancel()
 
 
+async def read_in_turn(h: Harness, names: list[str], want: dict[str, bytes], pause: float
+                       ) -> dict[str, int | float]:
+    """One reader reading ``names`` in turn with the prefetcher running, ``pause``
+    seconds of its own work between files; each file's bytes checked; the counters."""
+    async with trio.open_nursery() as n:
+        await n.start(h.ns.run_prefetcher)
+        for name in names:
+            assert await read_file(h.ns, name) == want[name], name
+            await trio.sleep(pause)
+        stats = h.ns.stats()
+        n.cancel_scope.cancel()
+    return stats
+
+
 async def test_a_reader_going_backward_is_read_ahead_of(template, tmp_path, bridge) -> None:
     """Dask reads an array's chunks backward (string order, descending): a stream's
     first read looks both ways and its first hit turns it backward."""
     h = Harness(template, tmp_path, bridge, prefetch=2)
     await h.ns.start()
     names = [f"field/c/{i}/{j}" for i in range(4) for j in range(3)][::-1]
-    want = h.expected(h.built.snapshots["day1"], names)
-    async with trio.open_nursery() as n:
-        await n.start(h.ns.run_prefetcher)
-        for name in names:
-            assert await read_file(h.ns, name) == want[name], name
-            await trio.sleep(0.05)  # the reader's own work between chunks
-        stats = h.ns.stats()
-        n.cancel_scope.cancel()
+    stats = await read_in_turn(h, names, h.expected(h.built.snapshots["day1"], names), 0.05)
     # the first read fetches; every later one finds its file prefetched
     assert stats["prefetch_used"] == len(names) - 1, stats
     assert stats["cache_misses"] == 1, stats
@@ -343,14 +350,7 @@ async def test_a_reader_in_listing_order_finds_each_next_array_prefetched(
     s.commit("three arrays chunked alike and a coordinate between")
     await h.ns.start()
     names = [f"{a}/c/{i}" for a in ("t1", "t2", "t3") for i in range(6)]
-    want = h.expected(repo.lookup_branch("main"), names)
-    async with trio.open_nursery() as n:
-        await n.start(h.ns.run_prefetcher)
-        for name in names:
-            assert await read_file(h.ns, name) == want[name], name
-            await trio.sleep(0.02)  # the reader's own work between files
-        stats = h.ns.stats()
-        n.cancel_scope.cancel()
+    stats = await read_in_turn(h, names, h.expected(repo.lookup_branch("main"), names), 0.02)
     arrays_fetched_by_readers = 1 if remote else 3
     assert stats["cache_misses"] == arrays_fetched_by_readers, stats
     assert stats["prefetch_used"] == len(names) - arrays_fetched_by_readers, stats
