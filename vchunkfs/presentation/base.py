@@ -43,8 +43,9 @@ class Presentation(Protocol):
     def following(self, path: str, n: int, backward: bool = False) -> list[tuple[str, int]]:
         """(path, size) of up to ``n`` files a reader of ``path`` is likely to read
         next, without I/O: the array's next stored chunks, then the first ones of the
-        arrays after it in listing order (``backward``: the array's previous chunks,
-        the nearest first); fewer where knowing more needs I/O, ``[]`` if unknown.
+        arrays chunked like it that follow it in listing order (``backward``: the
+        array's previous chunks, the nearest first); fewer where knowing more needs
+        I/O, ``[]`` if unknown.
         Safe to call from any thread."""
         ...
 
