@@ -942,3 +942,35 @@ def test_one_table_of_defaults() -> None:
             cfg.poll_interval, cfg.prefetch, cfg.timeout) == (
         opts.version, opts.presentation, opts.cache_size, opts.show_versions,
         opts.poll_interval, opts.prefetch, opts.timeout)
+
+
+async def test_a_local_read_that_hangs_ends_at_the_deadline(template, tmp_path, bridge,
+                                                           monkeypatch) -> None:
+    """A local read on the trio side (``Presentation.local_read``) stuck in its worker
+    thread (a hung disk or NFS server, stood in for by a sleep) fails with EIO at the
+    mount's deadline; the thread is abandoned and the mount goes on serving."""
+    import time
+
+    from vchunkfs.presentation.base import ZarrV3Presentation
+
+    h = Harness(template, tmp_path, bridge, timeout=0.3)
+    await h.ns.start()
+    want = h.expected(h.built.snapshots["day1"], ["field/c/0/0", "field/c/0/1"])
+    release = trio.Event()
+    real = ZarrV3Presentation.local_read
+
+    def stuck(self, path, offset, length):  # type: ignore[no-untyped-def]
+        if path == "field/c/0/0" and not release.is_set():
+            return lambda: time.sleep(2) or b""
+        return real(self, path, offset, length)
+
+    monkeypatch.setattr(ZarrV3Presentation, "local_read", stuck)
+    began = trio.current_time()
+    with trio.fail_after(5), pytest.raises(FsError) as e:
+        await read_file(h.ns, "field/c/0/0")
+    assert e.value.errno == errno.EIO
+    assert trio.current_time() - began < 1.5
+    assert h.ns.stats()["local_fetches"] == 1
+    release.set()
+    assert await read_file(h.ns, "field/c/0/1") == want["field/c/0/1"]
+    assert await read_file(h.ns, "field/c/0/0") == want["field/c/0/0"]  # nothing cached
