@@ -97,7 +97,8 @@ def test_urls_that_cannot_be_read(tmp_path, monkeypatch):
         missing = f"s3://{bucket}/d/{files[1].name}"
         r = cli("ingest", str(repo), missing, "--concat-dim", "time", "--append", *src,
                 check=False)
-        expect_one_line(r, 2, f"{missing}: cannot read it as HDFParser")
+        # (its state is taken before it is parsed: the HEAD finds nothing)
+        expect_one_line(r, 2, f"{missing}: cannot read it: no such object")
         # unsigned requests: the private bucket refuses to serve them
         r = cli("ingest", str(repo), f"s3://{bucket}/d/{files[0].name}", "--concat-dim",
                 "time", "--append", *src, "--source-anonymous", check=False)

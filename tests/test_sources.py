@@ -301,3 +301,96 @@ def test_local_reads_in_worker_threads_serve_the_source_bytes(tmp_path, presenta
         stats = json.loads(os.getxattr(m.path, "user.vchunkfs.stats"))
     # the first read found the records and the index; the others took the local way
     assert stats["local_fetches"] >= len(expected) - 1, stats
+
+
+# -- a source rewritten while ingest parses it ----------------------------------
+
+
+def _rewrite_after_parse(monkeypatch: pytest.MonkeyPatch, name: str,
+                         rewrite: Callable[[], None]) -> None:
+    """Let ingest parse the source called ``name``, then ``rewrite`` it at once (before
+    ingest looks at any source again): a fault schedule around VirtualiZarr's parse."""
+    import vchunkfs.ingest as ingest_module
+
+    parse = ingest_module._open_one
+
+    def parse_then_rewrite(url: str, registry, parser):  # type: ignore[no-untyped-def]
+        ds = parse(url, registry, parser)
+        if url.endswith("/" + name):
+            rewrite()
+        return ds
+
+    monkeypatch.setattr(ingest_module, "_open_one", parse_then_rewrite)
+
+
+def _flip_chunks(raw: bytes, refs: list) -> bytes:  # type: ignore[type-arg]
+    flipped = bytearray(raw)
+    for r in refs:
+        flipped[r.offset] ^= 0xFF
+    return bytes(flipped)
+
+
+def test_a_local_source_rewritten_while_parsed_commits_nothing(tmp_path, monkeypatch):
+    """The file is rewritten in place (same size, modification time put back) just after
+    VirtualiZarr parsed it. Its record was taken before the parse, so the commit finds it
+    changed and commits nothing; a record taken after the parse would have vouched for
+    the new bytes at the old offsets."""
+    from vchunkfs.cli.main import main
+
+    files = make_days(tmp_path / "data", 2)
+    prefix = (tmp_path / "data").as_uri() + "/"
+    repo = tmp_path / "repo"
+    cli("init", str(repo))
+    target = files[1]
+
+    def rewrite() -> None:
+        st = target.stat()
+        target.write_bytes(_flip_chunks(target.read_bytes(), chunk_refs(target, "sst", "sst")))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    _rewrite_after_parse(monkeypatch, target.name, rewrite)
+    before = ic.Repository.open(ic.local_filesystem_storage(str(repo))).lookup_branch("main")
+    status = main(["ingest", str(repo), *map(str, files), "--concat-dim", "time",
+                   "--container", prefix])
+    assert status != 0
+    after = ic.Repository.open(ic.local_filesystem_storage(str(repo))).lookup_branch("main")
+    assert after == before  # nothing committed
+
+
+@pytest.mark.parametrize("inputs", ["glob", "urls"])
+def test_an_object_rewritten_while_parsed_is_never_served(s3, tmp_path, monkeypatch, inputs):
+    """The object is rewritten (same size) just after VirtualiZarr parsed it. Its ETag was
+    taken before the parse (from the glob's listing, or a HEAD), so Icechunk's If-Match
+    refuses its chunks: EIO, never the new bytes at the old offsets."""
+    from vchunkfs.cli.main import main
+
+    for k, v in {"AWS_ACCESS_KEY_ID": s3.access_key_id,
+                 "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+                 "AWS_REGION": s3.region}.items():
+        monkeypatch.setenv(k, v)
+    files = make_days(tmp_path / "data", 2)
+    bucket = "src-" + os.urandom(4).hex()
+    s3.create_bucket(bucket)
+    for f in files:
+        s3.put_object(bucket, f"data/{f.name}", f.read_bytes())
+    prefix = f"s3://{bucket}/data/"
+    args = [prefix + "*.nc"] if inputs == "glob" else [prefix + f.name for f in files]
+    target = files[1]
+    refs = chunk_refs(target, "sst", "sst")
+    _rewrite_after_parse(monkeypatch, target.name, lambda: s3.put_object(
+        bucket, f"data/{target.name}", _flip_chunks(target.read_bytes(), refs)))
+    repo = tmp_path / "repo"
+    cli("init", str(repo))
+    assert main(["ingest", str(repo), *args, "--concat-dim", "time", "--container", prefix,
+                 "--source-endpoint", s3.endpoint_url, "--source-region", s3.region]) == 0
+    day0 = {"/".join(["sst", "c", "0", *r.key.split("/")[3:]]):
+            files[0].read_bytes()[r.offset:r.offset + r.length]
+            for r in chunk_refs(files[0], "sst", "sst")}
+    with mounted(repo, tmp_path / "m", f"authorize={prefix}", "prefetch=0") as m:
+        for key, want in day0.items():
+            assert (m.path / key).read_bytes() == want
+        for r in refs:
+            key = "/".join(["sst", "c", "1", *r.key.split("/")[3:]])
+            with pytest.raises(OSError) as e:
+                (m.path / key).read_bytes()
+            assert e.value.errno == errno.EIO, key

@@ -29,7 +29,7 @@ import glob
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,12 @@ from vchunkfs.errors import (
 )
 from vchunkfs.repository import Repo
 from vchunkfs.repository.containers import make_container
-from vchunkfs.repository.sources import RECORDS_KEY, record_local_sources
+from vchunkfs.repository.sources import (
+    RECORDS_KEY,
+    SourceRecord,
+    local_path,
+    record_local_sources,
+)
 from vchunkfs.repository.writer import Writer
 
 PARSERS = ("auto", "hdf", "netcdf3", "tiff", "grib", "zarr", "kerchunk-json",
@@ -93,14 +98,16 @@ class IngestResult:
 Progress = Callable[[int, int], None]
 
 
-def expand_inputs(inputs: Sequence[str], plan: IngestPlan | None = None) -> list[str]:
+def expand_inputs(inputs: Sequence[str], plan: IngestPlan | None = None,
+                  listed: dict[str, SourceState] | None = None) -> list[str]:
     """Paths, globs and URLs -> sorted, de-duplicated URLs (local files as file://).
 
     Globs (``*``, ``?``, ``[...]``, and ``**`` for any number of directories) in
     s3://, gs:// and az:// URLs are expanded by listing the bucket below the part
     before the first wildcard, with the same options as the sources (``plan``).
     HTTP cannot list: an http(s):// glob is an error. A glob matching nothing is an
-    error naming it.
+    error naming it. ``listed`` receives the listing's state of every object a glob
+    matched (its size, time and ETag: no HEAD needed for them later).
     """
     urls: set[str] = set()
     for item in inputs:
@@ -113,7 +120,7 @@ def expand_inputs(inputs: Sequence[str], plan: IngestPlan | None = None) -> list
                                  "list a directory); give the URLs one by one or with "
                                  "--files-from FILE")
             elif scheme in _LISTABLE:
-                found = list_remote_glob(item, plan or IngestPlan(inputs=[]))
+                found = list_remote_glob(item, plan or IngestPlan(inputs=[]), listed)
                 if not found:
                     raise NotFoundError(f"no object matches {item!r}")
                 urls.update(found)
@@ -141,6 +148,8 @@ def expand_inputs(inputs: Sequence[str], plan: IngestPlan | None = None) -> list
 
 
 _LISTABLE = ("s3", "gs", "az", "azure", "abfs")
+# parsers whose inputs are the files the refs point into (not references, not a store)
+SOURCE_PARSERS = ("hdf", "netcdf3", "grib", "tiff")
 
 
 def _has_magic(url: str) -> bool:
@@ -197,8 +206,10 @@ def _glob_regex(pattern: str) -> str:
     return "".join(out) + r"\Z"
 
 
-def list_remote_glob(pattern: str, plan: IngestPlan) -> list[str]:
-    """The objects of a bucket matching a glob URL, sorted, as URLs."""
+def list_remote_glob(pattern: str, plan: IngestPlan,
+                     listed: dict[str, SourceState] | None = None) -> list[str]:
+    """The objects of a bucket matching a glob URL, sorted, as URLs; their states go
+    into ``listed``."""
     import re
 
     import obstore
@@ -219,7 +230,12 @@ def list_remote_glob(pattern: str, plan: IngestPlan) -> list[str]:
         batches = obstore.list(store, prefix=prefix or None).collect()
     except Exception as e:
         raise InvalidInputError(f"{pattern}: cannot list {base}{prefix}: {_first_line(e)}") from e
-    found = [base + m["path"] for m in batches if regex.match(m["path"])]
+    found = []
+    for meta in batches:
+        if regex.match(meta["path"]):
+            found.append(base + meta["path"])
+            if listed is not None:
+                listed[found[-1]] = object_state(meta)
     return sorted(found)
 
 
@@ -922,20 +938,31 @@ def _common_prefix(urls: Sequence[str]) -> str:
 HEAD_CONCURRENCY = 16  # HEADs of object-store sources in flight at once
 
 
-def last_updated(urls: Sequence[str], registry: Any,
-                 sizes: dict[str, int] | None = None
-                 ) -> tuple[datetime.datetime, dict[str, str]]:
-    """The newest modification time among the sources, rounded up to whole seconds, and
-    the ETag of every object-store source that has one.
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    """What one source was when this ingest observed it: its size, modification time
+    (seconds), ETag (object stores that give one) and, for a local file, its record
+    (:class:`~vchunkfs.repository.sources.SourceRecord` as JSON)."""
 
-    The time is recorded with every ref (VirtualiZarr's last_updated_at); refs into an
-    object-store source then get its ETag instead (:func:`stamp_etags`): Icechunk
-    sends it as ``If-Match`` on every read, so a rewritten object is refused even when
-    it was rewritten within the same second (Last-Modified has one-second precision).
+    size: int
+    mtime: float
+    etag: str | None = None
+    record: list[int] | None = None
+
+
+def observe_sources(urls: Sequence[str], registry: Any,
+                    listed: Mapping[str, SourceState] | None = None) -> dict[str, SourceState]:
+    """The state of every source: ``os.stat`` for a local file, the bucket listing's
+    entry when a glob listed it (``listed``), else a HEAD, ``HEAD_CONCURRENCY`` at once.
+
+    Call it *before* the files are parsed. The refs are then checked against the
+    state they were read from or an older one, never a newer: a file rewritten while
+    it was parsed is refused at read time (its ETag or record no longer matches),
+    where a state taken after parsing would vouch for the new file's bytes at the old
+    file's offsets.
     """
-    newest = 0.0
-    etags: dict[str, str] = {}
-    remote = [u for u in urls if urlsplit(u).scheme != "file"]
+    listed = listed or {}
+    remote = [u for u in urls if urlsplit(u).scheme != "file" and u not in listed]
     heads: dict[str, Any] = {}
     if remote:
         import obstore
@@ -951,23 +978,43 @@ def last_updated(urls: Sequence[str], registry: Any,
         # round trip each (31 x 30 ms over a slow link, docs/benchmarks-remote.md)
         with concurrent.futures.ThreadPoolExecutor(min(HEAD_CONCURRENCY, len(remote))) as pool:
             heads = dict(zip(remote, pool.map(head, remote), strict=True))
+    out: dict[str, SourceState] = {}
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme == "file":
-            st = os.stat(parts.path)
-            newest = max(newest, st.st_mtime)
-            if sizes is not None:
-                sizes[url] = st.st_size
+            st = os.stat(local_path(url))
+            out[url] = SourceState(st.st_size, st.st_mtime, None,
+                                   SourceRecord.from_stat(st).to_json())
+        elif url in listed:
+            out[url] = listed[url]
         else:
             meta = heads[url]
             if isinstance(meta, Exception):  # the first failing source, in order
-                raise InvalidInputError(f"{url}: cannot read it: {_first_line(meta)}") from meta
-            if sizes is not None:
-                sizes[url] = int(meta["size"])
-            newest = max(newest, meta["last_modified"].timestamp())
-            if meta.get("e_tag"):
-                etags[url] = str(meta["e_tag"])
-    return datetime.datetime.fromtimestamp(math.ceil(newest), datetime.UTC), etags
+                from obstore.exceptions import NotFoundError as ObjectNotFound
+
+                # (obstore raises FileNotFoundError for a 404 of a HEAD)
+                why = ("no such object" if isinstance(meta, FileNotFoundError | ObjectNotFound)
+                       else _first_line(meta))
+                raise InvalidInputError(f"{url}: cannot read it: {why}") from meta
+            out[url] = object_state(meta)
+    return out
+
+
+def object_state(meta: Mapping[str, Any]) -> SourceState:
+    """A :class:`SourceState` from obstore's object metadata (a HEAD or a listing)."""
+    etag = meta.get("e_tag")
+    return SourceState(int(meta["size"]), meta["last_modified"].timestamp(),
+                       str(etag) if etag else None)
+
+
+def newest_checksum(states: Iterable[SourceState]) -> datetime.datetime:
+    """The newest modification time among the sources, rounded up to whole seconds:
+    VirtualiZarr's ``last_updated_at``, recorded with every ref. Refs into an
+    object-store source then get its ETag instead (:func:`stamp_etags`): Icechunk
+    sends it as ``If-Match`` on every read, so a rewritten object is refused even when
+    it was rewritten within the same second (Last-Modified has one-second precision)."""
+    newest = max((s.mtime for s in states), default=0.0)
+    return datetime.datetime.fromtimestamp(math.ceil(newest), datetime.UTC)
 
 
 def check_extents(vds: xr.Dataset, sizes: dict[str, int]) -> None:
@@ -1346,8 +1393,9 @@ async def _write_once(repo: Repo, vds: xr.Dataset, plan: IngestPlan,
     message = plan.message or ("append" if plan.append else "ingest") + f" {n} file" \
         + ("s" if n != 1 else "")
     records = records or {}
-    # the records must describe the files the refs were made from: a file that changed
-    # while it was scanned would be recorded as its new self
+    # the records must describe the files the refs were made from: they were taken
+    # before the scan, so a file that changed since (while it was parsed or while the
+    # refs were written) differs from its record now
     moved = [u for u, r in record_local_sources(records).items() if r != records[u]]
     if moved:
         raise SourceChangedError(f"{moved[0]} changed while it was ingested; nothing was "
@@ -1405,7 +1453,8 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
            progress: Progress | None = None) -> IngestResult:
     """The whole ingest; ``run`` executes a repository-layer coroutine (the bridge)."""
     t0 = time.monotonic()
-    urls = expand_inputs(plan.inputs, plan)
+    listed: dict[str, SourceState] = {}
+    urls = expand_inputs(plan.inputs, plan, listed)
     skipped = 0
     if plan.new_only:
         known = run(lambda: referenced_urls(repo, plan.branch))
@@ -1416,8 +1465,13 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
                                 skipped=skipped)
         urls = fresh
     plan.inputs = urls
+    parser = parser_name(urls, plan)
     # TIFF files are single images: they stack along a new dimension by nature
-    new_dim = plan.new_dim or parser_name(urls, plan) == "tiff"
+    new_dim = plan.new_dim or parser == "tiff"
+    # the inputs are the sources (unless they are references or a Zarr store): their
+    # state is taken before they are parsed (see observe_sources)
+    states = (observe_sources(urls, make_registry(urls, plan), listed)
+              if parser in SOURCE_PARSERS else {})
     combiner = Combiner(urls, plan, new_dim)
     whole = scan_into(urls, plan, combiner.put, progress)
     # (--dask without a scheduler: open_virtual_mfdataset combined them, unchecked)
@@ -1426,12 +1480,17 @@ def ingest(repo: Repo, plan: IngestPlan, run: Callable[[Any], Any],
     # the files the refs point into: the inputs, or what kerchunk references name
     sources = source_urls(vds)
     container = ensure_container(repo, sources, plan)
-    # what each local source is now, in the commit's metadata: the mount's check of
-    # local sources (vchunkfs.repository.sources) compares every read with it
-    records = record_local_sources(sources)
-    sizes: dict[str, int] = {}
-    checksum, etags = last_updated(sources, make_registry(sources, plan), sizes)
-    check_extents(vds, sizes)
+    # each local source's record goes into the commit's metadata (the mount's check of
+    # local sources, vchunkfs.repository.sources, compares every read with it), each
+    # object's ETag into its refs (Icechunk's If-Match)
+    unseen = [u for u in sources if u not in states]
+    if unseen:  # the files references point into: as they are now
+        states.update(observe_sources(unseen, make_registry(unseen, plan), listed))
+    seen = {u: states[u] for u in sources}
+    records = {u: s.record for u, s in seen.items() if s.record is not None}
+    etags = {u: s.etag for u, s in seen.items() if s.etag is not None}
+    checksum = newest_checksum(seen.values())
+    check_extents(vds, {u: s.size for u, s in seen.items()})
     refs = ref_count(vds)
     sid = run(lambda: write(repo, vds, plan, checksum, container, records, etags))
     t2 = time.monotonic()
