@@ -218,8 +218,10 @@ def chunk_list(files: Sequence[Path]) -> list[Chunk]:
     return out
 
 
-def cli(*args: str) -> str:
-    r = subprocess.run([*CLI, *args], capture_output=True, text=True)
+def cli(*args: str, src: Path | None = None) -> str:
+    """``vchunkfs ARGS``, from this tree or from the source tree ``src``."""
+    env = ({**os.environ, "PYTHONPATH": str(src), "PYTHONSAFEPATH": "1"} if src else None)
+    r = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"vchunkfs {' '.join(args)}: {r.stderr.strip()}")
     return r.stdout
@@ -462,7 +464,8 @@ def ingest_vchunkfs(env: Env) -> int:
     cli("init", str(repo))
     t0 = time.monotonic()
     cli("ingest", str(repo), f"{PREFIX}*.nc", "--concat-dim", "time", "--container", PREFIX,
-        "--source-endpoint", env.proxy.url, "--source-region", env.s3.region)
+        "--source-endpoint", env.proxy.url, "--source-region", env.s3.region,
+        src=env.baseline_src if env.on_baseline else None)
     env.clock = (t0, time.monotonic())
     return 0
 
@@ -482,7 +485,7 @@ def ingest_guide(env: Env) -> int:
 
 
 def on_baseline(fn: Callable[[Env], int]) -> Callable[[Env], int]:
-    """``fn`` with its mount served by the daemon of ``--baseline-src``."""
+    """``fn`` with its mount served (or its ingest run) by ``--baseline-src``'s code."""
     def run(env: Env) -> int:
         if env.baseline_src is None:
             raise RuntimeError("base- contestants need --baseline-src")
@@ -517,8 +520,8 @@ CONTESTANTS: dict[str, tuple[str, Callable[[Env], int]]] = {
     "ingest": ("vchunkfs ingest of the 31 files", ingest_vchunkfs),
     "ingest-guide": ("the guide's Python ingest of the 31 files", ingest_guide),
 }
-# the mount's contestants again, served by the daemon of --baseline-src (before)
-BASE_OF = ("mount-readdir", "mount-array", "mount-8", "xarray-mount")
+# the contestants of vchunkfs again, run by the code of --baseline-src (before)
+BASE_OF = ("mount-readdir", "mount-array", "mount-8", "xarray-mount", "ingest")
 CONTESTANTS.update({f"base-{n}": (f"{CONTESTANTS[n][0]}, before", on_baseline(CONTESTANTS[n][1]))
                     for n in BASE_OF})
 
