@@ -63,6 +63,17 @@ def test_the_same_line_every_day(tmp_path):
     archived = sorted(archive.glob("*.nc"))
     with mounted(repo, tmp_path / "m", f"authorize={prefix}") as m:
         assert_reads_like_files(m.path, archived)
+        # the time coordinate is chunked by the first ingest's 3 days (the appends add a
+        # chunk), not a chunk file per day as the files chunk it
+        meta = json.loads((m.path / "time" / "zarr.json").read_text())
+        assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [3], meta
+        assert sorted(p.name for p in (m.path / "time" / "c").iterdir()) == ["0", "1"]
+        assert [c["name"] for c in meta["codecs"]] == ["bytes"], meta  # raw values
+        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        raw = np.concatenate([np.frombuffer((m.path / "time" / "c" / c).read_bytes(), dtype)
+                              for c in ("0", "1")])
+        np.testing.assert_array_equal(raw[:len(archived)],
+                                      [read_h5(f, "time")[0] for f in archived])
 
 
 def test_days_out_of_order_are_refused(tmp_path):

@@ -1289,6 +1289,33 @@ def _container_for(prefix: str, plan: IngestPlan) -> Any:
                           anonymous=plan.source_anonymous)
 
 
+COORDINATE_CHUNK = 4096  # values a chunk of a loaded coordinate along --concat-dim, at most
+
+
+def chunk_loaded_coordinates(vds: xr.Dataset, concat_dim: str) -> xr.Dataset:
+    """``vds`` with each loaded (not virtual) one-dimensional variable along
+    ``concat_dim`` (the time coordinate) in chunks of all its values, up to
+    ``COORDINATE_CHUNK``, instead of as the files chunk it (one value a file).
+
+    The guide's snippet keeps the files' chunking: a coordinate of one chunk per
+    file, which a reader opening the dataset reads file by file (10,000 chunk files
+    through a mount for 10,000 days) and which zarr writes as 10,000 chunks at once
+    (2.3 KB of the ingest's memory a file, docs/benchmarks-ingest.md). A chunk never
+    exceeds the values there are: netCDF-C 4.9's NCZarr refuses an array whose chunk
+    is longer than its dimension. Appends then add chunks of the same length. Arrays
+    already stored keep their chunking: this applies to the first write only."""
+    chunked = {}
+    for name, var in vds.variables.items():
+        if var.dims != (concat_dim,) or hasattr(var.data, "manifest"):
+            continue
+        size = max(1, min(int(var.shape[0]), COORDINATE_CHUNK))
+        encoding = {k: v for k, v in var.encoding.items() if k != "preferred_chunks"}
+        encoding["chunks"] = (size,)
+        chunked[name] = var.copy(deep=False)
+        chunked[name].encoding = encoding
+    return vds.assign(chunked) if chunked else vds
+
+
 def _region(plan: IngestPlan) -> Any:
     if plan.region is None:
         return None
@@ -1358,6 +1385,9 @@ async def _write_once(repo: Repo, vds: xr.Dataset, plan: IngestPlan,
         # variables without the concat dimension are stored once: they stay as they are
         # (check_against_stored made sure the new files agree with them)
         vds = vds.drop_vars(static_names(vds, plan.concat_dim))
+
+    if not plan.append and region is None and plan.concat_dim:
+        vds = chunk_loaded_coordinates(vds, plan.concat_dim)
 
     def to_icechunk() -> None:
         try:

@@ -32,7 +32,9 @@ def register(sub: Sub) -> None:
                     "bytes up to 4 MiB per variable), or the ingest names the variable and "
                     "the first file that differs. --append and --replace-region keep them "
                     "as stored after comparing the new copies with the stored arrays "
-                    "(the same, less attributes).",
+                    "(the same, less attributes). The concat coordinate (time), loaded "
+                    "in memory, is written in chunks of the first ingest's values (up to "
+                    "4096), not one value a file as the files chunk it.",
         epilog="examples:\n"
                "  vchunkfs ingest ./oisst 'data/oisst-*.nc' --concat-dim time "
                "--container file:///abs/data/\n"
