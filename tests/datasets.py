@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,40 @@ def read_h5(path: Path, var: str) -> np.ndarray:
     """Raw stored values (no scaling, no masking), as an independent reader sees them."""
     with h5py.File(path, "r") as f:
         return np.asarray(f[var][...])
+
+
+@dataclass(frozen=True)
+class DayChunk:
+    """The one chunk of ``var`` in a day's OISST-like file (scripts/make_oisst.py at full
+    scale stores each variable in one chunk), and its byte range in that file."""
+
+    var: str
+    day: int
+    nc: Path
+    offset: int
+    length: int
+
+    @property
+    def key(self) -> str:  # the Zarr v3 chunk key once the days are ingested along time
+        return f"{self.var}/c/{self.day}/0/0/0"
+
+    def source_bytes(self) -> bytes:
+        with open(self.nc, "rb") as f:
+            return os.pread(f.fileno(), self.length, self.offset)
+
+
+def day_chunks(files: list[Path], variables: tuple[str, ...]) -> list[DayChunk]:
+    """Every variable's chunk of every day, in array order, read with h5py."""
+    out = []
+    for var in variables:
+        for day, f in enumerate(files):
+            with h5py.File(f, "r") as h:
+                ds = h[var]
+                if ds.id.get_num_chunks() != 1:
+                    raise RuntimeError(f"{f}:{var}: expected one chunk")
+                info = ds.id.get_chunk_info(0)
+                out.append(DayChunk(var, day, f, info.byte_offset, info.size))
+    return out
 
 
 @dataclass

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import pytest
+from datasets import DayChunk, day_chunks
 from mounting import mounted, process_gone
 from servers import Fault, FaultProxy, S3Endpoint, moto_s3_server
 
@@ -38,48 +38,21 @@ DELAY = 0.03
 pytestmark = pytest.mark.timeout(300)
 
 
-@dataclass(frozen=True)
-class Chunk:
-    var: str
-    day: int
-    nc: Path
-    offset: int
-    length: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.var}/c/{self.day}/0/0/0"
-
-    def source_bytes(self) -> bytes:
-        with open(self.nc, "rb") as f:
-            return os.pread(f.fileno(), self.length, self.offset)
-
-
 @dataclass
 class Remote:
     s3: S3Endpoint
     proxy: FaultProxy
     repo: Path
     files: list[Path]
-    chunks: list[Chunk]
+    chunks: list[DayChunk]
     env: dict[str, str]
 
     def mount(self, where: Path, *options: str) -> object:
         return mounted(self.repo, where, f"authorize={PREFIX}", *options, env=self.env,
                        log=where.with_name(where.name + ".log"))
 
-    def of(self, var: str) -> list[Chunk]:
+    def of(self, var: str) -> list[DayChunk]:
         return [c for c in self.chunks if c.var == var]
-
-
-def chunk_list(files: list[Path]) -> list[Chunk]:
-    out = []
-    for var in VARIABLES:
-        for day, f in enumerate(files):
-            with h5py.File(f, "r") as h:
-                info = h[var].id.get_chunk_info(0)
-                out.append(Chunk(var, day, f, info.byte_offset, info.size))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +75,7 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Remote]:
                             "--source-region", s3.region], check=True, capture_output=True,
                            env={**os.environ, **env})
             proxy.schedule = lambda: Fault("delay", DELAY)
-            yield Remote(s3, proxy, base / "repo", files, chunk_list(files), env)
+            yield Remote(s3, proxy, base / "repo", files, day_chunks(files, VARIABLES), env)
         finally:
             proxy.close()
 

@@ -95,6 +95,7 @@ PROJECT = HERE.parent.parent
 sys.path.insert(0, str(PROJECT / "tests"))
 
 import servers  # noqa: E402  (tests/servers.py: moto, FaultProxy)
+from datasets import DayChunk, day_chunks  # noqa: E402  (tests/datasets.py)
 from mounting import mounted  # noqa: E402
 
 DATA = Path("/tmp/vchunkfs-bench-remote")
@@ -176,19 +177,6 @@ class DelayProxy(servers.FaultProxy):
 # -- the data ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Chunk:
-    var: str
-    day: int
-    nc: Path
-    offset: int
-    length: int
-
-    @property
-    def key(self) -> str:  # the Zarr v3 chunk key
-        return f"{self.var}/c/{self.day}/0/0/0"
-
-
 def build() -> list[Path]:
     if not (DATA / "READY").exists():
         print(f"building the netCDF files in {NC_DIR} ...", flush=True)
@@ -200,22 +188,6 @@ def build() -> list[Path]:
     if len(files) != DAYS:
         raise RuntimeError(f"expected {DAYS} netCDF files in {NC_DIR}, found {len(files)}")
     return files
-
-
-def chunk_list(files: Sequence[Path]) -> list[Chunk]:
-    """The stored chunks in array order, with their byte ranges in the netCDF files."""
-    import h5py
-
-    out = []
-    for var in VARIABLES:
-        for day, f in enumerate(files):
-            with h5py.File(f, "r") as h:
-                ds = h[var]
-                if ds.id.get_num_chunks() != 1:
-                    raise RuntimeError(f"{f}:{var}: expected one chunk")
-                info = ds.id.get_chunk_info(0)
-                out.append(Chunk(var, day, f, info.byte_offset, info.size))
-    return out
 
 
 def cli(*args: str, src: Path | None = None) -> str:
@@ -251,7 +223,7 @@ def drop_caches() -> None:
 @dataclass
 class Env:
     repo: Path
-    chunks: list[Chunk]
+    chunks: list[DayChunk]
     proxy: DelayProxy
     s3: servers.S3Endpoint
     work: Path
@@ -413,7 +385,7 @@ def obstore_get(env: Env, concurrent: bool, endpoint: str | None = None) -> int:
                         secret_access_key=env.s3.secret_access_key,
                         client_options={"allow_http": True})
 
-        async def one(c: Chunk) -> int:
+        async def one(c: DayChunk) -> int:
             data = await obstore.get_range_async(store, f"oisst/{c.nc.name}", start=c.offset,
                                                  length=c.length)
             return len(data)
@@ -595,7 +567,7 @@ def sample(env: Env, fn: Callable[[Env], int]) -> Sample:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     files = build()
-    chunks = chunk_list(files)
+    chunks = day_chunks(files, VARIABLES)
     total = sum(c.length for c in chunks)
     names = [n for n in CONTESTANTS if (not args.only or n in args.only.split(","))
              and (args.baseline_src or not n.startswith("base-"))]
