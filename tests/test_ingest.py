@@ -32,6 +32,27 @@ def store_dataset(repo: Path, prefix: str, version: str = "main", decode: bool =
                         mask_and_scale=decode).load()
 
 
+def metadata_documents(repo: Path) -> dict[str, dict[str, object]]:
+    """Every ``zarr.json`` of the branch ``main``, parsed."""
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype
+
+    store = ic.Repository.open(ic.local_filesystem_storage(str(repo))).readonly_session(
+        "main").store
+
+    async def read() -> dict[str, dict[str, object]]:
+        out = {}
+        async for key in store.list():
+            if key.endswith("zarr.json"):
+                raw = await store.get(key, prototype=default_buffer_prototype())
+                assert raw is not None, key
+                out[key] = json.loads(raw.to_bytes())
+        return out
+
+    return asyncio.run(read())
+
+
 def test_ingest_mount_and_append(tmp_path):
     files = make_days(tmp_path / "data", 4)
     prefix = (tmp_path / "data").as_uri() + "/"
@@ -102,6 +123,14 @@ def test_same_repository_as_the_guides_python(tmp_path):
     ours = json.loads(cli("show", str(tmp_path / "ours"), "sst", "--json").stdout)
     theirs = json.loads(cli("show", str(tmp_path / "guide"), "sst", "--json").stdout)
     assert ours["metadata"] == theirs["metadata"] and ours["chunks"] == theirs["chunks"]
+    # every metadata document is the guide's (attributes in the same order too), but for
+    # the time coordinate's chunks: the guide keeps the files' one value a chunk
+    our_docs = metadata_documents(tmp_path / "ours")
+    guide_docs = metadata_documents(tmp_path / "guide")
+    for docs, length in ((our_docs, 3), (guide_docs, 1)):
+        grid = docs["time/zarr.json"].pop("chunk_grid")
+        assert grid == {"name": "regular", "configuration": {"chunk_shape": [length]}}
+    assert our_docs == guide_docs
 
 
 def test_bad_inputs_change_nothing(tmp_path):

@@ -1304,16 +1304,15 @@ def chunk_loaded_coordinates(vds: xr.Dataset, concat_dim: str) -> xr.Dataset:
     exceeds the values there are: netCDF-C 4.9's NCZarr refuses an array whose chunk
     is longer than its dimension. Appends then add chunks of the same length. Arrays
     already stored keep their chunking: this applies to the first write only."""
-    chunked = {}
-    for name, var in vds.variables.items():
+    out = vds.copy(deep=False)  # new variables (sharing data), in the same order
+    for var in out.variables.values():
         if var.dims != (concat_dim,) or hasattr(var.data, "manifest"):
             continue
         size = max(1, min(int(var.shape[0]), COORDINATE_CHUNK))
         encoding = {k: v for k, v in var.encoding.items() if k != "preferred_chunks"}
         encoding["chunks"] = (size,)
-        chunked[name] = var.copy(deep=False)
-        chunked[name].encoding = encoding
-    return vds.assign(chunked) if chunked else vds
+        var.encoding = encoding
+    return out
 
 
 def _region(plan: IngestPlan) -> Any:
