@@ -23,6 +23,7 @@ import xarray as xr
 from commands import cli, ingest_days, make_days
 from datasets import chunk_refs, read_h5
 from mounting import mounted
+from servers import FaultProxy
 
 from vchunkfs.errors import SourceChangedError, SourceOutsideContainerError
 from vchunkfs.repository.sources import (
@@ -394,3 +395,44 @@ def test_an_object_rewritten_while_parsed_is_never_served(s3, tmp_path, monkeypa
             with pytest.raises(OSError) as e:
                 (m.path / key).read_bytes()
             assert e.value.errno == errno.EIO, key
+
+
+def test_ingest_takes_each_objects_state_before_reading_it(s3, tmp_path, monkeypatch):
+    """Through a proxy that records every request. URLs given one by one get one HEAD
+    each from ingest, all of them before any request of the parser (which makes its
+    own HEAD and GETs of each file); a glob's objects get none from ingest (the listing
+    gave their ETags): one HEAD a file fewer in all."""
+    for k, v in {"AWS_ACCESS_KEY_ID": s3.access_key_id,
+                 "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+                 "AWS_REGION": s3.region}.items():
+        monkeypatch.setenv(k, v)
+    files = make_days(tmp_path / "data", 3)
+    names = [f.name for f in files]
+    bucket = "src-" + os.urandom(4).hex()
+    s3.create_bucket(bucket)
+    for f in files:
+        s3.put_object(bucket, f"data/{f.name}", f.read_bytes())
+    prefix = f"s3://{bucket}/data/"
+    requests: dict[str, list[tuple[str, str]]] = {}
+    for inputs, args in (("urls", [prefix + n for n in names]), ("glob", [prefix + "*.nc"])):
+        seen: list[tuple[str, str]] = []  # (method, object name) of every request
+        proxy = FaultProxy((s3.host, s3.port))
+
+        def record(line: str, seen: list[tuple[str, str]] = seen) -> None:
+            method, target = line.split()[:2]
+            seen.append((method, target.split("?")[0].rsplit("/", 1)[-1]))
+
+        proxy.request_schedule = record  # type: ignore[assignment]
+        try:
+            repo = tmp_path / f"repo-{inputs}"
+            cli("init", str(repo))
+            cli("ingest", str(repo), *args, "--concat-dim", "time", "--container", prefix,
+                "--source-endpoint", proxy.url, "--source-region", s3.region)
+        finally:
+            proxy.close()
+        requests[inputs] = [r for r in seen if r[1] in names]
+    urls, globbed = requests["urls"], requests["glob"]
+    # ingest's own HEADs come first, one per file, before the parser touches any file
+    assert sorted(urls[:len(names)]) == [("HEAD", n) for n in names], urls
+    assert urls[len(names):] == globbed, (urls, globbed)  # then the same as with a glob
+    assert globbed and all(m in ("HEAD", "GET") for m, _ in globbed), globbed
