@@ -223,23 +223,29 @@ def s3():
         yield endpoint
 
 
+def _days_on_s3(s3: servers.S3Endpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                days: int) -> tuple[list[Path], str, str]:
+    """OISST-like days uploaded to a new bucket under ``data/``, with the moto server's
+    credentials in the environment: (local files, bucket, container prefix)."""
+    for k, v in {"AWS_ACCESS_KEY_ID": s3.access_key_id,
+                 "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+                 "AWS_REGION": s3.region}.items():
+        monkeypatch.setenv(k, v)
+    files = make_days(tmp_path / "data", days)
+    bucket = "src-" + os.urandom(4).hex()
+    s3.create_bucket(bucket)
+    for f in files:
+        s3.put_object(bucket, f"data/{f.name}", f.read_bytes())
+    return files, bucket, f"s3://{bucket}/data/"
+
+
 @pytest.mark.parametrize("mutation", ["rewritten, same size", "truncated", "deleted"])
 def test_a_changed_object_is_an_error_never_wrong_bytes(s3, tmp_path, monkeypatch, mutation):
     """An object rewritten with the same size within the same second as its ingest:
     Last-Modified cannot tell, the ETag recorded by ingest does. Truncated and deleted
     objects are errors too."""
-    for k, v in {"AWS_ACCESS_KEY_ID": s3.access_key_id,
-                 "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
-                 "AWS_REGION": s3.region}.items():
-        monkeypatch.setenv(k, v)
-    files = make_days(tmp_path / "data", 2)
-    bucket = "src-" + os.urandom(4).hex()
-    s3.create_bucket(bucket)
-    urls = []
-    for f in files:
-        s3.put_object(bucket, f"data/{f.name}", f.read_bytes())
-        urls.append(f"s3://{bucket}/data/{f.name}")
-    prefix = f"s3://{bucket}/data/"
+    files, bucket, prefix = _days_on_s3(s3, tmp_path, monkeypatch, 2)
+    urls = [prefix + f.name for f in files]
     repo = tmp_path / "repo"
     cli("init", str(repo))
     cli("ingest", str(repo), *urls, "--concat-dim", "time", "--container", prefix,
@@ -365,16 +371,7 @@ def test_an_object_rewritten_while_parsed_is_never_served(s3, tmp_path, monkeypa
     refuses its chunks: EIO, never the new bytes at the old offsets."""
     from vchunkfs.cli.main import main
 
-    for k, v in {"AWS_ACCESS_KEY_ID": s3.access_key_id,
-                 "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
-                 "AWS_REGION": s3.region}.items():
-        monkeypatch.setenv(k, v)
-    files = make_days(tmp_path / "data", 2)
-    bucket = "src-" + os.urandom(4).hex()
-    s3.create_bucket(bucket)
-    for f in files:
-        s3.put_object(bucket, f"data/{f.name}", f.read_bytes())
-    prefix = f"s3://{bucket}/data/"
+    files, bucket, prefix = _days_on_s3(s3, tmp_path, monkeypatch, 2)
     args = [prefix + "*.nc"] if inputs == "glob" else [prefix + f.name for f in files]
     target = files[1]
     refs = chunk_refs(target, "sst", "sst")
@@ -402,17 +399,8 @@ def test_ingest_takes_each_objects_state_before_reading_it(s3, tmp_path, monkeyp
     each from ingest, all of them before any request of the parser (which makes its
     own HEAD and GETs of each file); a glob's objects get none from ingest (the listing
     gave their ETags): one HEAD a file fewer in all."""
-    for k, v in {"AWS_ACCESS_KEY_ID": s3.access_key_id,
-                 "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
-                 "AWS_REGION": s3.region}.items():
-        monkeypatch.setenv(k, v)
-    files = make_days(tmp_path / "data", 3)
+    files, _bucket, prefix = _days_on_s3(s3, tmp_path, monkeypatch, 3)
     names = [f.name for f in files]
-    bucket = "src-" + os.urandom(4).hex()
-    s3.create_bucket(bucket)
-    for f in files:
-        s3.put_object(bucket, f"data/{f.name}", f.read_bytes())
-    prefix = f"s3://{bucket}/data/"
     requests: dict[str, list[tuple[str, str]]] = {}
     for inputs, args in (("urls", [prefix + n for n in names]), ("glob", [prefix + "*.nc"])):
         seen: list[tuple[str, str]] = []  # (method, object name) of every request
