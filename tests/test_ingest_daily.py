@@ -98,7 +98,7 @@ def test_days_out_of_order_are_refused(tmp_path):
     cli("ingest", str(repo), str(days[1]), "--concat-dim", "time", "--replace-region", "auto")
     cli("ingest", str(repo), str(days[4]), "--concat-dim", "time", "--append")
     times = stored_times(repo, prefix)
-    assert len(times) == 4 and (np.diff(times) > np.timedelta64(0)).all()
+    assert len(times) == 4 and (np.diff(times) > np.timedelta64(0, "ns")).all()
 
 
 @pytest.mark.parametrize("round_", range(2))
@@ -119,7 +119,7 @@ def test_two_appends_at_once_keep_the_time_axis_in_order(tmp_path, round_):
     done = {name: (p.wait(timeout=240), p.stderr.read() if p.stderr else "")
             for name, p in runs.items()}
     times = stored_times(repo, prefix)
-    assert (np.diff(times) > np.timedelta64(0)).all(), times
+    assert (np.diff(times) > np.timedelta64(0, "ns")).all(), times
     early, late = done["early"], done["late"]
     if early[0] == 0 and late[0] == 0:
         assert len(times) == 31
@@ -176,7 +176,7 @@ def test_two_appends_at_once_on_an_s3_repository(tmp_path, monkeypatch):
         ds = xr.open_zarr(r.readonly_session("main").store, consolidated=False, chunks=None,
                           mask_and_scale=False)
         times = ds.time.values
-        assert (np.diff(times) > np.timedelta64(0)).all(), times
+        assert (np.diff(times) > np.timedelta64(0, "ns")).all(), times
         if done["early"][0] == 0 and done["late"][0] == 0:
             landed = days
         else:
