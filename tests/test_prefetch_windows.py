@@ -156,7 +156,8 @@ class StreamMachine(RuleBasedStateMachine):
                     assert self.pres.following(a, 1, side == BACKWARD) == [(b, FILE_SIZE)]
         for job in self.queued:
             if isinstance(job, Prefetch):
-                assert job.size == FILE_SIZE and job.key[2] in self.pres.where
+                assert isinstance(job.key, tuple) and job.size == FILE_SIZE
+                assert job.key[2] in self.pres.where and job.path == job.key[2]
 
 
 TestStreams = StreamMachine.TestCase

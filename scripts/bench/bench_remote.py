@@ -574,8 +574,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
                     "python": platform.python_version(), "kernel": platform.release()},
-        "commit": subprocess.run(["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"],
-                                 capture_output=True, text=True).stdout.strip(),
+        "commit": (subprocess.run(["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"],
+                                  capture_output=True, text=True).stdout.strip()
+                   or f"(not a git checkout: {PROJECT})"),
         "dirty": bool(subprocess.run(["git", "-C", str(PROJECT), "status", "--porcelain",
                                       "vchunkfs"], capture_output=True,
                                      text=True).stdout.strip()),
