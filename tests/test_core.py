@@ -313,6 +313,44 @@ async def read_in_turn(h: Harness, names: list[str], want: dict[str, bytes], pau
     return stats
 
 
+@pytest.mark.parametrize("remote", [True, False])
+async def test_a_walk_that_lists_first_finds_its_first_files_on_their_way(
+        template, tmp_path, bridge, remote: bool) -> None:
+    """``find ... | xargs cat`` lists the whole tree before it reads. On a remote mount
+    the first listing of a chunk directory starts a stream of ``prefetch`` files, and
+    the listings after it start none while those are unread (a walk that reads nothing
+    costs one window); the reader then finds even its first file fetched, and its
+    hits grow the window as a read-started stream's do. Listings on a local mount
+    fetch nothing."""
+    h = Harness(template, tmp_path, bridge, prefetch=2, remote=remote)
+    if remote:
+        h.plan.add("latency", ops={"read"}, seconds=0.01)
+    await h.ns.start()
+    names = [f"field/c/{i}/{j}" for i in range(4) for j in range(3)]
+    want = h.expected(h.built.snapshots["day1"], names)
+    async with trio.open_nursery() as n:
+        await n.start(h.ns.run_prefetcher)
+        for i in range(4):  # the walk: every chunk directory listed, nothing read
+            listed = await h.ns.listdir(await walk(h.ns, f"field/c/{i}"))
+            assert [name for name, _, _ in listed] == ["0", "1", "2"]
+        await trio.sleep(0.3)  # the listing's prefetches ran
+        walked = h.ns.stats()
+        for name in names:
+            assert await read_file(h.ns, name) == want[name], name
+            await trio.sleep(0.02)
+        stats = h.ns.stats()
+        n.cancel_scope.cancel()
+    if remote:
+        assert walked["listing_streams"] == 1 and walked["fetches"] == 2, walked
+        assert walked["cache_misses"] == 0, walked
+        assert stats["cache_misses"] == 0, stats  # the first file too came ahead
+        assert stats["prefetch_used"] == len(names), stats
+    else:
+        assert walked["listing_streams"] == 0 and walked["fetches"] == 0, walked
+        assert stats["cache_misses"] == 1, stats
+    assert stats["fetches"] == len(names) and stats["prefetch_wasted"] == 0, stats
+
+
 async def test_a_reader_going_backward_is_read_ahead_of(template, tmp_path, bridge) -> None:
     """Dask reads an array's chunks backward (string order, descending): a stream's
     first read looks both ways and its first hit turns it backward."""

@@ -65,6 +65,7 @@ class StreamMachine(RuleBasedStateMachine):
         self.pres: NamesPresentation | None = None
         self.readers: list[str] = []
         self.queued: list[Prefetch | Prepare] = []
+        self.listed: set[tuple[str, str, str]] = set()  # queued by a listing, not read since
 
     @initialize(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=5),
                 prefetch=st.integers(1, 3), cache_files=st.integers(4, 400))
@@ -84,6 +85,7 @@ class StreamMachine(RuleBasedStateMachine):
         if key in self.reads.cache and key not in self.reads.prefetching:
             return  # served from the cache: the window does not move
         found = self.reads._expected.get(key)
+        self.listed.discard(key)
         self.reads.prefetching.pop(key, None)
         self.reads._prefetch_after(self.pres, GEN, path, key)  # type: ignore[arg-type]
         if found is not None:
@@ -92,11 +94,32 @@ class StreamMachine(RuleBasedStateMachine):
             want = self.pres.following(path, stream.window, side == BACKWARD)
             got = [(p, n) for _, p, n in stream.ahead[side]]
             assert got == want, (path, side, stream.window, got, want)
-        while True:  # the jobs nobody takes
+        self._take_jobs()
+
+    def _take_jobs(self) -> list[Prefetch | Prepare]:
+        """The jobs queued since the last call (nobody runs them)."""
+        new = []
+        while True:
             try:
-                self.queued.append(self.receive.receive_nowait())
+                new.append(self.receive.receive_nowait())
             except trio.WouldBlock:
-                break
+                self.queued += new
+                return new
+
+    @precondition(lambda self: self.reads is not None)
+    @rule(data=st.data(), remote=st.booleans())
+    def a_directory_is_listed(self, data: st.DataObject, remote: bool) -> None:
+        """A listing of some of an array's files, in order (what a walk sees)."""
+        assert self.reads is not None and self.pres is not None
+        files = data.draw(st.sampled_from(self.pres.arrays))
+        start = data.draw(st.integers(0, len(files) - 1))
+        self.reads.remote = remote
+        self.reads.listed(self.pres, GEN,  # type: ignore[arg-type]
+                          [(p, FILE_SIZE) for p in files[start:]])
+        queued = {j.key for j in self._take_jobs() if isinstance(j, Prefetch)}
+        if not remote:
+            assert not queued  # a local mount never fetches for a listing
+        self.listed |= queued  # type: ignore[arg-type]
 
     @precondition(lambda self: self.reads is not None)
     @rule(data=st.data())
@@ -154,6 +177,10 @@ class StreamMachine(RuleBasedStateMachine):
                 # contiguous in the presentation's order, whatever was asked when
                 for (_, a, _), (_, b, _) in zip(near, list(near)[1:], strict=False):
                     assert self.pres.following(a, 1, side == BACKWARD) == [(b, FILE_SIZE)]
+        # what listings can cost when nobody reads: one window's files at a time
+        held = {j.key for j in self.queued if isinstance(j, Prefetch)} | {
+            k for k in self.listed if k in reads.cache}
+        assert len(self.listed & held) <= reads.prefetch
         for job in self.queued:
             if isinstance(job, Prefetch):
                 assert isinstance(job.key, tuple) and job.size == FILE_SIZE

@@ -114,16 +114,48 @@ def test_a_sequential_reader_finds_its_chunks_fetched_ahead(remote: Remote, tmp_
         status = subprocess.run([*CLI, "ctl", str(m.path), "status"], capture_output=True,
                                 text=True, check=True).stdout
     n = len(remote.chunks)
-    # the first read fetches; every other chunk was fetched ahead and read (an array's
-    # first read may still wait on the index of the next array being read ahead); the
-    # window goes on from one variable to the next, passing over the coordinates
-    assert st["cache_misses"] <= len(VARIABLES), st
+    # the first read fetches; every other chunk was fetched ahead and read: the window
+    # goes on from one variable to the next, passing over the coordinates, and from
+    # sst, the last in listing order, round to anom, the first (the reader's order is
+    # the netCDF file's, sst first)
+    assert st["cache_misses"] == 1, st
     assert st["prefetch_used"] >= n - len(VARIABLES), st
     assert st["fetches"] == n and st["prefetch_wasted"] == 0, st
     assert st["in_flight"] == 0, st
     # the operator sees the same counters
     assert f"{st['fetches']:,.0f} fetches" in status, status
     assert f"{st['prefetch_used']:,.0f} read, 0 wasted" in status, status
+
+
+def test_a_walk_that_lists_first_costs_one_window_and_finds_its_files_fetched(
+        remote: Remote, tmp_path: Path) -> None:
+    """``find MNT -type f | xargs cat``: the walk lists every directory before a file
+    is read. The first chunk directory's listing starts one stream of ``prefetch``
+    files and the other listings none while those are unread (a walk alone, like
+    ``ls -R``, costs one window); the reads that follow find every file fetched
+    ahead, the first one too."""
+    with remote.mount(tmp_path / "m", "prefetch=4") as m:
+        walked = []
+        for var in [v for v in os.listdir(m.path) if v in VARIABLES]:  # readdir order
+            for root, _, names in os.walk(m.path / var):
+                walked += [Path(root) / n for n in names if n != "zarr.json"]
+        assert sorted(str(p.relative_to(m.path)) for p in walked) == sorted(
+            c.key for c in remote.chunks)
+        deadline = time.monotonic() + 10
+        while (st := stats(m.path))["fetches"] < 4 or st["in_flight"]:
+            assert time.monotonic() < deadline, st
+            time.sleep(0.05)
+        time.sleep(3 * DELAY)  # (a second stream's prefetches would be on their way now)
+        st = stats(m.path)
+        assert st["listing_streams"] == 1 and st["fetches"] == 4, st
+        assert st["cache_misses"] == 0, st
+        by_key = {c.key: c for c in remote.chunks}
+        for p in walked:
+            key = str(p.relative_to(m.path))
+            assert read_cold(p) == by_key[key].source_bytes(), key
+        st = stats(m.path)
+    assert st["cache_misses"] == 0, st  # not even the first file: the listing fetched it
+    assert st["fetches"] == len(remote.chunks) and st["prefetch_wasted"] == 0, st
 
 
 def test_a_reader_going_backward_is_fetched_ahead_of(remote: Remote, tmp_path: Path) -> None:

@@ -126,7 +126,7 @@ class Namespace:
         self.memory = config.memory or MemoryBudget.split(config.cache_bytes)
         self.cache = BlockCache(self.memory.blocks)
         self.reads = Reads(self.cache, config.prefetch, self._call, self._pcall, self._tcall,
-                           read_ahead_arrays=config.remote)
+                           remote=config.remote)
         self.presentations = canonical_presentations(config.presentation)
         # with one presentation every tree node has it; with several, a version's top
         # directory lists one subdirectory per presentation (nodes with pres "")
@@ -408,11 +408,11 @@ class Namespace:
                     child = NodeKey(TREE, key.tree, gen_id, "", name)
                     out.append((name, child, Attr(0, True, 0, gen.mtime_ns, LONG_TIMEOUT)))
             else:
+                pres = gen.presentation(key.pres)
                 cached = self._listings.get((gen_id, key.pres, key.path))
                 if cached is not None:
                     out = cached.copy()
                 else:
-                    pres = gen.presentation(key.pres)
                     entries = await self._pcall(lambda: pres.list_dir(key.path), key.path,
                                                 "list")
                     for e in entries:
@@ -423,6 +423,9 @@ class Namespace:
                                     Attr(0, e.is_dir, e.size, gen.mtime_ns, LONG_TIMEOUT)))
                     if len(out) <= self.memory.listing_entries:
                         self._listings[(gen_id, key.pres, key.path)] = out.copy()
+                # a walk lists before it reads: its first chunk files start on their way
+                self.reads.listed(pres, gen_id, ((child.path, a.size)
+                                                 for _, child, a in out if not a.is_dir))
             if ino == ROOT and self.config.show_versions:
                 vkey = NodeKey(VERSIONS)
                 out.append((VERSIONS_DIR, vkey, await self._attr(0, vkey)))
@@ -504,6 +507,7 @@ class Namespace:
                 "in_flight": self.cache.inflight_count,
                 "read_wait_seconds": round(self.reads.wait_seconds, 3),
                 "local_fetches": self.reads.local_fetches,
+                "listing_streams": self.reads.listing_streams,
                 "cache_bytes": self.cache.current_bytes,
                 "inodes": self.inode_count, "open_files": len(self.reads.files)}
 

@@ -24,6 +24,14 @@ has room for it without waiting, and the queue holds what the workers can take. 
 branch move drops the queued and running prefetches of the generation it leaves
 (:meth:`Reads.drop_generation`).
 
+On a remote mount, a listing of a directory with chunk files in it starts a stream
+at its first chunk file (:meth:`Reads.listed`): ``find``, ``cp -r``, ``tar`` and
+``rsync`` list a directory before they read it (``find ... | xargs cat`` lists the
+whole tree first), so the first files are on their way while the walk goes on. A
+listing never grows a window, and the files queued by listings and not read yet are
+at most ``prefetch`` (one stream's first window): a walk that reads nothing, such as
+``ls -R``, costs that many fetches, not one per directory.
+
 A fetch of a local chunk that the presentation can read without the bridge
 (``Presentation.local_read``: a local virtual chunk whose source has a record) runs
 in a trio worker thread (``tcall``), with the same checks, deadline and errors.
@@ -35,7 +43,7 @@ import errno
 import functools
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -115,7 +123,7 @@ class Reads:
     same deadline and errors), one thread hop where the bridge takes four."""
 
     def __init__(self, cache: BlockCache, prefetch: int, call: Call, pcall: PCall,
-                 tcall: TCall, read_ahead_arrays: bool = True) -> None:
+                 tcall: TCall, remote: bool = True) -> None:
         self.cache = cache
         self.prefetch = prefetch
         self.max_window = prefetch * MAX_WINDOW_FACTOR
@@ -140,11 +148,16 @@ class Reads:
         self.window_hits = 0  # reads of a file a stream had in its window
         self.wait_seconds = 0.0  # time reads spent waiting for bytes not in the cache
         self.local_fetches = 0  # fetches made by a local read in a worker thread
-        # a window near an array's end reads the next array's index ahead (Prepare):
-        # for remote backends. On a local disk the reader's own first read of the next
-        # array costs less than reading ahead does (a cold pass of 124 local chunk files
-        # used 18 ms more CPU with it, docs/benchmarks-mount.md)
-        self.read_ahead_arrays = read_ahead_arrays
+        self.listing_streams = 0  # streams a listing started (listed)
+        # files a listing queued, not read yet: while one of them is, no listing starts
+        # another stream (what a walk that reads nothing can cost is one window)
+        self._listed: list[Hashable] = []
+        # a backend with round trips worth hiding: a window near an array's end reads
+        # the next array's index ahead (Prepare), and listings start streams. On a local
+        # disk the reader's own first read of the next array costs less than reading
+        # ahead does (a cold pass of 124 local chunk files used 18 ms more CPU with it,
+        # docs/benchmarks-mount.md), and a first read costs about a millisecond
+        self.remote = remote
 
     def read_cached(self, fh: int, offset: int, length: int) -> bytes | memoryview | None:
         """:meth:`read` of a file whose block is in the cache, without copying it."""
@@ -240,6 +253,45 @@ class Reads:
                 pass  # files of the window the reader passed by
             self._extend(stream, side, pres, gen, path, stream.window)
             ahead = [(*entry, side) for entry in near]
+        self._queue(send, pres, ahead, sides)
+
+    def listed(self, pres: Presentation, gen: str, files: Iterable[tuple[str, int]]) -> None:
+        """A directory of ``pres`` (generation ``gen``) was listed, with ``files`` as
+        (path, size) in listing order: on a remote mount, start a stream at its first
+        chunk file, queued with the ``prefetch - 1`` files that follow it, unless a
+        stream expects it, it is cached or on its way, or files an earlier listing
+        queued are still unread. The stream's window is ``prefetch`` and grows only
+        when a reader reads its files, as any stream's does."""
+        send = self.prefetch_send
+        if send is None or self.prefetch <= 0 or not self.remote:
+            return
+        if any(k in self.prefetching for k in self._listed):
+            return  # one listing's window unread at a time
+        for path, size in files:
+            after = pres.following(path, max(1, self.prefetch - 1))
+            if not after:
+                continue  # a metadata document, not a chunk (or nothing known after it)
+            more = after[:self.prefetch - 1]
+            key = (gen, pres.name, path)
+            if key in self._expected or key in self.cache or key in self.prefetching:
+                return  # a reader or an earlier listing got here first
+            stream = Stream(self.prefetch)
+            near = stream.ahead.setdefault(FORWARD, deque())
+            for entry in [(path, size), *more]:
+                entry_key = (gen, pres.name, entry[0])
+                near.append((entry_key, *entry))
+                self._expected[entry_key] = (stream, FORWARD)
+                self._expected.move_to_end(entry_key)
+            self.listing_streams += 1
+            self._queue(send, pres, [(*e, FORWARD) for e in near], [FORWARD])
+            self._listed = [e[0] for e in near if e[0] in self.prefetching]
+            return
+
+    def _queue(self, send: trio.MemorySendChannel[Prefetch | Prepare], pres: Presentation,
+               ahead: list[tuple[Hashable, str, int, int]], sides: list[int]) -> None:
+        """Queue the files of ``ahead`` (key, path, size, side), nearest first, that are
+        neither cached nor on their way, while their side is in ``sides`` and the
+        prefetched and unread files stay within their share of the cache."""
         if len(self.prefetching) > 4 * self.max_window:
             # prefetched files evicted or never read: forget them
             self.prefetching = {k: n for k, n in self.prefetching.items() if k in self.cache}
@@ -281,7 +333,7 @@ class Reads:
             near.append((next_key, next_path, size))
             self._expected[next_key] = (stream, side)
             self._expected.move_to_end(next_key)
-        if side == FORWARD and len(more) < want and self.read_ahead_arrays:
+        if side == FORWARD and len(more) < want and self.remote:
             # the window runs off the end of what is known: the next array (in listing
             # order) needs its index read before the stream can go on into it
             self._prepare(gen, pres, path, near[-1][1] if near else path, n)

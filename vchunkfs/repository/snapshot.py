@@ -116,10 +116,17 @@ class ArrayWalk:
         self._position = {a: i for i, a in enumerate(order)}
 
     def after(self, array: str) -> Iterator[str]:
-        """The arrays after ``array``, nearest first (none if ``array`` is not one)."""
+        """The arrays after ``array``, nearest first, then, wrapping around, those
+        before it from the first (none if ``array`` is not one). The walk is a circle
+        because readers do not all start at the first array: a reader of a dataset's
+        variables in the order the source file declares them (``sst, anom, err, ice``
+        where listings give ``anom, err, ice, sst``) goes on from the last array to
+        the first, and a window then reaches the next variable before the reader
+        does, as it does between any other two arrays."""
         i = self._position.get(array)
         if i is not None:
             yield from itertools.islice(self.order, i + 1, None)
+            yield from itertools.islice(self.order, 0, i)
 
 
 @dataclass(frozen=True)
@@ -400,9 +407,10 @@ class SnapshotView:
         before it, nearest first) as (array, grid, coords, size): forward, where
         ``array`` ends first, the arrays after it in ``walk`` that are chunked like it
         (the same grid shape: the variables of one dataset, not its coordinates) follow,
-        in the order listings give (as ``find`` and ``cp -r`` go), from their first
-        chunk. ``grid`` is ``grid_of(array)``: the grid of the presentation asking,
-        whose chunk keys it makes. The list stops short at the first array whose chunks
+        in the order listings give (as ``find`` and ``cp -r`` go; after the last array
+        the first, round the circle), from their first chunk. ``grid`` is
+        ``grid_of(array)``: the grid of the presentation asking, whose chunk keys it
+        makes. The list stops short at the first array whose chunks
         need I/O to know (no grid read yet; or chunked alike with no index held, or
         ``grid_of`` None: the presentation has not built its form of it); that array is
         the second item, else None.
